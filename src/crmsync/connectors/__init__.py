@@ -1,0 +1,29 @@
+"""Connectors, one module each, chosen by the scheme of an ENDPOINT (``vdir:PATH``, ...)."""
+
+from __future__ import annotations
+
+from crmsync.connectors.base import Connector, Side
+from crmsync.errors import ConfigError
+
+SCHEMES = ("vdir",)
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, str]:
+    """Split ``SCHEME:LOCATION``; raise ConfigError unless the scheme is known."""
+    scheme, sep, location = endpoint.partition(":")
+    if not sep or not location:
+        raise ConfigError(f"endpoint {endpoint!r} must look like SCHEME:LOCATION, e.g. vdir:~/sync")
+    if scheme not in SCHEMES:
+        raise ConfigError(f"unknown endpoint scheme {scheme!r}; known: {', '.join(SCHEMES)}")
+    return scheme, location
+
+
+def connect(endpoint: str, side: Side) -> Connector:
+    """The connector for ``endpoint`` serving ``side``."""
+    scheme, location = parse_endpoint(endpoint)
+    # Imported on use: each connector may pull in its own libraries.
+    if scheme == "vdir":
+        from crmsync.connectors.vdir import VdirConnector
+
+        return VdirConnector(location, side)
+    raise AssertionError(scheme)

@@ -1,0 +1,202 @@
+"""The connector interface: the one contract between the sync core and a system.
+
+A connector lists what changed, fetches items and writes them. It does no sync logic.
+Every connector speaks the same vocabulary:
+
+ID
+    An item's identifier on its side: a file name (vdir), an href (CalDAV), a record Id
+    (Salesforce). Stable for the item's life.
+VERSION
+    An opaque string that changes whenever the item changes: an etag, a SystemModstamp,
+    a content hash. Writes carry the version they were planned from (a precondition).
+ITEM
+    An item's native content (``raw``) in a FORMAT (see :mod:`crmsync.formats`), with its
+    id and version. Its record, the canonical model, is parsed on demand.
+CURSOR
+    An opaque string returned by :meth:`Connector.list_changes`; handed back next time,
+    it asks for only what changed since. ``None`` asks for a full listing.
+SIDE
+    ``"crm"`` or ``"groupware"``: which end of a profile a connector serves.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from crmsync import formats
+from crmsync.errors import FormatError
+from crmsync.model import ObjectKind, Record
+
+Side = Literal["crm", "groupware"]
+SIDES: tuple[Side, Side] = ("crm", "groupware")
+
+_UID_LINE = re.compile(r"^UID[;:](?:[^:\r\n]*:)?([^\r\n]*)", re.MULTILINE)
+
+
+def other(side: Side) -> Side:
+    return "groupware" if side == "crm" else "crm"
+
+
+class Item:
+    """One item as a side stores it. ``record()`` parses it once, on first use."""
+
+    __slots__ = ("id", "version", "raw", "fmt", "kind", "modified", "error", "_uid", "_record")
+
+    def __init__(
+        self,
+        id: str,
+        version: str,
+        raw: str,
+        fmt: str,
+        kind: ObjectKind,
+        *,
+        modified: str | None = None,
+        uid: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        self.id = id
+        self.version = version
+        self.raw = raw
+        self.fmt = fmt
+        self.kind = kind
+        # MOMENT of the last change as the side reports it; decides "newest wins".
+        self.modified = modified
+        # Set when the item could not even be read (e.g. invalid UTF-8): it is reported
+        # and skipped, never written over or deleted.
+        self.error = error
+        self._uid = uid
+        self._record: Record | None = None
+
+    def record(self) -> Record:
+        if self.error is not None:
+            raise FormatError(self.error, self.id)
+        if self._record is None:
+            try:
+                self._record = formats.parse(self.fmt, self.kind, self.raw)
+            except FormatError as exc:
+                exc.item_id = self.id
+                raise
+        return self._record
+
+    @property
+    def uid(self) -> str | None:
+        """The item's UID; read from the text without a full parse where possible."""
+        if self._uid is None and self.error is None:
+            if self._record is not None:
+                self._uid = self._record.uid
+            else:
+                m = _UID_LINE.search(self.raw)
+                self._uid = m.group(1).strip() if m else ""
+        return self._uid or None
+
+    def label(self, parse: bool = True) -> str:
+        if self._record is None and not parse:
+            return self.id
+        try:
+            return self.record().label()
+        except FormatError:
+            return self.id
+
+    def __repr__(self) -> str:
+        return f"Item({self.kind}:{self.id}@{self.version})"
+
+
+@dataclass
+class Changes:
+    """What :meth:`Connector.list_changes` found since a cursor."""
+
+    # Items created or changed since the cursor. The connector may hand the content
+    # along when it had to read it anyway; otherwise the core fetches what it needs.
+    upserts: list[tuple[str, str, Item | None]] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    cursor: str | None = None
+    # True when this is a full listing: every existing item is among the upserts.
+    complete: bool = False
+
+
+@dataclass(frozen=True)
+class Create:
+    # The item this one is copied from; a side storing the same format may copy it
+    # verbatim, which keeps everything the model does not know.
+    source: Item
+    # What to write when not the source's record as it is.
+    record: Record | None = None
+
+    def content(self) -> Record:
+        return self.record if self.record is not None else self.source.record()
+
+
+@dataclass(frozen=True)
+class Update:
+    id: str
+    version: str
+    # Flattened field changes (see :mod:`crmsync.merge`) to write over the item.
+    changes: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Delete:
+    id: str
+    version: str
+
+
+Write = Create | Update | Delete
+
+WriteStatus = Literal["ok", "changed", "exists", "failed"]
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outcome of one write, in the order the writes were given.
+
+    ``ok``: done; ``item`` is the item as now stored (None after a delete).
+    ``changed``: the precondition failed, the item changed since it was planned.
+    ``exists``: a create found the same item (same UID) already there; ``item`` is it.
+    ``failed``: the side refused this item; ``error`` says why. Other items go on.
+    """
+
+    status: WriteStatus
+    item: Item | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    # The record fields this side stores, per object; only fields both sides store
+    # are compared and synced.
+    fields: dict[ObjectKind, frozenset[str]]
+    # How many writes one apply() call should carry.
+    batch_size: int = 200
+    # True if created items keep the UID they are given, so that items re-pair by UID
+    # after the state store is lost.
+    keeps_uid: bool = True
+
+
+class Connector(ABC):
+    """One side of a profile. Construct from an endpoint, see :mod:`crmsync.connectors`."""
+
+    side: Side
+    capabilities: Capabilities
+
+    @abstractmethod
+    def list_changes(self, kind: ObjectKind, cursor: str | None) -> Changes:
+        """Items changed or deleted since ``cursor`` (all items when it is None)."""
+
+    @abstractmethod
+    def fetch(self, kind: ObjectKind, ids: Sequence[str]) -> dict[str, Item]:
+        """The current items for ``ids``; ids no longer there are absent from the result."""
+
+    @abstractmethod
+    def apply(self, kind: ObjectKind, writes: Sequence[Write]) -> list[Result]:
+        """Write a batch; one Result per write, in order. Writes are idempotent."""
+
+    def cursor(self, kind: ObjectKind, listed: str | None) -> str | None:
+        """The cursor to store after this run's writes; by default the listing's."""
+        return listed
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

@@ -1,0 +1,37 @@
+"""Typed errors. Each carries enough context for the run report to explain it to a user."""
+
+from __future__ import annotations
+
+
+class CrmsyncError(Exception):
+    """Base of every error crmsync raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(CrmsyncError):
+    """A profile, endpoint or setting is wrong; the message says which and how to fix it."""
+
+    exit_code = 2
+
+
+class ItemError(CrmsyncError):
+    """One item cannot be read or written; the run skips it and goes on."""
+
+    def __init__(self, message: str, item_id: str | None = None) -> None:
+        super().__init__(message)
+        self.item_id = item_id
+
+
+class FormatError(ItemError):
+    """An item's native content (iCalendar, vCard, ...) cannot be parsed or written."""
+
+
+class ConnectionFailed(CrmsyncError):
+    """A side cannot be reached or refuses our credentials: the run stops, nothing lost."""
+
+    exit_code = 5
+
+
+class PreconditionFailed(ItemError):
+    """The item changed on its side since it was planned (etag/modstamp mismatch)."""

@@ -1,0 +1,56 @@
+"""Native formats: parse an item's text to a record, render a record back to text.
+
+A FORMAT is a media-type-like string naming how a side stores an item. Rendering takes an
+optional TEMPLATE, the item's current native text: fields the record models are written
+over it and everything else (X- properties, alarms, unknown parameters, other components)
+is kept, so syncing never strips a user's data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from crmsync.model import ObjectKind, Record
+
+ICALENDAR = "text/calendar"
+VCARD = "text/vcard"
+
+Parser = Callable[[str], "Record"]
+Renderer = Callable[["Record", "str | None"], str]
+
+_codecs: dict[tuple[str, str], tuple[Parser, Renderer]] = {}
+
+
+def register(fmt: str, kind: ObjectKind, parse_fn: Parser, render_fn: Renderer) -> None:
+    _codecs[(fmt, kind)] = (parse_fn, render_fn)
+
+
+def _codec(fmt: str, kind: ObjectKind) -> tuple[Parser, Renderer]:
+    if not _codecs:
+        _load_builtin()
+    try:
+        return _codecs[(fmt, kind)]
+    except KeyError:
+        raise LookupError(f"no codec for {kind} items in format {fmt!r}") from None
+
+
+def _load_builtin() -> None:
+    # Imported lazily: icalendar and vobject cost start-up time that a sync with nothing
+    # changed never needs.
+    from crmsync.formats import ical, vcard
+
+    register(ICALENDAR, "calendar", ical.parse_event, ical.render_event)  # type: ignore[arg-type]
+    register(ICALENDAR, "tasks", ical.parse_task, ical.render_task)  # type: ignore[arg-type]
+    register(VCARD, "contacts", vcard.parse_contact, vcard.render_contact)  # type: ignore[arg-type]
+
+
+def parse(fmt: str, kind: ObjectKind, raw: str) -> Record:
+    """Parse native text to a record; raises FormatError on broken input."""
+    return _codec(fmt, kind)[0](raw)
+
+
+def render(fmt: str, kind: ObjectKind, record: Record, template: str | None = None) -> str:
+    """Render a record to native text, over ``template`` when the item already exists."""
+    return _codec(fmt, kind)[1](record, template)

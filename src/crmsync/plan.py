@@ -1,0 +1,425 @@
+"""The planner: from each side's changes and the stored base, a Plan of Actions.
+
+Pure: no I/O, no clock, no randomness; the same inputs give the same plan in the same
+order. Three views go in for every item (Dropbox's Nucleus calls them remote, local and
+synced): the CRM's current item, the groupware's current item, and the PAIR from the
+state store with each side's BASE, what that side looked like at the last sync.
+
+A STEP is everything the run does for one pair (or one new item): zero or more ACTIONS
+(create/update/delete on a side, conflict, skip, link) and what to remember afterwards.
+Dry runs, the review screens and ``--json`` output are all views of the plan; the
+executor applies it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from crmsync.connectors.base import SIDES, Item, Side, other
+from crmsync.errors import FormatError
+from crmsync.merge import Flat, diff, flatten
+from crmsync.model import Contact, Event, ObjectKind, Record, Task
+from crmsync.policy import Policy
+
+Op = Literal["create", "update", "delete", "conflict", "skip", "link"]
+WRITES: frozenset[Op] = frozenset({"create", "update", "delete"})
+_RANK = {"delete": 0, "conflict": 1, "update": 2, "create": 3, "link": 4, "skip": 5}
+SIDE_NAME = {"crm": "CRM", "groupware": "groupware"}
+
+# After a step: "record" stores the pair's new state once its writes succeed; "settle"
+# stores nothing but the change is handled; "retry" leaves it to be presented again on
+# the next run (a failure, or a conflict waiting for the user).
+StepState = Literal["record", "settle", "retry"]
+
+
+@dataclass
+class Pair:
+    """A CRM item and its groupware counterpart as the state store remembers them.
+
+    A side's id is None once that side's item was deleted and the deletion could not be
+    mirrored (it was prevented): the survivor is then no longer synced.
+    """
+
+    id: int | None
+    kind: ObjectKind
+    crm_id: str | None
+    crm_version: str | None
+    gw_id: str | None
+    gw_version: str | None
+    crm_base: Item | None = None
+    gw_base: Item | None = None
+
+    def id_on(self, side: Side) -> str | None:
+        return self.crm_id if side == "crm" else self.gw_id
+
+    def version_on(self, side: Side) -> str | None:
+        return self.crm_version if side == "crm" else self.gw_version
+
+    def base_on(self, side: Side) -> Item | None:
+        return self.crm_base if side == "crm" else self.gw_base
+
+
+@dataclass
+class View:
+    """Planner input for one pair or one unpaired item.
+
+    ``crm``/``gw`` are the side's current items: the base item when the side did not
+    change, None when the side has no item (deleted, or never had one).
+    """
+
+    pair: Pair | None
+    crm: Item | None
+    gw: Item | None
+
+    def item(self, side: Side) -> Item | None:
+        return self.crm if side == "crm" else self.gw
+
+
+@dataclass
+class Action:
+    op: Op
+    # Where the action writes (create/update/delete); for skips, the side it concerns.
+    side: Side | None = None
+    # update: the fields to write, flattened (see crmsync.merge).
+    changes: Flat = field(default_factory=dict)
+    reason: str = ""
+    # conflict: field -> (CRM value, groupware value)
+    conflicts: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    # A skip because something is broken rather than because a rule said so.
+    failed: bool = False
+
+    @property
+    def code(self) -> str:
+        """``create:crm``, ``update:groupware``, ``conflict``, ... for counts and JSON."""
+        return f"{self.op}:{self.side}" if self.op in WRITES else self.op
+
+
+@dataclass
+class Step:
+    kind: ObjectKind
+    pair: Pair | None
+    crm: Item | None
+    gw: Item | None
+    actions: list[Action] = field(default_factory=list)
+    state: StepState = "record"
+
+    def item(self, side: Side) -> Item | None:
+        return self.crm if side == "crm" else self.gw
+
+    @property
+    def key(self) -> str:
+        if self.pair is not None and self.pair.id is not None:
+            return f"{self.kind}:pair:{self.pair.id}"
+        return f"{self.kind}:{self.crm.id if self.crm else ''}|{self.gw.id if self.gw else ''}"
+
+    def label(self, parse: bool = True) -> str:
+        """The items' label; without ``parse``, only if already parsed (else the id)."""
+        for item in (self.crm, self.gw):
+            if item is not None:
+                return item.label(parse)
+        return self.key
+
+    def ids(self) -> dict[Side, str]:
+        """Every item id this step concerns, current or deleted, per side."""
+        out: dict[Side, str] = {}
+        for side in SIDES:
+            item = self.item(side)
+            item_id = item.id if item else (self.pair.id_on(side) if self.pair else None)
+            if item_id:
+                out[side] = item_id
+        return out
+
+    def _order(self) -> tuple[int, str, str]:
+        first = min((_RANK[a.op] for a in self.actions), default=9)
+        return (first, self.crm.id if self.crm else "", self.gw.id if self.gw else "")
+
+
+@dataclass
+class Plan:
+    kind: ObjectKind
+    steps: list[Step]
+    # Sides where the mass-delete guard tripped: side -> (planned deletes, items there).
+    guard: dict[Side, tuple[int, int]] = field(default_factory=dict)
+
+    def actions(self) -> Iterator[tuple[Step, Action]]:
+        for step in self.steps:
+            for action in step.actions:
+                yield step, action
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = defaultdict(int)
+        for _, action in self.actions():
+            out["failed" if action.failed else action.code] += 1
+        return dict(sorted(out.items()))
+
+    @property
+    def writes(self) -> int:
+        return sum(1 for _, a in self.actions() if a.op in WRITES)
+
+    @property
+    def conflicts(self) -> int:
+        return sum(1 for _, a in self.actions() if a.op == "conflict")
+
+
+# --- planning ----------------------------------------------------------------------------
+
+
+def make_plan(
+    kind: ObjectKind,
+    views: Iterable[View],
+    policy: Policy,
+    common: frozenset[str],
+    *,
+    unpaired: dict[Side, list[Item]] | None = None,
+    totals: dict[Side, int] | None = None,
+    ignored: frozenset[tuple[Side, str]] = frozenset(),
+) -> Plan:
+    """Plan one object's run.
+
+    ``views`` are the stored pairs with a change on either side; ``unpaired`` are items no
+    pair knows yet (new ones, or all of them after the state store was lost): they are
+    matched across sides by UID, then by content, before anything is created.
+    ``common`` are the fields both sides store; ``totals`` the item count per side, for
+    the mass-delete guard.
+    """
+    all_views = list(views)
+    if unpaired:
+        all_views.extend(pair_up(kind, unpaired.get("crm", []), unpaired.get("groupware", [])))
+    planner = _Planner(policy, common, ignored)
+    steps = sorted((planner.step(kind, v) for v in all_views), key=Step._order)
+    plan = Plan(kind, steps)
+    plan.guard = _mass_delete_guard(plan, policy, totals or {})
+    return plan
+
+
+def _mass_delete_guard(plan: Plan, policy: Policy, totals: dict[Side, int]) -> dict:
+    deletes: dict[Side, int] = defaultdict(int)
+    for _, action in plan.actions():
+        if action.op == "delete" and action.side:
+            deletes[action.side] += 1
+    tripped = {}
+    for side, n in deletes.items():
+        total = max(totals.get(side, n), n)
+        if n > policy.mass_delete_min and n > policy.mass_delete_share * total:
+            tripped[side] = (n, total)
+    return tripped
+
+
+def content_key(record: Record) -> tuple | None:
+    """What identifies an item when ids are lost: used to re-pair, never to merge."""
+    if isinstance(record, Event):
+        return ("event", record.start, record.end, record.summary.strip().casefold())
+    if isinstance(record, Contact):
+        email = record.emails[0].lower() if record.emails else ""
+        name = record.full_name.strip().casefold()
+        return ("contact", name, email) if name or email else None
+    if isinstance(record, Task):
+        return ("task", record.summary.strip().casefold(), record.due)
+    return None
+
+
+def pair_up(kind: ObjectKind, crm_items: list[Item], gw_items: list[Item]) -> list[View]:
+    """Match items that no pair knows, first by UID, then by content (start, end, subject).
+
+    Unmatched items come back as one-sided views (they will be created on the other side);
+    a UID seen twice on one side is kept out until it is repaired.
+    """
+    crm_items = sorted(crm_items, key=lambda i: i.id)
+    gw_items = sorted(gw_items, key=lambda i: i.id)
+    if not crm_items or not gw_items:
+        return [View(None, i, None) for i in crm_items] + [View(None, None, i) for i in gw_items]
+    views: list[View] = []
+    left: dict[Side, list[Item]] = {"crm": [], "groupware": []}
+    gw_by_uid: dict[str, Item] = {}
+    for item in gw_items:
+        if item.uid and item.uid not in gw_by_uid:
+            gw_by_uid[item.uid] = item
+        else:
+            left["groupware"].append(item)
+    for item in crm_items:
+        match = gw_by_uid.pop(item.uid, None) if item.uid else None
+        if match is not None:
+            views.append(View(None, item, match))
+        else:
+            left["crm"].append(item)
+    left["groupware"].extend(gw_by_uid.values())
+    by_content: dict[tuple, Item] = {}
+    for item in sorted(left["groupware"], key=lambda i: i.id):
+        key = _safe_key(item)
+        if key is not None and key not in by_content:
+            by_content[key] = item
+    matched: set[str] = set()
+    for item in left["crm"]:
+        key = _safe_key(item)
+        match = by_content.pop(key, None) if key is not None else None
+        if match is not None:
+            views.append(View(None, item, match))
+            matched.add(match.id)
+        else:
+            views.append(View(None, item, None))
+    views.extend(View(None, None, i) for i in left["groupware"] if i.id not in matched)
+    return views
+
+
+def _safe_key(item: Item) -> tuple | None:
+    try:
+        return content_key(item.record())
+    except FormatError:
+        return None
+
+
+class _Planner:
+    def __init__(self, policy: Policy, common: frozenset[str], ignored) -> None:
+        self.policy = policy
+        self.common = common
+        self.ignored = ignored
+
+    def step(self, kind: ObjectKind, view: View) -> Step:
+        step = Step(kind, view.pair, view.crm, view.gw)
+        try:
+            self._plan(step, view)
+        except FormatError as exc:
+            step.actions = [Action("skip", reason=f"cannot read item {exc.item_id}: {exc}",
+                                   failed=True)]
+            step.state = "retry"
+        return step
+
+    def _plan(self, step: Step, view: View) -> None:
+        pair = view.pair
+        for side in SIDES:
+            item = view.item(side)
+            if item is not None and (side, item.id) in self.ignored:
+                step.actions.append(Action("skip", side, reason="ignored forever"))
+                step.state = "settle"
+                return
+            if item is not None and item.error is not None:
+                raise FormatError(item.error, item.id)
+        if pair is None:
+            if view.crm is not None and view.gw is not None:
+                self._merge(step, view)
+            else:
+                self._create(step, view)
+            return
+        if pair.crm_id is None or pair.gw_id is None:
+            # Unlinked: the counterpart was deleted and mirroring it was prevented. The
+            # survivor is no longer synced; the pair is only kept to say so.
+            return
+        if view.crm is None and view.gw is None:
+            return  # deleted on both sides: forget the pair
+        for side in SIDES:
+            if view.item(side) is None:
+                self._deleted(step, view, side)
+                return
+        self._merge(step, view)
+
+    def _create(self, step: Step, view: View) -> None:
+        source: Side = "crm" if view.crm is not None else "groupware"
+        target = other(source)
+        if self.policy.prevents(target, "create"):
+            step.actions.append(self._prevented(target, "create"))
+            step.state = "settle"
+        else:
+            step.actions.append(Action("create", target))
+
+    def _deleted(self, step: Step, view: View, gone: Side) -> None:
+        survivor = other(gone)
+        assert view.pair is not None
+        item = view.item(survivor)
+        assert item is not None
+        if not self._changed(view.pair, survivor, item):
+            self._delete(step, survivor, f"deleted in {SIDE_NAME[gone]}")
+            return
+        rule = self.policy.delete_vs_update
+        deletion_wins = rule == "delete" or rule == gone
+        why = (f"deleted in {SIDE_NAME[gone]} but changed in {SIDE_NAME[survivor]} since the "
+               f"last sync (rule: {rule})")
+        if deletion_wins:
+            self._delete(step, survivor, why)
+        elif self.policy.prevents(gone, "create"):
+            step.actions.append(self._prevented(gone, "create"))
+        else:
+            step.actions.append(Action("create", gone, reason=why + ": recreated"))
+
+    def _delete(self, step: Step, side: Side, why: str) -> None:
+        if self.policy.prevents(side, "delete"):
+            step.actions.append(self._prevented(side, "delete", why))
+        else:
+            step.actions.append(Action("delete", side, reason=why))
+
+    def _prevented(self, side: Side, op: str, why: str = "") -> Action:
+        note = f"not {op}d in {SIDE_NAME[side]}: 'do not {op} in {SIDE_NAME[side]}' is on"
+        return Action("skip", side, reason=f"{why}; {note}" if why else note)
+
+    def _changed(self, pair: Pair, side: Side, item: Item) -> bool:
+        if item.version == pair.version_on(side):
+            return False
+        base = pair.base_on(side)
+        if base is None:
+            return True
+        fields = self._fields(item)
+        return bool(diff(self._fields(base), fields))
+
+    def _fields(self, item: Item) -> Flat:
+        return flatten(item.record(), self.common)
+
+    def _merge(self, step: Step, view: View) -> None:
+        assert view.crm is not None and view.gw is not None
+        now = {"crm": self._fields(view.crm), "groupware": self._fields(view.gw)}
+        pair = view.pair
+        changed: dict[Side, Flat] = {}
+        if pair is not None and pair.crm_base is not None and pair.gw_base is not None:
+            for side in SIDES:
+                item = view.item(side)
+                assert item is not None
+                unchanged = item.version == pair.version_on(side)
+                base_item = pair.base_on(side)
+                assert base_item is not None
+                base = now[side] if unchanged else self._fields(base_item)
+                changed[side] = diff(base, now[side])
+        else:
+            # No base (re-paired after the store was lost, or first sync of items that
+            # exist on both sides): every difference counts as changed on both sides.
+            changed["crm"] = diff(now["groupware"], now["crm"])
+            changed["groupware"] = diff(now["crm"], now["groupware"])
+        clash = sorted(k for k in changed["crm"].keys() & changed["groupware"].keys()
+                       if changed["crm"][k] != changed["groupware"][k])
+        note = ""
+        if clash:
+            winner = self._winner(view)
+            if winner is None:
+                step.actions.append(Action(
+                    "conflict",
+                    reason=f"both sides changed {', '.join(clash)}",
+                    conflicts={k: (now["crm"].get(k), now["groupware"].get(k)) for k in clash},
+                ))
+                step.state = "retry"
+                return
+            loser = other(winner)
+            for key in clash:
+                del changed[loser][key]
+            note = (f"conflict on {', '.join(clash)}: {SIDE_NAME[winner]} wins "
+                    f"(rule: {self.policy.conflict})")
+        for target in SIDES:
+            source = other(target)
+            writes = {k: v for k, v in changed[source].items() if now[target].get(k) != v}
+            if not writes:
+                continue
+            if self.policy.prevents(target, "update"):
+                step.actions.append(self._prevented(target, "update"))
+            else:
+                step.actions.append(Action("update", target, changes=writes, reason=note))
+        if pair is None and not any(a.op in WRITES for a in step.actions):
+            step.actions.append(Action("link", reason="paired with the matching item"))
+
+    def _winner(self, view: View) -> Side | None:
+        rule = self.policy.conflict
+        if rule == "ask":
+            return None
+        if rule in SIDES:
+            return rule  # type: ignore[return-value]
+        # newest: the side changed last; a tie or an unknown time goes to the CRM.
+        assert view.crm is not None and view.gw is not None
+        return "groupware" if (view.gw.modified or "") > (view.crm.modified or "") else "crm"

@@ -1,0 +1,81 @@
+"""Per-object sync rules that decide what the planner does with a change."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal, get_args
+
+from crmsync.errors import ConfigError
+from crmsync.model import ObjectKind
+
+ConflictRule = Literal["newest", "crm", "groupware", "ask"]
+DeleteRule = Literal["keep", "crm", "groupware", "delete"]
+Operation = Literal["create", "update", "delete"]
+
+# "crm:delete" means "do not delete in the CRM"; six switches in all.
+PREVENT_SWITCHES = tuple(
+    f"{side}:{op}" for side in ("crm", "groupware") for op in get_args(Operation)
+)
+
+
+@dataclass(frozen=True)
+class Policy:
+    # Both sides changed the same field differently since the last sync.
+    conflict: ConflictRule = "newest"
+    # One side deleted the item, the other changed it since the last sync:
+    # keep (recreate the deleted one from the updated one), crm / groupware (that side
+    # is master), delete (the deletion wins).
+    delete_vs_update: DeleteRule = "keep"
+    # Operations never to perform, as "side:operation"; they override every other rule.
+    prevent: frozenset[str] = field(default_factory=frozenset)
+    # Mass-delete guard: a run that would delete more than this share of a side's items,
+    # and more than `mass_delete_min` items, stops and asks.
+    mass_delete_share: float = 0.5
+    mass_delete_min: int = 10
+
+    def prevents(self, side: str, op: str) -> bool:
+        return f"{side}:{op}" in self.prevent
+
+    @classmethod
+    def default_for(cls, kind: ObjectKind) -> Policy:
+        # Contacts deleted in the address book should not wipe CRM contacts by default.
+        return cls(prevent=frozenset({"crm:delete"})) if kind == "contacts" else cls()
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["prevent"] = sorted(self.prevent)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Policy:
+        names = {f.name for f in fields(cls)}
+        unknown = set(values) - names
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        kwargs = dict(values)
+        if "prevent" in kwargs:
+            kwargs["prevent"] = frozenset(kwargs["prevent"])
+        policy = cls(**kwargs)
+        policy.validate()
+        return policy
+
+    def validate(self) -> None:
+        if self.conflict not in get_args(ConflictRule):
+            raise ConfigError(
+                f"conflict rule {self.conflict!r} is not one of {', '.join(get_args(ConflictRule))}"
+            )
+        if self.delete_vs_update not in get_args(DeleteRule):
+            raise ConfigError(
+                f"delete-vs-update rule {self.delete_vs_update!r} is not one of "
+                f"{', '.join(get_args(DeleteRule))}"
+            )
+        bad = self.prevent - set(PREVENT_SWITCHES)
+        if bad:
+            raise ConfigError(
+                f"unknown prevent switch(es) {', '.join(sorted(bad))}; "
+                f"use {', '.join(PREVENT_SWITCHES)}"
+            )
+        if not 0 < self.mass_delete_share <= 1:
+            raise ConfigError("mass_delete_share must be in (0, 1]")
+        if self.mass_delete_min < 0:
+            raise ConfigError("mass_delete_min must be >= 0")

@@ -1,0 +1,322 @@
+"""The state store: profiles, pairs with their bases, cursors, ignores and run history.
+
+SQLite by default (a file in the data folder), PostgreSQL for the server edition; the
+schema is the same and Alembic migrates it on open. Writes are small transactions made
+right after the writes they record, so a killed run loses at most the bookkeeping of its
+last batch, which the next run re-derives (see crmsync.sync).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, bindparam, create_engine, delete, event, insert, select, text, update
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+from crmsync.connectors.base import SIDES, Item, Side
+from crmsync.errors import ConfigError
+from crmsync.model import ObjectKind
+from crmsync.plan import Pair
+from crmsync.store.schema import cursors, ignores, pairs, pending, profiles, run_items, runs
+
+# The Alembic revision this code expects; checked on open without importing Alembic.
+SCHEMA_HEAD = "0001"
+MIGRATIONS = Path(__file__).with_name("migrations")
+_PREFIX: dict[Side, str] = {"crm": "crm", "groupware": "gw"}
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Profile:
+    id: int
+    name: str
+    crm: str
+    groupware: str
+    objects: list[ObjectKind]
+    # {kind: {setting: value}}; see crmsync.policy.Policy
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class RunItem:
+    kind: ObjectKind
+    action: str
+    outcome: str  # applied | skipped | failed | conflict
+    label: str = ""
+    reason: str = ""
+    crm_id: str | None = None
+    gw_id: str | None = None
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        """Open (creating and migrating as needed) the store at a SQLAlchemy URL."""
+        engine = create_engine(url)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _sqlite_pragmas)
+        store = cls(engine)
+        store.migrate()
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def schema_version(self) -> str | None:
+        try:
+            with self.engine.connect() as conn:
+                return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except (OperationalError, ProgrammingError):
+            return None
+
+    def migrate(self) -> None:
+        if self.schema_version() == SCHEMA_HEAD:
+            return
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+
+    # --- profiles --------------------------------------------------------------------------
+
+    def add_profile(self, name: str, crm: str, groupware: str, objects: Sequence[str],
+                    settings: dict[str, dict[str, Any]]) -> Profile:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(profiles).values(
+                    name=name, crm=crm, groupware=groupware, objects=json.dumps(list(objects)),
+                    settings=json.dumps(settings), created_at=now()))
+        except IntegrityError:
+            raise ConfigError(f"a profile named {name!r} already exists") from None
+        return self.profile(name)
+
+    def profile(self, name: str) -> Profile:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(profiles).where(profiles.c.name == name)).first()
+        if row is None:
+            raise ConfigError(f"no profile named {name!r}; see 'crmsync profile list'")
+        return _profile(row)
+
+    def profiles(self) -> list[Profile]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(profiles).order_by(profiles.c.name)).all()
+        return [_profile(r) for r in rows]
+
+    def save_settings(self, profile: Profile) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(profiles).where(profiles.c.id == profile.id)
+                         .values(settings=json.dumps(profile.settings)))
+
+    def remove_profile(self, name: str) -> None:
+        profile = self.profile(name)
+        with self.engine.begin() as conn:
+            for table in (pairs, cursors, pending, ignores):
+                conn.execute(delete(table).where(table.c.profile_id == profile.id))
+            run_ids = select(runs.c.id).where(runs.c.profile_id == profile.id)
+            conn.execute(delete(run_items).where(run_items.c.run_id.in_(run_ids)))
+            conn.execute(delete(runs).where(runs.c.profile_id == profile.id))
+            conn.execute(delete(profiles).where(profiles.c.id == profile.id))
+
+    # --- pairs -----------------------------------------------------------------------------
+
+    def pairs(self, profile_id: int, kind: ObjectKind) -> list[Pair]:
+        """Every pair of one object, without bases (see load_bases)."""
+        c = pairs.c
+        query = select(c.id, c.crm_id, c.crm_version, c.gw_id, c.gw_version).where(
+            c.profile_id == profile_id, c.kind == kind)
+        with self.engine.connect() as conn:
+            return [Pair(r[0], kind, r[1], r[2], r[3], r[4]) for r in conn.execute(query)]
+
+    def load_bases(self, kind: ObjectKind, chosen: Iterable[Pair]) -> None:
+        """Fill in the bases of the given pairs."""
+        by_id = {p.id: p for p in chosen if p.id is not None}
+        ids = list(by_id)
+        c = pairs.c
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                query = select(c.id, c.crm_id, c.crm_version, c.crm_fmt, c.crm_modified,
+                               c.crm_raw, c.gw_id, c.gw_version, c.gw_fmt, c.gw_modified,
+                               c.gw_raw).where(c.id.in_(ids[start:start + 500]))
+                for row in conn.execute(query):
+                    pair = by_id[row[0]]
+                    pair.crm_base = _base(kind, *row[1:6])
+                    pair.gw_base = _base(kind, *row[6:11])
+
+    def save_pairs(self, profile_id: int, kind: ObjectKind, saved: Sequence[Pair],
+                   dropped: Sequence[int]) -> None:
+        """Record new pair states and forget dropped pairs, in one transaction."""
+        if not saved and not dropped:
+            return
+        stamp = now()
+        new_rows, old_rows = [], []
+        for pair in saved:
+            row: dict[str, Any] = {"updated_at": stamp}
+            for side in SIDES:
+                p = _PREFIX[side]
+                base = pair.base_on(side)
+                row[f"{p}_id"] = pair.id_on(side)
+                row[f"{p}_version"] = base.version if base else None
+                row[f"{p}_fmt"] = base.fmt if base else None
+                row[f"{p}_modified"] = base.modified if base else None
+                row[f"{p}_raw"] = base.raw if base else None
+            if pair.id is None:
+                new_rows.append(row | {"profile_id": profile_id, "kind": kind})
+            else:
+                old_rows.append(row | {"pair_id": pair.id})
+        with self.engine.begin() as conn:
+            if dropped:
+                conn.execute(delete(pairs).where(pairs.c.id.in_(list(dropped))))
+            if old_rows:
+                conn.execute(
+                    update(pairs).where(pairs.c.id == bindparam("pair_id")), old_rows)
+            if new_rows:
+                conn.execute(insert(pairs), new_rows)
+
+    # --- cursors, pending items, ignores -----------------------------------------------------
+
+    def cursor(self, profile_id: int, kind: ObjectKind, side: Side) -> str | None:
+        c = cursors.c
+        with self.engine.connect() as conn:
+            return conn.execute(select(c.value).where(
+                c.profile_id == profile_id, c.kind == kind, c.side == side)).scalar()
+
+    def pending(self, profile_id: int, kind: ObjectKind) -> dict[Side, set[str]]:
+        c = pending.c
+        out: dict[Side, set[str]] = defaultdict(set)
+        with self.engine.connect() as conn:
+            for side, item_id in conn.execute(select(c.side, c.item_id).where(
+                    c.profile_id == profile_id, c.kind == kind)):
+                out[side].add(item_id)
+        return out
+
+    def save_progress(self, profile_id: int, kind: ObjectKind,
+                      new_cursors: dict[Side, str | None],
+                      still_pending: dict[Side, set[str]]) -> None:
+        """Move the cursors and replace the pending set, in one transaction."""
+        stamp = now()
+        with self.engine.begin() as conn:
+            for side, value in new_cursors.items():
+                where = (cursors.c.profile_id == profile_id, cursors.c.kind == kind,
+                         cursors.c.side == side)
+                conn.execute(delete(cursors).where(*where))
+                conn.execute(insert(cursors).values(profile_id=profile_id, kind=kind,
+                                                    side=side, value=value, updated_at=stamp))
+            conn.execute(delete(pending).where(pending.c.profile_id == profile_id,
+                                               pending.c.kind == kind))
+            rows = [{"profile_id": profile_id, "kind": kind, "side": side, "item_id": i}
+                    for side, ids in still_pending.items() for i in sorted(ids)]
+            if rows:
+                conn.execute(insert(pending), rows)
+
+    def reset_cursors(self, profile_id: int, kind: ObjectKind | None = None) -> None:
+        """Forget cursors so that the next run lists everything (e.g. after rule changes)."""
+        with self.engine.begin() as conn:
+            query = delete(cursors).where(cursors.c.profile_id == profile_id)
+            if kind is not None:
+                query = query.where(cursors.c.kind == kind)
+            conn.execute(query)
+
+    def ignored(self, profile_id: int, kind: ObjectKind) -> frozenset[tuple[Side, str]]:
+        c = ignores.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(c.side, c.item_id).where(
+                c.profile_id == profile_id, c.kind == kind, c.mode == "forever"))
+            return frozenset((r[0], r[1]) for r in rows)
+
+    # --- runs ------------------------------------------------------------------------------
+
+    def start_run(self, profile_id: int, objects: Sequence[str], mode: str,
+                  user: str | None, dry_run: bool = False) -> int:
+        with self.engine.begin() as conn:
+            return conn.execute(insert(runs).values(
+                profile_id=profile_id, objects=json.dumps(list(objects)), mode=mode,
+                started_by=user, status="running", started_at=now(), dry_run=dry_run,
+            ).returning(runs.c.id)).scalar_one()
+
+    def add_run_items(self, run_id: int, items: Sequence[RunItem]) -> None:
+        if not items:
+            return
+        rows = [{"run_id": run_id, "kind": i.kind, "action": i.action, "crm_id": i.crm_id,
+                 "gw_id": i.gw_id, "label": i.label[:500], "outcome": i.outcome,
+                 "reason": i.reason} for i in items]
+        with self.engine.begin() as conn:
+            conn.execute(insert(run_items), rows)
+
+    def finish_run(self, run_id: int, status: str, counts: dict[str, Any],
+                   error: str | None = None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(runs).where(runs.c.id == run_id).values(
+                status=status, finished_at=now(), counts=json.dumps(counts), error=error))
+
+    def runs(self, profile_id: int, limit: int = 50) -> list[dict[str, Any]]:
+        query = (select(runs).where(runs.c.profile_id == profile_id)
+                 .order_by(runs.c.id.desc()).limit(limit))
+        with self.engine.connect() as conn:
+            return [_run(r) for r in conn.execute(query)]
+
+    def run(self, profile_id: int, run_id: int) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(runs).where(
+                runs.c.id == run_id, runs.c.profile_id == profile_id)).first()
+            if row is None:
+                raise ConfigError(f"no run {run_id} for this profile")
+            out = _run(row)
+            items = conn.execute(select(run_items).where(run_items.c.run_id == run_id)
+                                 .order_by(run_items.c.id))
+            out["items"] = [{k: v for k, v in r._mapping.items() if k not in ("id", "run_id")}
+                            for r in items]
+        return out
+
+    def last_runs(self, profile_id: int) -> dict[str, dict[str, Any]]:
+        """The latest finished, non-dry run per object kind."""
+        out: dict[str, dict[str, Any]] = {}
+        for run in reversed(self.runs(profile_id, limit=200)):
+            if run["status"] != "running" and not run["dry_run"]:
+                for kind in run["objects"]:
+                    out[kind] = run
+        return out
+
+
+def _base(kind: ObjectKind, item_id, version, fmt, modified, raw) -> Item | None:
+    if item_id is None or raw is None:
+        return None
+    return Item(item_id, version, raw, fmt, kind, modified=modified)
+
+
+def _profile(row) -> Profile:
+    return Profile(row.id, row.name, row.crm, row.groupware, json.loads(row.objects),
+                   json.loads(row.settings or "{}"))
+
+
+def _run(row) -> dict[str, Any]:
+    out = dict(row._mapping)
+    out["objects"] = json.loads(out["objects"])
+    out["counts"] = json.loads(out["counts"]) if out["counts"] else {}
+    return out
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    # WAL keeps readers (the web UI, `status`) unblocked during a run; NORMAL sync is
+    # durable across a killed process, which is the failure the executor is built for.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()

@@ -1,0 +1,400 @@
+"""A sync run: gather what changed on both sides, plan it, apply the plan.
+
+Why a killed run is safe to run again:
+
+* Writes are idempotent (an update writes fields to values, a delete of a missing item is
+  a no-op) and carry the version they were planned from.
+* After each chunk of writes the new pair states are committed at once; a create whose
+  commit was lost is found again on the next run by its UID (or content) and re-paired
+  instead of created twice (see :func:`crmsync.plan.pair_up`).
+* Cursors move only when a run finishes. Items a run could not settle (failures,
+  conflicts awaiting a decision) are remembered as pending and fetched again next time.
+"""
+
+from __future__ import annotations
+
+import getpass
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from crmsync.connectors import connect
+from crmsync.connectors.base import (
+    SIDES,
+    Changes,
+    Connector,
+    Create,
+    Delete,
+    Item,
+    Result,
+    Side,
+    Update,
+    Write,
+    other,
+)
+from crmsync.errors import ConfigError, CrmsyncError, FormatError
+from crmsync.model import ObjectKind
+from crmsync.plan import WRITES, Action, Pair, Plan, Step, View, make_plan
+from crmsync.policy import Policy
+from crmsync.store import Profile, RunItem, Store, now
+
+Progress = Callable[[str, int, int], None]
+MAX_REPLANS = 3
+CHUNK = 200
+
+
+@dataclass
+class Prepared:
+    """One object's plan together with what is needed to apply it and move on."""
+
+    kind: ObjectKind
+    plan: Plan
+    listed: dict[Side, str | None]
+    changed_cursor: bool = True
+
+
+@dataclass
+class ObjectReport:
+    counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    items: list[RunItem] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    profile: str
+    status: str = "ok"  # ok | partial | failed | aborted
+    run_id: int | None = None
+    started: str = field(default_factory=now)
+    finished: str | None = None
+    objects: dict[str, ObjectReport] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def failed(self) -> int:
+        return sum(r.counts.get("failed", 0) for r in self.objects.values())
+
+    @property
+    def conflicts(self) -> int:
+        return sum(r.counts.get("conflict", 0) for r in self.objects.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run": self.run_id,
+            "profile": self.profile,
+            "status": self.status,
+            "started": self.started,
+            "finished": self.finished,
+            "error": self.error,
+            "objects": {
+                kind: {
+                    "counts": dict(sorted(r.counts.items())),
+                    "items": [
+                        {"action": i.action, "outcome": i.outcome, "label": i.label,
+                         "reason": i.reason, "crm_id": i.crm_id, "groupware_id": i.gw_id}
+                        for i in r.items if i.outcome != "applied"
+                    ],
+                }
+                for kind, r in self.objects.items()
+            },
+        }
+
+
+class Syncer:
+    """Runs one profile's sync. Connectors default to the profile's endpoints."""
+
+    def __init__(self, store: Store, profile: Profile, crm: Connector | None = None,
+                 groupware: Connector | None = None) -> None:
+        self.store = store
+        self.profile = profile
+        self.connectors: dict[Side, Connector] = {
+            "crm": crm or connect(profile.crm, "crm"),
+            "groupware": groupware or connect(profile.groupware, "groupware"),
+        }
+
+    def close(self) -> None:
+        for connector in self.connectors.values():
+            connector.close()
+
+    def policy(self, kind: ObjectKind) -> Policy:
+        values = self.profile.settings.get(kind)
+        return Policy.from_dict(values) if values is not None else Policy.default_for(kind)
+
+    def common_fields(self, kind: ObjectKind) -> frozenset[str]:
+        crm, gw = (self.connectors[s].capabilities.fields.get(kind, frozenset()) for s in SIDES)
+        return crm & gw
+
+    # --- gathering -------------------------------------------------------------------------
+
+    def prepare(self, kinds: Sequence[ObjectKind] | None = None) -> list[Prepared]:
+        kinds = list(kinds or self.profile.objects)
+        for kind in kinds:
+            if kind not in self.profile.objects:
+                raise ConfigError(f"profile {self.profile.name!r} does not sync {kind}")
+        return [self.gather(kind) for kind in kinds]
+
+    def gather(self, kind: ObjectKind) -> Prepared:
+        pid = self.profile.id
+        old = {s: self.store.cursor(pid, kind, s) for s in SIDES}
+        changes: dict[Side, Changes] = {
+            s: self.connectors[s].list_changes(kind, old[s]) for s in SIDES}
+        listed = {s: changes[s].cursor for s in SIDES}
+        pend = self.store.pending(pid, kind)
+        if not any(changes[s].upserts or changes[s].deleted or changes[s].complete or pend[s]
+                   for s in SIDES):
+            # Nothing changed anywhere: no need to even load the pairs.
+            return Prepared(kind, Plan(kind, []), listed, changed_cursor=listed != old)
+
+        all_pairs = self.store.pairs(pid, kind)
+        index: dict[Side, dict[str, Pair]] = {s: {} for s in SIDES}
+        for pair in all_pairs:
+            for s in SIDES:
+                side_id = pair.id_on(s)
+                if side_id is not None:
+                    index[s][side_id] = pair
+        touched: dict[int, dict[Side, Item | None]] = defaultdict(dict)
+        unpaired: dict[Side, list[Item]] = {s: [] for s in SIDES}
+
+        def place(side: Side, item_id: str, item: Item | None) -> None:
+            pair = index[side].get(item_id)
+            if pair is not None and pair.id is not None:
+                touched[pair.id][side] = item
+            elif item is not None:
+                unpaired[side].append(item)
+
+        for side in SIDES:
+            listing = changes[side]
+            to_fetch = [i for i in sorted(pend[side]) if i not in {u[0] for u in listing.upserts}]
+            seen = set()
+            for item_id, version, item in listing.upserts:
+                seen.add(item_id)
+                pair = index[side].get(item_id)
+                if pair is not None and pair.version_on(side) == version \
+                        and item_id not in pend[side]:
+                    continue
+                if item is None:
+                    to_fetch.append(item_id)
+                else:
+                    place(side, item_id, item)
+            gone = set(listing.deleted)
+            if listing.complete:
+                # A full listing names every item: a paired one it misses was deleted.
+                gone |= index[side].keys() - seen
+            if to_fetch:
+                fetched = self.connectors[side].fetch(kind, to_fetch)
+                gone |= set(to_fetch) - fetched.keys()
+                for item_id, item in fetched.items():
+                    place(side, item_id, item)
+            for item_id in gone:
+                if item_id in index[side]:
+                    place(side, item_id, None)
+
+        by_id = {p.id: p for p in all_pairs}
+        chosen = [by_id[i] for i in touched]
+        self.store.load_bases(kind, chosen)
+        views = []
+        for pair in chosen:
+            assert pair.id is not None
+            current = touched[pair.id]
+            sides = {s: current[s] if s in current else pair.base_on(s) for s in SIDES}
+            views.append(View(pair, sides["crm"], sides["groupware"]))
+        totals = {s: len(index[s]) + len(unpaired[s]) for s in SIDES}
+        plan = make_plan(kind, views, self.policy(kind), self.common_fields(kind),
+                         unpaired=unpaired, totals=totals,
+                         ignored=self.store.ignored(pid, kind))
+        return Prepared(kind, plan, listed)
+
+    # --- applying --------------------------------------------------------------------------
+
+    def run(self, prepared: Sequence[Prepared], *, mode: str = "manual",
+            progress: Progress | None = None) -> Report:
+        """Apply prepared plans, record the run, and move the cursors."""
+        report = Report(self.profile.name)
+        kinds = [p.kind for p in prepared]
+        report.run_id = self.store.start_run(self.profile.id, kinds, mode, _user())
+        try:
+            for prep in prepared:
+                obj = report.objects[prep.kind] = ObjectReport()
+                _Executor(self, report.run_id, prep.kind, obj, progress).execute(prep)
+        except CrmsyncError as exc:
+            report.status, report.error = "failed", str(exc)
+            self._finish(report)
+            raise
+        except BaseException as exc:
+            report.status, report.error = "failed", f"interrupted: {exc!r}"
+            self._finish(report)
+            raise
+        if report.failed:
+            report.status = "partial"
+        self._finish(report)
+        return report
+
+    def _finish(self, report: Report) -> None:
+        report.finished = now()
+        counts = {k: dict(r.counts) for k, r in report.objects.items()}
+        assert report.run_id is not None
+        try:
+            self.store.finish_run(report.run_id, report.status, counts, report.error)
+        except Exception:  # noqa: BLE001 - the store may be what failed; keep the first error
+            if report.status == "ok":
+                raise
+
+    def replan(self, kind: ObjectKind, step: Step) -> Step:
+        """Plan one step again from the sides' current items (after a precondition failed)."""
+        current: dict[Side, Item | None] = {}
+        for side in SIDES:
+            item_id = step.ids().get(side)
+            current[side] = (self.connectors[side].fetch(kind, [item_id]).get(item_id)
+                             if item_id else None)
+        view = View(step.pair, current["crm"], current["groupware"])
+        if step.pair is None:
+            plan = make_plan(kind, [], self.policy(kind), self.common_fields(kind),
+                             unpaired={s: [i] for s, i in current.items() if i is not None})
+        else:
+            plan = make_plan(kind, [view], self.policy(kind), self.common_fields(kind))
+        return plan.steps[0] if plan.steps else Step(kind, step.pair, None, None)
+
+
+def _user() -> str | None:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None
+
+
+class _Executor:
+    """Applies one object's plan: batched writes, state committed per chunk."""
+
+    def __init__(self, syncer: Syncer, run_id: int, kind: ObjectKind, report: ObjectReport,
+                 progress: Progress | None) -> None:
+        self.syncer = syncer
+        self.run_id = run_id
+        self.store = syncer.store
+        self.kind = kind
+        self.report = report
+        self.progress = progress
+        self.pending: dict[Side, set[str]] = {s: set() for s in SIDES}
+
+    def execute(self, prep: Prepared) -> None:
+        steps = prep.plan.steps
+        total = sum(len(s.actions) for s in steps) or len(steps)
+        done = 0
+        for start in range(0, len(steps), CHUNK):
+            chunk = steps[start:start + CHUNK]
+            for attempt in range(MAX_REPLANS + 1):
+                chunk = self._apply_chunk(chunk, last_try=attempt == MAX_REPLANS)
+                if not chunk:
+                    break
+                chunk = [self.syncer.replan(self.kind, s) for s in chunk]
+            done += sum(len(s.actions) for s in steps[start:start + CHUNK])
+            if self.progress:
+                self.progress(self.kind, min(done, total), total)
+        cursors = {s: self.syncer.connectors[s].cursor(self.kind, prep.listed[s]) for s in SIDES}
+        self.store.save_progress(self.syncer.profile.id, self.kind, cursors, self.pending)
+
+    def _apply_chunk(self, steps: list[Step], last_try: bool) -> list[Step]:
+        """Apply a chunk; returns the steps whose items changed meanwhile, to re-plan."""
+        writes: dict[Side, list[tuple[Step, Action, Write]]] = {s: [] for s in SIDES}
+        for step in steps:
+            for action in step.actions:
+                if action.op in WRITES and step.state == "record":
+                    try:
+                        writes[action.side].append(  # type: ignore[index]
+                            (step, action, _write(step, action)))
+                    except FormatError as exc:
+                        action.failed, action.reason = True, f"cannot read item: {exc}"
+                        step.state = "retry"
+        results: dict[int, Result] = {}
+        for side in SIDES:
+            batch_size = self.syncer.connectors[side].capabilities.batch_size
+            todo = [(s, a, w) for s, a, w in writes[side] if s.state == "record"]
+            for start in range(0, len(todo), batch_size):
+                part = todo[start:start + batch_size]
+                got = self.syncer.connectors[side].apply(self.kind, [w for _, _, w in part])
+                for (_, action, _), result in zip(part, got, strict=True):
+                    results[id(action)] = result
+
+        replan: list[Step] = []
+        saved: list[Pair] = []
+        dropped: list[int] = []
+        items: list[RunItem] = []
+        for step in steps:
+            outcome = self._settle(step, results, last_try)
+            if outcome == "replan":
+                replan.append(step)
+                continue
+            if outcome == "record":
+                self._record(step, results, saved, dropped)
+            items.extend(self._items(step, results))
+        self.store.save_pairs(self.syncer.profile.id, self.kind, saved, dropped)
+        self.store.add_run_items(self.run_id, items)
+        self.report.items.extend(items)
+        return replan
+
+    def _settle(self, step: Step, results: dict[int, Result], last_try: bool) -> str:
+        statuses = [results[id(a)].status for a in step.actions if id(a) in results]
+        if "changed" in statuses and not last_try and "failed" not in statuses:
+            return "replan"
+        if step.state == "retry" or any(s != "ok" for s in statuses):
+            for side, item_id in step.ids().items():
+                self.pending[side].add(item_id)
+            return "retry"
+        return step.state
+
+    def _record(self, step: Step, results: dict[int, Result], saved: list[Pair],
+                dropped: list[int]) -> None:
+        after: dict[Side, Item | None] = {s: step.item(s) for s in SIDES}
+        for action in step.actions:
+            if id(action) in results and action.side is not None:
+                after[action.side] = results[id(action)].item
+        pair = step.pair
+        if after["crm"] is None and after["groupware"] is None:
+            if pair is not None and pair.id is not None:
+                dropped.append(pair.id)
+            return
+        saved.append(Pair(
+            pair.id if pair else None, self.kind,
+            after["crm"].id if after["crm"] else None, None,
+            after["groupware"].id if after["groupware"] else None, None,
+            crm_base=after["crm"], gw_base=after["groupware"],
+        ))
+
+    def _items(self, step: Step, results: dict[int, Result]) -> list[RunItem]:
+        out = []
+        ids = step.ids()
+        for action in step.actions:
+            result = results.get(id(action))
+            reason = action.reason
+            if action.failed:
+                outcome = "failed"
+            elif action.op == "conflict":
+                outcome = "conflict"
+            elif action.op == "skip":
+                outcome = "skipped"
+            elif result is None or result.status == "ok":
+                outcome = "applied"
+            else:
+                outcome = "failed"
+                reason = result.error or {
+                    "changed": "the item kept changing while it was being synced",
+                    "exists": "an item with the same UID already exists there",
+                }.get(result.status, result.status)
+            code = action.code
+            self.report.counts["failed" if outcome == "failed" else code] += 1
+            out.append(RunItem(self.kind, code, outcome, step.label(parse=outcome != "applied"),
+                               reason, ids.get("crm"), ids.get("groupware")))
+        return out
+
+
+def _write(step: Step, action: Action) -> Write:
+    target = action.side
+    assert target is not None
+    if action.op == "create":
+        source = step.item(other(target))
+        assert source is not None
+        return Create(source=source)
+    item = step.item(target)
+    assert item is not None
+    if action.op == "update":
+        return Update(item.id, item.version, action.changes)
+    return Delete(item.id, item.version)
