@@ -50,8 +50,10 @@ class Prepared:
 
     kind: ObjectKind
     plan: Plan
+    # The cursors the listing returned, and the ones the run started from.
     listed: dict[Side, str | None]
-    changed_cursor: bool = True
+    old: dict[Side, str | None]
+    pending: dict[Side, set[str]]
 
 
 @dataclass
@@ -143,7 +145,7 @@ class Syncer:
         if not any(changes[s].upserts or changes[s].deleted or changes[s].complete or pend[s]
                    for s in SIDES):
             # Nothing changed anywhere: no need to even load the pairs.
-            return Prepared(kind, Plan(kind, []), listed, changed_cursor=listed != old)
+            return Prepared(kind, Plan(kind, []), listed, old, pend)
 
         all_pairs = self.store.pairs(pid, kind)
         index: dict[Side, dict[str, Pair]] = {s: {} for s in SIDES}
@@ -202,7 +204,7 @@ class Syncer:
         plan = make_plan(kind, views, self.policy(kind), self.common_fields(kind),
                          unpaired=unpaired, totals=totals,
                          ignored=self.store.ignored(pid, kind))
-        return Prepared(kind, plan, listed)
+        return Prepared(kind, plan, listed, old, pend)
 
     # --- applying --------------------------------------------------------------------------
 
@@ -290,7 +292,8 @@ class _Executor:
             if self.progress:
                 self.progress(self.kind, min(done, total), total)
         cursors = {s: self.syncer.connectors[s].cursor(self.kind, prep.listed[s]) for s in SIDES}
-        self.store.save_progress(self.syncer.profile.id, self.kind, cursors, self.pending)
+        if cursors != prep.old or self.pending != prep.pending:
+            self.store.save_progress(self.syncer.profile.id, self.kind, cursors, self.pending)
 
     def _apply_chunk(self, steps: list[Step], last_try: bool) -> list[Step]:
         """Apply a chunk; returns the steps whose items changed meanwhile, to re-plan."""

@@ -13,10 +13,10 @@ and a killed run leaves either the old or the new file.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,6 +77,7 @@ class VdirConnector(Connector):
         )
         # The files as listed and then written by this run, per object.
         self._files: dict[ObjectKind, dict[str, FileState]] = {}
+        self._written_kinds: set[ObjectKind] = set()
 
     # --- reading -------------------------------------------------------------------------
 
@@ -110,7 +111,7 @@ class VdirConnector(Connector):
                 if prev is not None and prev[:3] == sig:
                     files[name] = prev
                     continue
-                item = self._read(kind, folder / name, name)
+                item = self._read(kind, folder / name, name, st.st_mtime_ns)
                 if item is None:
                     continue
                 files[name] = sig + [item.version]
@@ -122,10 +123,12 @@ class VdirConnector(Connector):
         changes.cursor = _encode_cursor(files)
         return changes
 
-    def _read(self, kind: ObjectKind, path: Path, name: str) -> Item | None:
+    def _read(self, kind: ObjectKind, path: Path, name: str,
+              mtime: int | None = None) -> Item | None:
         try:
             data = path.read_bytes()
-            mtime = path.stat().st_mtime_ns
+            if mtime is None:
+                mtime = path.stat().st_mtime_ns
         except FileNotFoundError:
             return None
         version = _hash(data)
@@ -147,14 +150,16 @@ class VdirConnector(Connector):
         return out
 
     def cursor(self, kind: ObjectKind, listed: str | None) -> str | None:
-        files = self._files.get(kind)
-        return listed if files is None else _encode_cursor(files)
+        if kind not in self._written_kinds:
+            return listed
+        return _encode_cursor(self._files[kind])
 
     # --- writing -------------------------------------------------------------------------
 
     def apply(self, kind: ObjectKind, writes: Sequence[Write]) -> list[Result]:
         folder = self._ensure_folder(kind)
         files = self._files.setdefault(kind, {})
+        self._written_kinds.add(kind)
         results = []
         for write in writes:
             try:
@@ -227,8 +232,14 @@ class VdirConnector(Connector):
                     modified=_mtime_moment(path.stat().st_mtime_ns))
 
 
+_tmp_names = itertools.count()
+
+
 def _atomic_write(path: Path, data: bytes, exclusive: bool = False) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".crmsync-", suffix=".tmp", dir=path.parent)
+    # A dot-file in the same folder (listings skip dot-files), named by pid and counter;
+    # O_EXCL makes a stale one from a killed run an error instead of a shared file.
+    tmp = path.parent / f".crmsync-{os.getpid()}-{next(_tmp_names)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

@@ -9,14 +9,24 @@ last batch, which the next run re-derives (see crmsync.sync).
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, create_engine, delete, event, insert, select, text, update
+from sqlalchemy import (
+    Engine,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from crmsync.connectors.base import SIDES, Item, Side
@@ -143,6 +153,13 @@ class Store:
         with self.engine.connect() as conn:
             return [Pair(r[0], kind, r[1], r[2], r[3], r[4]) for r in conn.execute(query)]
 
+    def pair_counts(self, profile_id: int) -> dict[str, int]:
+        """How many pairs each object has."""
+        query = (select(pairs.c.kind, func.count()).where(pairs.c.profile_id == profile_id)
+                 .group_by(pairs.c.kind))
+        with self.engine.connect() as conn:
+            return {kind: n for kind, n in conn.execute(query)}
+
     def load_bases(self, kind: ObjectKind, chosen: Iterable[Pair]) -> None:
         """Fill in the bases of the given pairs."""
         by_id = {p.id: p for p in chosen if p.id is not None}
@@ -198,7 +215,7 @@ class Store:
 
     def pending(self, profile_id: int, kind: ObjectKind) -> dict[Side, set[str]]:
         c = pending.c
-        out: dict[Side, set[str]] = defaultdict(set)
+        out: dict[Side, set[str]] = {s: set() for s in SIDES}
         with self.engine.connect() as conn:
             for side, item_id in conn.execute(select(c.side, c.item_id).where(
                     c.profile_id == profile_id, c.kind == kind)):

@@ -1,0 +1,376 @@
+"""The ``crmsync`` command line: a thin layer over crmsync.sync and crmsync.store.
+
+Exit codes (stable; scripts rely on them):
+
+  0  success (or nothing to do)
+  1  unexpected error
+  2  usage or configuration error
+  3  conflicts are waiting for a decision (conflict rule "ask")
+  4  the mass-delete guard stopped the run; nothing was written
+  5  a side could not be reached or refused the credentials
+  6  some items failed; the others were synced (see the report)
+  7  cancelled at the confirmation prompt; nothing was written
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from crmsync.errors import ConfigError, CrmsyncError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFLICTS = 0, 1, 2, 3
+EXIT_MASS_DELETE, EXIT_CONNECTION, EXIT_PARTIAL, EXIT_CANCELLED = 4, 5, 6, 7
+
+EXIT_CODES_HELP = """
+Exit codes: 0 ok; 1 unexpected error; 2 usage or configuration error; 3 conflicts wait
+for a decision; 4 mass-delete guard stopped the run (nothing written); 5 a side could
+not be reached; 6 some items failed (the rest synced); 7 cancelled at the prompt.
+"""
+
+app = typer.Typer(
+    help="Keep calendar events, contacts and tasks in step between groupware and a CRM."
+    + EXIT_CODES_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+profile_app = typer.Typer(help="Set up and inspect sync profiles.", no_args_is_help=True)
+app.add_typer(profile_app, name="profile")
+
+_state: dict[str, Any] = {"home": None}
+
+
+@app.callback()
+def _main(
+    home: Annotated[Path | None, typer.Option(
+        "--home", help="Folder for config and state (default: $CRMSYNC_HOME, else the "
+        "platform's config and data folders).", show_default=False)] = None,
+) -> None:
+    _state["home"] = home
+
+
+def _store():
+    from crmsync.config import Paths, store_url
+    from crmsync.store import Store
+
+    return Store.open(store_url(Paths.resolve(_state["home"])))
+
+
+def _emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def _fail(exc: CrmsyncError) -> typer.Exit:
+    _console(stderr=True).print(f"[red]error:[/] {exc}", markup=True, highlight=False)
+    return typer.Exit(exc.exit_code)
+
+
+# --- profiles ---------------------------------------------------------------------------
+
+
+@profile_app.command("add")
+def profile_add(
+    name: Annotated[str, typer.Argument(help="A short name for the profile.")],
+    crm: Annotated[str, typer.Option(help="CRM endpoint, e.g. vdir:PATH.")],
+    groupware: Annotated[str, typer.Option(help="Groupware endpoint, e.g. vdir:PATH.")],
+    objects: Annotated[str, typer.Option(
+        help="Comma-separated objects to sync.")] = "calendar,contacts,tasks",
+    conflict: Annotated[str, typer.Option(
+        help="When both sides changed a field: newest, crm, groupware or ask.")] = "newest",
+    delete_vs_update: Annotated[str, typer.Option(
+        help="When one side deleted and the other changed an item: keep (recreate it), "
+        "crm, groupware (that side is master) or delete.")] = "keep",
+    prevent: Annotated[str, typer.Option(
+        help="Comma-separated operations never to do, e.g. 'crm:delete,groupware:create'. "
+        "Contacts always start with crm:delete.")] = "",
+) -> None:
+    """Add a profile joining one CRM to one groupware account."""
+    from crmsync.connectors import parse_endpoint
+    from crmsync.model import OBJECT_KINDS
+    from crmsync.policy import Policy
+
+    try:
+        kinds = [k.strip() for k in objects.split(",") if k.strip()]
+        bad = [k for k in kinds if k not in OBJECT_KINDS]
+        if bad or not kinds:
+            raise ConfigError(f"unknown object(s) {', '.join(bad) or '(none)'}; "
+                              f"choose from {', '.join(OBJECT_KINDS)}")
+        parse_endpoint(crm)
+        parse_endpoint(groupware)
+        switches = {p.strip() for p in prevent.split(",") if p.strip()}
+        settings = {}
+        for kind in kinds:
+            base = Policy.default_for(kind)
+            policy = Policy.from_dict(base.to_dict() | {
+                "conflict": conflict, "delete_vs_update": delete_vs_update,
+                "prevent": sorted(base.prevent | switches)})
+            settings[kind] = policy.to_dict()
+        store = _store()
+        profile = store.add_profile(name, crm, groupware, kinds, settings)
+    except CrmsyncError as exc:
+        raise _fail(exc) from None
+    _console().print(f"Added profile [bold]{profile.name}[/]: {crm} ⇄ {groupware} "
+                     f"({', '.join(kinds)})")
+
+
+@profile_app.command("list")
+def profile_list(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False):
+    """List profiles."""
+    try:
+        profiles = _store().profiles()
+    except CrmsyncError as exc:
+        raise _fail(exc) from None
+    if json_out:
+        _emit_json([_profile_dict(p) for p in profiles])
+        return
+    for p in profiles:
+        _console().print(f"{p.name}: {p.crm} ⇄ {p.groupware} ({', '.join(p.objects)})")
+
+
+@profile_app.command("show")
+def profile_show(
+    name: str,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show one profile with its settings."""
+    try:
+        profile = _store().profile(name)
+    except CrmsyncError as exc:
+        raise _fail(exc) from None
+    data = _profile_dict(profile)
+    if json_out:
+        _emit_json(data)
+    else:
+        _console().print_json(data=data)
+
+
+@profile_app.command("remove")
+def profile_remove(
+    name: str,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+) -> None:
+    """Remove a profile and its sync state (the items on both sides stay as they are)."""
+    if not yes and not typer.confirm(f"Remove profile {name!r} and its sync history?"):
+        raise typer.Exit(EXIT_CANCELLED)
+    try:
+        _store().remove_profile(name)
+    except CrmsyncError as exc:
+        raise _fail(exc) from None
+
+
+def _profile_dict(p) -> dict[str, Any]:
+    return {"name": p.name, "crm": p.crm, "groupware": p.groupware, "objects": p.objects,
+            "settings": p.settings}
+
+
+# --- sync -------------------------------------------------------------------------------
+
+
+@app.command()
+def sync(
+    name: Annotated[str, typer.Argument(help="The profile to sync.")],
+    objects: Annotated[list[str] | None, typer.Option(
+        "--object", "-o", help="Only this object (repeatable): calendar, contacts, tasks.",
+        show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Show the plan; write nothing.")] = False,
+    yes: Annotated[bool, typer.Option(
+        "--yes", "-y", help="Apply without asking.")] = False,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Print the plan (with --dry-run) or the run report as JSON.")] = False,
+    allow_mass_delete: Annotated[bool, typer.Option(
+        "--allow-mass-delete", help="Apply even when the mass-delete guard trips.")] = False,
+) -> None:
+    """Sync a profile: plan, review, confirm, apply.
+
+    The plan lists every create, update and delete, CRM items on the left, groupware
+    items on the right. Nothing is written before you confirm (or pass --yes).
+    """
+    from crmsync.sync import Syncer
+
+    try:
+        store = _store()
+        profile = store.profile(name)
+        syncer = Syncer(store, profile)
+        try:
+            prepared = syncer.prepare(objects or None)  # type: ignore[arg-type]
+            plans = [p.plan for p in prepared]
+            code = _sync_apply(syncer, prepared, plans, dry_run=dry_run, yes=yes,
+                               json_out=json_out, allow_mass_delete=allow_mass_delete)
+        finally:
+            syncer.close()
+    except CrmsyncError as exc:
+        raise _fail(exc) from None
+    raise typer.Exit(code)
+
+
+def _sync_apply(syncer, prepared, plans, *, dry_run: bool, yes: bool, json_out: bool,
+                allow_mass_delete: bool) -> int:
+    from crmsync import show
+
+    interactive = sys.stdin.isatty() and not json_out
+    writes = sum(p.writes for p in plans)
+    guard = {p.kind: p.guard for p in plans if p.guard}
+    if dry_run or not json_out:
+        if json_out:
+            _emit_json({"profile": syncer.profile.name, "dry_run": True,
+                        "objects": {p.kind: show.plan_dict(p) for p in plans}})
+        else:
+            console = _console()
+            for plan in plans:
+                if plan.steps:
+                    console.print(show.plan_table(plan))
+            console.print(f"Plan: {show.summary(plans)}")
+    if dry_run:
+        return EXIT_OK
+    if guard and not allow_mass_delete:
+        msg = "; ".join(f"{kind}: {n} of {total} items in {side}"
+                        for kind, g in guard.items() for side, (n, total) in g.items())
+        if not (interactive and typer.confirm(
+                f"The mass-delete guard tripped ({msg}). Delete them anyway?", default=False)):
+            _console(stderr=True).print(
+                f"[red]stopped:[/] this run would delete {msg}. Nothing was written. "
+                "Check the other side, or pass --allow-mass-delete.")
+            return EXIT_MASS_DELETE
+    elif writes and not yes:
+        if not interactive:
+            raise ConfigError("refusing to write without confirmation: pass --yes, "
+                              "or --dry-run to only look")
+        if not typer.confirm(f"Apply {show.summary(plans)}?", default=False):
+            _console().print("Cancelled; nothing was written.")
+            return EXIT_CANCELLED
+    report = syncer.run(prepared, progress=_progress_bar(json_out))
+    if json_out:
+        _emit_json(report.to_dict())
+    else:
+        _console().print(show.report_table(report))
+        for obj in report.objects.values():
+            for item in obj.items:
+                if item.outcome in ("failed", "conflict"):
+                    _console().print(f"  [red]{item.outcome}[/] {item.label}: {item.reason}")
+    if report.failed:
+        return EXIT_PARTIAL
+    if report.conflicts:
+        return EXIT_CONFLICTS
+    return EXIT_OK
+
+
+def _progress_bar(quiet: bool):
+    """A Rich progress bar on a terminal; nothing when quiet or not on a terminal."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    from rich.progress import Progress
+
+    progress = Progress(console=_console(stderr=True), transient=True)
+    tasks: dict[str, Any] = {}
+
+    def update(kind: str, done: int, total: int) -> None:
+        if kind not in tasks:
+            progress.start()
+            tasks[kind] = progress.add_task(f"applying {kind}", total=total)
+        progress.update(tasks[kind], completed=done)
+        if done >= total:
+            progress.stop()
+
+    return update
+
+
+# --- status and history -------------------------------------------------------------------
+
+
+@app.command()
+def status(
+    name: str,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show a profile's objects, their last run and how many items are paired."""
+    try:
+        store = _store()
+        profile = store.profile(name)
+        last = store.last_runs(profile.id)
+        counts = store.pair_counts(profile.id)
+    except CrmsyncError as exc:
+        raise _fail(exc) from None
+    data = {
+        "profile": profile.name, "crm": profile.crm, "groupware": profile.groupware,
+        "objects": {
+            kind: {
+                "paired": counts.get(kind, 0),
+                "last_run": last[kind]["finished_at"] if kind in last else None,
+                "last_status": last[kind]["status"] if kind in last else None,
+            } for kind in profile.objects
+        },
+    }
+    if json_out:
+        _emit_json(data)
+        return
+    console = _console()
+    console.print(f"[bold]{profile.name}[/]: {profile.crm} ⇄ {profile.groupware}")
+    for kind, info in data["objects"].items():
+        console.print(f"  {kind:9} {info['paired']:6} paired   last run: "
+                      f"{info['last_run'] or 'never'} {info['last_status'] or ''}")
+
+
+@app.command()
+def history(
+    name: str,
+    run: Annotated[int | None, typer.Argument(help="Show this run in full.")] = None,
+    limit: Annotated[int, typer.Option(help="How many runs to list.")] = 20,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List a profile's runs, or show one run with every item's outcome."""
+    try:
+        store = _store()
+        profile = store.profile(name)
+        data: Any = store.run(profile.id, run) if run is not None else store.runs(profile.id,
+                                                                                 limit)
+    except CrmsyncError as exc:
+        raise _fail(exc) from None
+    if json_out:
+        _emit_json(data)
+        return
+    console = _console()
+    if run is None:
+        for r in data:
+            counts = "; ".join(f"{k}: " + ", ".join(f"{n} {c}" for c, n in v.items())
+                               for k, v in r["counts"].items())
+            console.print(f"#{r['id']:<5} {r['started_at']}  {r['status']:8} {counts}")
+        return
+    console.print(f"run #{data['id']} {data['started_at']} → {data['finished_at']} "
+                  f"{data['status']} by {data['started_by']}")
+    for item in data["items"]:
+        console.print(f"  {item['outcome']:8} {item['action']:18} {item['label'] or ''} "
+                      f"{item['reason'] or ''}")
+
+
+@app.command()
+def demo(
+    folder: Annotated[Path, typer.Option(
+        "--dir", help="Where to create the demo folders.")] = Path("crmsync-demo"),
+) -> None:
+    """Create two sample folders (a CRM and a calendar) and sync them."""
+    from crmsync.demo import run_demo
+
+    try:
+        raise typer.Exit(run_demo(folder, _console()))
+    except CrmsyncError as exc:
+        raise _fail(exc) from None
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)

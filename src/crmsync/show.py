@@ -1,0 +1,109 @@
+"""Views of a plan and a report: JSON for scripts, tables for people.
+
+A plan shown to a person reads left to right like the sync summary of the products we
+replace: the CRM item, the action (an arrow pointing at the side that is written), the
+groupware item.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crmsync.plan import Action, Plan, Step
+
+ARROWS = {
+    "create:crm": "◀ create",
+    "create:groupware": "create ▶",
+    "update:crm": "◀ update",
+    "update:groupware": "update ▶",
+    "delete:crm": "◀ delete",
+    "delete:groupware": "delete ▶",
+    "conflict": "conflict ?",
+    "skip": "skip",
+    "link": "link =",
+    "failed": "failed !",
+}
+STYLE = {"create": "green", "update": "yellow", "delete": "red", "conflict": "magenta",
+         "skip": "dim", "link": "cyan"}
+
+
+def _item(item) -> dict[str, Any] | None:
+    return None if item is None else {"id": item.id, "label": item.label()}
+
+
+def action_dict(step: Step, action: Action) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "action": "failed" if action.failed else action.code,
+        "crm": _item(step.crm),
+        "groupware": _item(step.gw),
+    }
+    if action.changes:
+        out["changes"] = action.changes
+    if action.conflicts:
+        out["conflicts"] = {k: {"crm": v[0], "groupware": v[1]}
+                            for k, v in action.conflicts.items()}
+    if action.reason:
+        out["reason"] = action.reason
+    return out
+
+
+def plan_dict(plan: Plan) -> dict[str, Any]:
+    return {
+        "counts": plan.counts(),
+        "mass_delete_guard": {side: {"deletes": n, "items": total}
+                              for side, (n, total) in plan.guard.items()},
+        "actions": [action_dict(s, a) for s, a in plan.actions()],
+    }
+
+
+def summary(plans: list[Plan]) -> str:
+    """ "12 create in CRM, 3 update in groupware, 1 conflict" """
+    totals: dict[str, int] = {}
+    for plan in plans:
+        for code, n in plan.counts().items():
+            totals[code] = totals.get(code, 0) + n
+    parts = []
+    for code, n in sorted(totals.items()):
+        op, _, side = code.partition(":")
+        where = {"crm": " in CRM", "groupware": " in groupware"}.get(side, "")
+        parts.append(f"{n} {op}{where}")
+    return ", ".join(parts) or "nothing to do"
+
+
+def plan_table(plan: Plan, limit: int = 100):
+    from rich.table import Table
+
+    table = Table(title=f"{plan.kind}: {summary([plan])}", title_justify="left",
+                  show_lines=False, expand=False)
+    table.add_column("CRM", overflow="fold", max_width=48)
+    table.add_column("action", justify="center", no_wrap=True)
+    table.add_column("groupware", overflow="fold", max_width=48)
+    table.add_column("why", overflow="fold", style="dim", max_width=60)
+    shown = 0
+    for step, action in plan.actions():
+        if shown == limit:
+            table.add_row("…", f"{sum(1 for _ in plan.actions()) - limit} more", "…",
+                          "use --json to see every row")
+            break
+        code = "failed" if action.failed else action.code
+        style = "red" if action.failed else STYLE.get(action.op, "")
+        why = action.reason
+        if action.changes and not why:
+            why = ", ".join(action.changes)
+        table.add_row(step.crm.label() if step.crm else "",
+                      f"[{style}]{ARROWS.get(code, code)}[/]",
+                      step.gw.label() if step.gw else "", why)
+        shown += 1
+    return table
+
+
+def report_table(report) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"run {report.run_id}: {report.status}", title_justify="left")
+    table.add_column("object")
+    table.add_column("result")
+    for kind, obj in report.objects.items():
+        counts = ", ".join(f"{n} {code}" for code, n in sorted(obj.counts.items())) or "in step"
+        table.add_row(kind, counts)
+    return table
