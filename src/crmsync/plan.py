@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from crmsync import formats
 from crmsync.connectors.base import SIDES, Item, Side, other
 from crmsync.errors import FormatError
 from crmsync.merge import Flat, diff, flatten
@@ -318,6 +319,10 @@ class _Planner:
     def _create(self, step: Step, view: View) -> None:
         source: Side = "crm" if view.crm is not None else "groupware"
         target = other(source)
+        item = view.item(source)
+        assert item is not None
+        if not formats.looks_valid(item.fmt, item.raw):
+            item.record()  # a full parse: raises FormatError with the reason
         if self.policy.prevents(target, "create"):
             step.actions.append(self._prevented(target, "create"))
             step.state = "settle"

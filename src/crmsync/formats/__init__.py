@@ -28,22 +28,44 @@ def register(fmt: str, kind: ObjectKind, parse_fn: Parser, render_fn: Renderer) 
 
 
 def _codec(fmt: str, kind: ObjectKind) -> tuple[Parser, Renderer]:
-    if not _codecs:
-        _load_builtin()
+    if (fmt, kind) not in _codecs:
+        _load_builtin(fmt)
     try:
         return _codecs[(fmt, kind)]
     except KeyError:
         raise LookupError(f"no codec for {kind} items in format {fmt!r}") from None
 
 
-def _load_builtin() -> None:
-    # Imported lazily: icalendar and vobject cost start-up time that a sync with nothing
-    # changed never needs.
-    from crmsync.formats import ical, vcard
+def _load_builtin(fmt: str) -> None:
+    # Imported on first use: icalendar and vobject cost start-up time that a sync with
+    # nothing changed never needs.
+    if fmt == ICALENDAR:
+        from crmsync.formats import ical
 
-    register(ICALENDAR, "calendar", ical.parse_event, ical.render_event)  # type: ignore[arg-type]
-    register(ICALENDAR, "tasks", ical.parse_task, ical.render_task)  # type: ignore[arg-type]
-    register(VCARD, "contacts", vcard.parse_contact, vcard.render_contact)  # type: ignore[arg-type]
+        register(ICALENDAR, "calendar", ical.parse_event, ical.render_event)  # type: ignore[arg-type]
+        register(ICALENDAR, "tasks", ical.parse_task, ical.render_task)  # type: ignore[arg-type]
+    elif fmt == VCARD:
+        from crmsync.formats import vcard
+
+        register(VCARD, "contacts", vcard.parse_contact, vcard.render_contact)  # type: ignore[arg-type]
+
+
+_ENVELOPE = {ICALENDAR: ("BEGIN:VCALENDAR", "END:VCALENDAR"), VCARD: ("BEGIN:VCARD", "END:VCARD")}
+
+
+def looks_valid(fmt: str, raw: str) -> bool:
+    """A cheap check that ``raw`` is a whole item, for copies made without parsing.
+
+    Copying an item verbatim skips the parse (most of the cost of a first sync); this
+    catches truncated or foreign files, and whatever it lets through is parsed in full.
+    """
+    envelope = _ENVELOPE.get(fmt)
+    if envelope is None:
+        return False
+    head, tail = envelope
+    text = raw.strip()
+    return text[:len(head)].upper() == head and text[-len(tail):].upper() == tail \
+        and "\nUID" in raw.upper()
 
 
 def parse(fmt: str, kind: ObjectKind, raw: str) -> Record:

@@ -1,0 +1,226 @@
+"""The planner is pure: these tests build its three views by hand and read the plan."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import event, item
+
+from crmsync.connectors.vdir import VdirConnector
+from crmsync.model import Contact, Occurrence, Task
+from crmsync.plan import Pair, View, make_plan, pair_up
+from crmsync.policy import Policy
+
+COMMON = VdirConnector(".", "crm").capabilities.fields["calendar"]
+
+
+def paired(crm_now, gw_now, crm_base, gw_base=None):
+    """A stored pair whose bases are ``crm_base``/``gw_base`` (the same by default)."""
+    gw_base = gw_base or crm_base
+    cb, gb = item(crm_base, "c1", "b1"), item(gw_base, "g1", "b1")
+    pair = Pair(1, "calendar", "c1", "b1", "g1", "b1", crm_base=cb, gw_base=gb)
+    cur = {}
+    for side, now, base in (("crm", crm_now, cb), ("gw", gw_now, gb)):
+        if now is None:
+            cur[side] = None
+        elif now == "same":
+            cur[side] = base
+        else:
+            cur[side] = item(now, base.id, "v2", modified=now.__dict__.pop("_modified", None))
+    return View(pair, cur["crm"], cur["gw"])
+
+
+def plan_of(*views, policy=Policy(), **kw):
+    return make_plan("calendar", list(views), policy, COMMON, **kw)
+
+
+def ops(plan):
+    return [(a.op, a.side) for _, a in plan.actions()]
+
+
+BASE = event("u1", "Kickoff", location="Room 1")
+
+
+def test_one_side_changed_updates_the_other_with_just_that_field():
+    view = paired(event("u1", "Kickoff", location="Room 2"), "same", BASE)
+    plan = plan_of(view)
+    assert ops(plan) == [("update", "groupware")]
+    assert plan.steps[0].actions[0].changes == {"location": "Room 2"}
+
+
+def test_different_fields_changed_on_both_sides_merge_without_conflict():
+    view = paired(event("u1", "Kickoff!", location="Room 1"),
+                  event("u1", "Kickoff", location="Room 9"), BASE)
+    plan = plan_of(view)
+    assert sorted(ops(plan)) == [("update", "crm"), ("update", "groupware")]
+    by_side = {a.side: a.changes for _, a in plan.actions()}
+    assert by_side == {"crm": {"location": "Room 9"}, "groupware": {"summary": "Kickoff!"}}
+
+
+def test_same_change_on_both_sides_writes_nothing():
+    view = paired(event("u1", "Same"), event("u1", "Same"), BASE)
+    assert ops(plan_of(view)) == []
+
+
+@pytest.mark.parametrize(("rule", "crm_time", "gw_time", "winner"), [
+    ("newest", "2026-11-20T10:00:00Z", "2026-11-21T10:00:00Z", "groupware"),
+    ("newest", "2026-11-22T10:00:00Z", "2026-11-21T10:00:00Z", "crm"),
+    ("newest", None, None, "crm"),
+    ("crm", "2026-11-20T10:00:00Z", "2026-11-21T10:00:00Z", "crm"),
+    ("groupware", "2026-11-22T10:00:00Z", "2026-11-21T10:00:00Z", "groupware"),
+])
+def test_conflict_rules(rule, crm_time, gw_time, winner):
+    crm_now, gw_now = event("u1", "From CRM"), event("u1", "From calendar")
+    crm_now._modified, gw_now._modified = crm_time, gw_time
+    plan = plan_of(paired(crm_now, gw_now, BASE), policy=Policy(conflict=rule))
+    loser = "crm" if winner == "groupware" else "groupware"
+    assert ops(plan) == [("update", loser)]
+    expected = "From CRM" if winner == "crm" else "From calendar"
+    assert plan.steps[0].actions[0].changes == {"summary": expected}
+    assert "conflict on summary" in plan.steps[0].actions[0].reason
+
+
+def test_conflict_rule_ask_waits_for_a_decision_and_writes_nothing():
+    view = paired(event("u1", "A", location="X"), event("u1", "B", location="Room 1"), BASE)
+    plan = plan_of(view, policy=Policy(conflict="ask"))
+    assert ops(plan) == [("conflict", None)]
+    action = plan.steps[0].actions[0]
+    assert action.conflicts == {"summary": ("A", "B")}
+    assert plan.steps[0].state == "retry"
+    assert plan.writes == 0
+
+
+def test_recurrence_exceptions_merge_per_occurrence():
+    rid_a, rid_b = "2026-12-08T09:00:00Z", "2026-12-15T09:00:00Z"
+    base = event("u1", "Weekly", rrule="FREQ=WEEKLY;COUNT=5")
+    crm_now = event("u1", "Weekly", rrule="FREQ=WEEKLY;COUNT=5",
+                    overrides={rid_a: Occurrence(summary="moved A", start=rid_a)})
+    gw_now = event("u1", "Weekly", rrule="FREQ=WEEKLY;COUNT=5",
+                   overrides={rid_b: Occurrence(summary="moved B", start=rid_b)})
+    plan = plan_of(paired(crm_now, gw_now, base))
+    by_side = {a.side: a.changes for _, a in plan.actions()}
+    assert set(by_side["crm"]) == {f"overrides/{rid_b}"}
+    assert set(by_side["groupware"]) == {f"overrides/{rid_a}"}
+
+
+@pytest.mark.parametrize(("rule", "gone", "expected"), [
+    ("keep", "crm", ("create", "crm")),
+    ("keep", "groupware", ("create", "groupware")),
+    ("delete", "crm", ("delete", "groupware")),
+    ("delete", "groupware", ("delete", "crm")),
+    ("crm", "crm", ("delete", "groupware")),
+    ("crm", "groupware", ("create", "groupware")),
+    ("groupware", "crm", ("create", "crm")),
+    ("groupware", "groupware", ("delete", "crm")),
+])
+def test_delete_versus_update_rules(rule, gone, expected):
+    changed = event("u1", "Changed")
+    view = paired(None if gone == "crm" else changed, None if gone == "groupware" else changed,
+                  BASE)
+    plan = plan_of(view, policy=Policy(delete_vs_update=rule))
+    assert ops(plan) == [expected]
+
+
+def test_delete_of_an_unchanged_item_is_mirrored():
+    assert ops(plan_of(paired(None, "same", BASE))) == [("delete", "groupware")]
+    assert ops(plan_of(paired("same", None, BASE))) == [("delete", "crm")]
+
+
+def test_deleted_on_both_sides_forgets_the_pair():
+    plan = plan_of(paired(None, None, BASE))
+    assert ops(plan) == [] and plan.steps[0].state == "record"
+
+
+@pytest.mark.parametrize("switch", ["crm:create", "crm:update", "crm:delete",
+                                    "groupware:create", "groupware:update",
+                                    "groupware:delete"])
+def test_prevent_switches_override_everything(switch):
+    side, op = switch.split(":")
+    policy = Policy(prevent=frozenset({switch}), conflict="crm" if side == "crm" else
+                    "groupware", delete_vs_update="delete")
+    source = "groupware" if side == "crm" else "crm"
+    if op == "create":
+        new = item(event("new"), "new.ics")
+        view = View(None, new if source == "crm" else None, new if source != "crm" else None)
+    elif op == "update":
+        changed = event("u1", "Changed")
+        view = paired(changed if source == "crm" else "same",
+                      changed if source != "crm" else "same", BASE)
+    else:
+        view = paired(None if source == "crm" else "same",
+                      None if source != "crm" else "same", BASE)
+    plan = plan_of(view, policy=policy)
+    assert (op, side) not in ops(plan)
+    assert ops(plan) == [("skip", side)]
+    assert f"do not {op} in" in plan.steps[0].actions[0].reason
+
+
+def test_new_items_are_created_on_the_other_side_and_repaired_by_uid_first():
+    crm_items = [item(event("a", "A"), "a.ics"), item(event("b", "B"), "b.ics")]
+    gw_items = [item(event("b", "B moved"), "x.ics"), item(event("c", "C"), "c.ics")]
+    plan = plan_of(unpaired={"crm": crm_items, "groupware": gw_items})
+    got = sorted((a.op, a.side, s.crm.id if s.crm else None, s.gw.id if s.gw else None)
+                 for s, a in plan.actions())
+    assert got == [
+        ("create", "crm", None, "c.ics"),
+        ("create", "groupware", "a.ics", None),
+        # b was paired by UID although its summary differs; newest (tie: CRM) wins.
+        ("update", "groupware", "b.ics", "x.ics"),
+    ]
+
+
+def test_repair_by_content_when_ids_are_lost():
+    crm_items = [item(event("crm-1", "Demo", start="2026-12-02T09:00:00Z"), "c.ics")]
+    gw_items = [item(event("other-uid", "demo ", start="2026-12-02T09:00:00Z"), "g.ics")]
+    views = pair_up("calendar", crm_items, gw_items)
+    assert [(v.crm.id, v.gw.id) for v in views] == [("c.ics", "g.ics")]
+
+
+def test_identical_items_found_on_both_sides_are_linked_not_copied():
+    plan = plan_of(unpaired={"crm": [item(event("a"), "a.ics")],
+                             "groupware": [item(event("a"), "a2.ics")]})
+    assert ops(plan) == [("link", None)]
+
+
+def test_mass_delete_guard_trips_over_share_and_minimum():
+    views = [paired(None, "same", event(f"u{i}")) for i in range(12)]
+    for i, v in enumerate(views):
+        v.pair.id = i
+    plan = plan_of(*views, totals={"crm": 20, "groupware": 20})
+    assert plan.guard == {"groupware": (12, 20)}
+    small = plan_of(*views[:10], totals={"crm": 12, "groupware": 12})
+    assert small.guard == {}  # not more than 10 items
+    share = plan_of(*views, totals={"crm": 100, "groupware": 100})
+    assert share.guard == {}  # 12% of the side
+
+
+def test_plan_order_is_deterministic():
+    items_ = [item(event(f"u{i}"), f"{i:03}.ics") for i in (5, 1, 3)]
+    a = plan_of(unpaired={"crm": items_})
+    b = plan_of(unpaired={"crm": list(reversed(items_))})
+    assert [s.crm.id for s in a.steps] == [s.crm.id for s in b.steps] == \
+        ["001.ics", "003.ics", "005.ics"]
+
+
+def test_unreadable_item_is_a_failed_skip_not_a_crash():
+    broken = item(event("a"), "a.ics")
+    broken.raw = "BEGIN:VCALENDAR\r\nthis is not icalendar"
+    plan = plan_of(unpaired={"crm": [broken]})
+    (step,) = plan.steps
+    assert step.state == "retry"
+    assert step.actions[0].failed and "a.ics" in step.actions[0].reason
+
+
+def test_ignored_items_are_skipped():
+    plan = plan_of(unpaired={"crm": [item(event("a"), "a.ics")]},
+                   ignored=frozenset({("crm", "a.ics")}))
+    assert ops(plan) == [("skip", "crm")]
+
+
+def test_contacts_and_tasks_repair_by_content():
+    c1 = item(Contact(uid="1", full_name="Jo Acme", emails=["jo@acme.example"]), "1.vcf")
+    c2 = item(Contact(uid="2", full_name="jo acme", emails=["JO@acme.example"]), "2.vcf")
+    assert [(v.crm.id, v.gw.id) for v in pair_up("contacts", [c1], [c2])] == \
+        [("1.vcf", "2.vcf")]
+    t1 = item(Task(uid="1", summary="Call back", due="2026-12-01"), "1.ics")
+    t2 = item(Task(uid="2", summary="Call back", due="2026-12-01"), "2.ics")
+    assert len(pair_up("tasks", [t1], [t2])) == 1
