@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Sides, event
 
 from crmsync.model import Contact
+
+from conftest import Sides, event
 
 
 def crmsync(home: Path, *args: str, input: str | None = None, check: int | None = 0):

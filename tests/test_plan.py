@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from conftest import event, item
 
 from crmsync.connectors.vdir import VdirConnector
 from crmsync.model import Contact, Occurrence, Task
 from crmsync.plan import Pair, View, make_plan, pair_up
 from crmsync.policy import Policy
+
+from conftest import event, item
 
 COMMON = VdirConnector(".", "crm").capabilities.fields["calendar"]
 
@@ -29,8 +30,8 @@ def paired(crm_now, gw_now, crm_base, gw_base=None):
     return View(pair, cur["crm"], cur["gw"])
 
 
-def plan_of(*views, policy=Policy(), **kw):
-    return make_plan("calendar", list(views), policy, COMMON, **kw)
+def plan_of(*views, policy: Policy | None = None, **kw):
+    return make_plan("calendar", list(views), policy or Policy(), COMMON, **kw)
 
 
 def ops(plan):

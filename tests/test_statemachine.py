@@ -20,11 +20,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from conftest import Sides
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-from test_sync import Crash, CrashingVdir
 
 from crmsync.connectors.base import SIDES, other
 from crmsync.connectors.vdir import EXTENSION
@@ -32,6 +30,9 @@ from crmsync.model import Attendee, Contact, Event, Occurrence, Phone, Task
 from crmsync.policy import PREVENT_SWITCHES
 from crmsync.store import Store
 from crmsync.sync import Syncer
+
+from conftest import Sides
+from test_sync import Crash, CrashingVdir
 
 KINDS = ("calendar", "contacts", "tasks")
 SLOW = os.environ.get("CRMSYNC_SLOW") == "1"

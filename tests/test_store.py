@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from conftest import event, item
 
 from crmsync.errors import ConfigError
 from crmsync.plan import Pair
 from crmsync.store import MIGRATIONS, SCHEMA_HEAD, RunItem, Store
+
+from conftest import event, item
 
 
 def test_schema_head_matches_the_newest_migration():

@@ -5,12 +5,13 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from conftest import Sides, event, make_syncer, sync
 
 from crmsync.connectors.vdir import VdirConnector
 from crmsync.model import Attendee, Contact, Occurrence, Task
 from crmsync.store import Store
 from crmsync.sync import Syncer
+
+from conftest import Sides, event, make_syncer, sync
 
 
 class Crash(BaseException):
