@@ -50,27 +50,50 @@ VTIMEZONE_BERLIN = [
     "END:VTIMEZONE",
 ]
 
-FIRST_NAMES = [
-    "Anna", "Jonas", "Lea", "Lukas", "Marie", "Felix", "Sophie", "Paul", "Emma", "Leon",
-    "Mia", "Finn", "Hannah", "Elias", "Clara", "Noah", "Jürgen", "Zoë", "Björn", "Renée",
-    "Oliver", "Charlotte", "James", "Olivia", "Mateo", "Lucía", "Chen", "Aiko", "Priya",
-]
-LAST_NAMES = [
-    "Müller", "Schmidt", "Schneider", "Fischer", "Weber", "Meyer", "Wagner", "Becker",
-    "Schulz", "Hoffmann", "Koch", "Richter", "Klein", "Wolf", "Schröder", "Neumann",
-    "Smith", "Johnson", "García", "Martínez", "Dubois", "Rossi", "Nowak", "Jensen",
-]
+FIRST_NAMES = (
+    "Anna Jonas Lea Lukas Marie Felix Sophie Paul Emma Leon Mia Finn Hannah Elias "
+    "Clara Noah Jürgen Zoë Björn Renée Oliver Charlotte James Olivia Mateo Lucía "
+    "Chen Aiko Priya"
+).split()
+LAST_NAMES = (
+    "Müller Schmidt Schneider Fischer Weber Meyer Wagner Becker Schulz Hoffmann Koch "
+    "Richter Klein Wolf Schröder Neumann Smith Johnson García Martínez Dubois Rossi "
+    "Nowak Jensen"
+).split()
 COMPANIES = [
-    "Acme GmbH", "Globex AG", "Initech", "Umbrella Corp", "Stark Industries",
-    "Wayne Enterprises", "Hooli", "Vandelay Industries", "Soylent KG", "Tyrell Corp",
-    "Cyberdyne Systems", "Nordwind Logistik", "Bäckerei Sonnenschein", "Blue Sun Ltd",
+    "Acme GmbH",
+    "Globex AG",
+    "Initech",
+    "Umbrella Corp",
+    "Stark Industries",
+    "Wayne Enterprises",
+    "Hooli",
+    "Vandelay Industries",
+    "Soylent KG",
+    "Tyrell Corp",
+    "Cyberdyne Systems",
+    "Nordwind Logistik",
+    "Bäckerei Sonnenschein",
+    "Blue Sun Ltd",
 ]
 DOMAINS = ["example.com", "example.org", "example.net", "acme.example", "globex.example"]
 TOPICS = [
-    "Q3 pipeline review", "contract renewal", "onboarding", "pricing proposal",
-    "product demo", "quarterly business review", "support escalation", "roadmap",
-    "kick-off", "invoice clarification", "budget planning", "partner workshop",
-    "security questionnaire", "data migration", "license audit", "renewal negotiation",
+    "Q3 pipeline review",
+    "contract renewal",
+    "onboarding",
+    "pricing proposal",
+    "product demo",
+    "quarterly business review",
+    "support escalation",
+    "roadmap",
+    "kick-off",
+    "invoice clarification",
+    "budget planning",
+    "partner workshop",
+    "security questionnaire",
+    "data migration",
+    "license audit",
+    "renewal negotiation",
 ]
 SUMMARY_TEMPLATES = [
     "Meeting with {person} ({company})",
@@ -205,12 +228,8 @@ def _last_sunday(year: int, month: int) -> date:
 
 def berlin_offset(local: datetime) -> timedelta:
     """UTC offset of a naive Europe/Berlin wall time (EU rules; no tzdata needed)."""
-    start = datetime.combine(_last_sunday(local.year, 3), datetime.min.time()) + timedelta(
-        hours=2
-    )
-    end = datetime.combine(_last_sunday(local.year, 10), datetime.min.time()) + timedelta(
-        hours=3
-    )
+    start = datetime.combine(_last_sunday(local.year, 3), datetime.min.time()) + timedelta(hours=2)
+    end = datetime.combine(_last_sunday(local.year, 10), datetime.min.time()) + timedelta(hours=3)
     return timedelta(hours=2) if start <= local < end else timedelta(hours=1)
 
 
@@ -334,7 +353,7 @@ def make_event(rng: random.Random, base: datetime, recurring: bool) -> tuple[str
             partstat = rng.choice(["ACCEPTED", "ACCEPTED", "TENTATIVE", "NEEDS-ACTION"])
             role = rng.choice(["REQ-PARTICIPANT"] * 4 + ["OPT-PARTICIPANT"])
             master.append(
-                f'ATTENDEE;CUTYPE=INDIVIDUAL;ROLE={role};PARTSTAT={partstat};RSVP=TRUE;'
+                f"ATTENDEE;CUTYPE=INDIVIDUAL;ROLE={role};PARTSTAT={partstat};RSVP=TRUE;"
                 f'CN="{a_name}":mailto:{a_email}'
             )
 
@@ -569,8 +588,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events", type=int, default=10000)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--base", type=date.fromisoformat, default=None, help="reference day")
-    ap.add_argument("--modify", type=int, default=0, metavar="K",
-                    help="instead of generating, modify K items of FOLDER in place")
+    ap.add_argument(
+        "--modify",
+        type=int,
+        default=0,
+        metavar="K",
+        help="instead of generating, modify K items of FOLDER in place",
+    )
     ap.add_argument("--round", type=int, default=1, dest="round_no")
     args = ap.parse_args(argv)
     if args.modify:

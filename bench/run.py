@@ -19,6 +19,12 @@ as the source, same UIDs, recurrence overrides kept, changed SUMMARY/LOCATION ar
 
 vdirsyncer is installed on first use into ``bench/.venv-vdirsyncer`` (needs pip access).
 
+Timing noise: on ext4 mounted with ``discard`` (as on the dev VM), creating files right
+after many files were deleted anywhere on that filesystem can cost 3-10x more kernel time
+for a while, which hits the ``initial`` scenario of both tools. Run folders are only
+deleted at the very end for this reason; for stable numbers use ``--workdir /dev/shm``
+(tmpfs) and a quiet machine (a warning is printed when the load is high).
+
 Exit status: 0 all good; 1 a correctness check failed; 3 a tool could not run or a sync
 failed (no correctness failure); 4 targets missed (only with --strict).
 """
@@ -36,7 +42,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -81,7 +86,7 @@ class ProcResult:
 
     def describe_failure(self) -> str:
         how = "timed out" if self.timed_out else f"exit status {self.returncode}"
-        tail = _tail(self.stderr) or _tail(self.stdout) or "(no output)"
+        tail = _tail(self.stderr) or _tail(self.stdout) or "    (no output)"
         return f"`{shlex.join(self.argv)}` {how}:\n{tail}"
 
 
@@ -111,7 +116,7 @@ def run_measured(
         open(err_path, "wb") as err,
         open(stdin_path or os.devnull, "rb") as stdin,
     ):
-        timed_out = threading.Event()
+        timed_out = False
         t0 = time.perf_counter()
         try:
             proc = subprocess.Popen(
@@ -120,26 +125,34 @@ def run_measured(
         except OSError as exc:
             raise ToolError(f"cannot start `{shlex.join(argv)}`: {exc}") from exc
 
-        def kill() -> None:
-            timed_out.set()
+        def kill(*_: object) -> None:
+            nonlocal timed_out
+            timed_out = True
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
 
-        timer = threading.Timer(timeout, kill)
-        timer.start()
+        # The timeout is a SIGALRM in this (only) thread, not a timer thread: a thread
+        # could catch Ctrl-C's SIGINT and leave the main thread blocked in waitid.
+        previous = signal.signal(signal.SIGALRM, kill)
+        signal.setitimer(signal.ITIMER_REAL, timeout)
         reaped = False
         try:
-            # Wait for the exit without reaping (the pid stays ours for kill()), stop the
-            # clock, then reap with wait4 to get the child's resource usage.
-            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-            wall = time.perf_counter() - t0
-            timer.cancel()
-            _, status, usage = os.wait4(proc.pid, 0)
+            if hasattr(os, "waitid"):
+                # Wait for the exit without reaping (the pid stays ours for kill()), stop
+                # the clock, then reap with wait4 to get the child's resource usage.
+                os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+                wall = time.perf_counter() - t0
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                _, status, usage = os.wait4(proc.pid, 0)
+            else:  # macOS has no waitid
+                _, status, usage = os.wait4(proc.pid, 0)
+                wall = time.perf_counter() - t0
             reaped = True
         finally:
-            timer.cancel()
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
             if not reaped:  # interrupted (Ctrl-C): don't leave the child behind
                 kill()
                 os.wait4(proc.pid, 0)
@@ -152,7 +165,7 @@ def run_measured(
         max_rss_mb=rss_kb / 1024,
         user_s=usage.ru_utime,
         sys_s=usage.ru_stime,
-        timed_out=timed_out.is_set(),
+        timed_out=timed_out,
         stdout=out_path.read_text(errors="replace"),
         stderr=err_path.read_text(errors="replace"),
     )
@@ -316,6 +329,7 @@ class Crmsync(Tool):
         self.command = command
 
     def setup(self, log_dir: Path, timeout: float) -> None:
+        timeout = min(timeout, 120.0)
         result = run_measured(
             [*self.command, "--help"], log_dir=log_dir, tag="crmsync-help", timeout=timeout
         )
@@ -351,6 +365,25 @@ class Crmsync(Tool):
         if len(text) > 20_000 and isinstance(report, dict):
             report = {"_truncated": True, "keys": sorted(report)}
         return report, None
+
+
+def filesystem_of(path: Path) -> str | None:
+    """'fstype (mount point, options)' of the mount holding ``path`` (Linux), else None."""
+    best: tuple[int, str] | None = None
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    target = str(path.resolve())
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 4:
+            continue
+        mnt = parts[1].replace("\\040", " ")
+        inside = target == mnt or target.startswith(mnt.rstrip("/") + "/")
+        if inside and (best is None or len(mnt) > best[0]):
+            best = (len(mnt), f"{parts[2]} ({mnt}, {parts[3]})")
+    return best[1] if best else None
 
 
 def default_crmsync_command() -> list[str]:
@@ -392,21 +425,17 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return out
 
 
-def _sample(values: list[str], n: int = 5) -> str:
+def _sample(values: list[str], n: int = 3) -> str:
     shown = ", ".join(sorted(values)[:n])
     return f"{shown}, ... ({len(values)} in all)" if len(values) > n else shown
 
 
-def verify(
-    run: RunDirs, scenario: str, changes: list[Change], deep: bool
-) -> list[tuple[str, bool, str]]:
+def verify(run: RunDirs, changes: list[Change], deep: bool) -> list[tuple[str, bool, str]]:
     """Checks of the destination after a sync: (name, ok, detail)."""
     results: list[tuple[str, bool, str]] = []
     n_src = sum(1 for _ in run.src_items.glob("*.ics"))
     n_dst = sum(1 for _ in run.dst_items.glob("*.ics")) if run.dst_items.is_dir() else 0
-    results.append(
-        ("count", n_src == n_dst, f"source {n_src} .ics files, destination {n_dst}")
-    )
+    results.append(("count", n_src == n_dst, f"source {n_src} .ics files, destination {n_dst}"))
     if not deep and not changes:
         return results
 
@@ -422,8 +451,7 @@ def verify(
         bad_rec = [
             u
             for u, s in src.items()
-            if u in dst
-            and (dst[u].overrides, dst[u].exdates > 0) != (s.overrides, s.exdates > 0)
+            if u in dst and (dst[u].overrides, dst[u].exdates > 0) != (s.overrides, s.exdates > 0)
         ]
         n_rec = sum(1 for s in src.values() if s.overrides)
         results.append(
@@ -491,7 +519,7 @@ class Bench:
         generate(self.data, self.args.events, seed=self.args.seed)
         files = list(self.data.glob("*.ics"))
         size = sum(p.stat().st_size for p in files)
-        recurring = sum(1 for p in files if b"\r\nRRULE:FREQ=" in p.read_bytes())
+        recurring = sum(1 for p in files if read_item(p.read_bytes()).overrides)
         self.data_stats = {"files": len(files), "bytes": size, "recurring": recurring}
         self.log(
             f"generated {len(files)} events ({recurring} recurring, {size / 1e6:.1f} MB) "
@@ -534,6 +562,7 @@ class Bench:
                     run.src_items, self.args.changed, seed=self.args.seed, round_no=rep
                 )
             before = snapshot(run.dst_items)
+            os.sync()  # flush earlier writes now, not while the next run is timed
             result = run_measured(
                 tool.sync_argv(run),
                 log_dir=run.logs,
@@ -554,19 +583,22 @@ class Bench:
                 Sample(tool.name, rep, scenario, result.wall_s, result.max_rss_mb,
                        result.user_s, result.sys_s, written, report)
             )  # fmt: skip
-            checks = verify(run, scenario, changes, deep=scenario != "nochange")
+            checks = verify(run, changes, deep=scenario != "nochange")
             failed = [c for c in checks if not c[1]]
             for name, ok, detail in checks:
                 self.checks.append(Check(tool.name, rep, scenario, name, ok, detail))
-            status = "ok" if not failed else "CHECK FAILED: " + "; ".join(
-                f"{n}: {d}" for n, _, d in failed
+            status = (
+                "ok"
+                if not failed
+                else "CHECK FAILED: " + "; ".join(f"{n}: {d}" for n, _, d in failed)
             )
             self.log(
                 f"[{tool.name} r{rep}] {scenario:<8} {result.wall_s:7.2f} s "
                 f"{result.max_rss_mb:6.0f} MB  {written:>6} files written  {status}"
             )
-        if not self.args.keep:
-            shutil.rmtree(run.root, ignore_errors=True)
+        # Run folders are deleted only at the very end: on ext4 mounted with `discard`,
+        # deleting 10k files slows down file creation for seconds afterwards, which would
+        # make the next initial sync slower by up to 3x.
 
     # --- results ---
 
@@ -624,26 +656,36 @@ class Bench:
             f"peak RSS max"
         )
         names = [n for n in ("vdirsyncer", "crmsync") if n in summary["tools"]]
-        head = f"{'scenario':<14}" + "".join(f"{n:>20}" for n in names)
-        head += f"{'ratio':>9}{'target':>10}  result"
-        print(head)
-        print("-" * len(head))
+        verdict = {True: "ok", False: "MISSED", None: "n/a"}
         labels = {"initial": "initial", "nochange": "no change", "changed": f"{a.changed} changed"}
+        rows: list[list[str]] = [["scenario", *names, "crm/vdir", "target", "result"]]
         for scenario in SCENARIOS:
-            row = f"{labels[scenario]:<14}"
+            cells = [labels[scenario]]
             for n in names:
                 s = summary["tools"][n]["scenarios"].get(scenario)
-                cell = f"{s['median_s']:.2f} s {s['peak_rss_mb']:4.0f} MB" if s else "-"
-                row += f"{cell:>20}"
+                cells.append(f"{s['median_s']:.2f} s  {s['peak_rss_mb']:.0f} MB" if s else "-")
             cmp_ = summary["comparison"][scenario]
-            ratio = f"{cmp_['ratio']:.2f}x" if cmp_["ratio"] is not None else "-"
-            result = {True: "ok", False: "MISSED", None: "n/a"}[cmp_["met"]]
-            row += f"{ratio:>9}{'<= ' + format(cmp_['target'], '.2f') + 'x':>10}  {result}"
-            print(row)
+            ratio = cmp_["ratio"]
+            cells += [
+                f"{ratio:.2f}x" if ratio is not None else "-",
+                f"<= {cmp_['target']:.2f}x",
+                verdict[cmp_["met"]],
+            ]
+            rows.append(cells)
         rss = summary["comparison"]["crmsync_peak_rss"]
-        rss_cell = f"{rss['mb']:.0f} MB" if rss["mb"] is not None else "-"
-        result = {True: "ok", False: "MISSED", None: "n/a"}[rss["met"]]
-        print(f"{'crmsync peak RSS':<34}{rss_cell:>20}{'< 300 MB':>19}  {result}")
+        cells = ["peak RSS"]
+        for n in names:
+            peak = summary["tools"][n]["peak_rss_mb"]
+            cells.append(f"{peak:.0f} MB" if peak is not None else "-")
+        rows.append([*cells, "", f"< {RSS_TARGET_MB:.0f} MB", verdict[rss["met"]]])
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for i, r in enumerate(rows):
+            line = f"{r[0]:<{widths[0]}}" + "".join(
+                f"  {c:>{w}}" for c, w in zip(r[1:-1], widths[1:-1], strict=True)
+            )
+            print(f"{line}  {r[-1]}")
+            if i == 0:
+                print("-" * (len(line) + 8))
         print()
         for name, t in summary["tools"].items():
             if t["error"]:
@@ -669,15 +711,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--events", type=int, default=10000, help="number of events (10000)")
     ap.add_argument("--changed", type=int, default=100, help="items changed in scenario 3")
     ap.add_argument("--repeat", type=int, default=3, help="runs per tool and scenario (3)")
-    ap.add_argument("--json", type=Path, default=BENCH_DIR / "results.json",
-                    help="where to write the results (bench/results.json; '-' for none)")
-    ap.add_argument("--crmsync", type=shlex.split, default=None, metavar="CMD",
-                    help="command that runs crmsync (default: crmsync next to this python, "
-                    "else `python -m crmsync`)")
-    ap.add_argument("--tools", default="vdirsyncer,crmsync",
-                    help="comma-separated tools to run (vdirsyncer,crmsync)")
-    ap.add_argument("--workdir", type=Path, default=None,
-                    help="where temporary folders go (default: system temp dir)")
+    ap.add_argument(
+        "--json",
+        type=Path,
+        default=BENCH_DIR / "results.json",
+        help="where to write the results (bench/results.json; '-' for none)",
+    )
+    ap.add_argument(
+        "--crmsync",
+        type=shlex.split,
+        default=None,
+        metavar="CMD",
+        help="command that runs crmsync (default: crmsync next to this python, "
+        "else `python -m crmsync`)",
+    )
+    ap.add_argument(
+        "--tools",
+        default="vdirsyncer,crmsync",
+        help="comma-separated tools to run (vdirsyncer,crmsync)",
+    )
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where temporary folders go (default: system temp dir)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary folders")
     ap.add_argument("--seed", type=int, default=42, help="data generator seed (42)")
     ap.add_argument("--timeout", type=float, default=600.0, help="per process, seconds")
@@ -704,6 +762,14 @@ def main(argv: list[str] | None = None) -> int:
         args.workdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="crmsync-bench-", dir=args.workdir))
     started = datetime.now(UTC)
+    fs_type = filesystem_of(work)
+    load_before = os.getloadavg()
+    if load_before[0] > 0.5 * (os.cpu_count() or 1):
+        print(
+            f"WARNING: system load is {load_before[0]:.2f} on {os.cpu_count()} CPUs; "
+            "other processes will make the timings noisy",
+            file=sys.stderr,
+        )
     bench = Bench(args, work, tools)
     try:
         bench.generate_data()
@@ -738,6 +804,9 @@ def main(argv: list[str] | None = None) -> int:
                 "host": platform.node(),
                 "platform": platform.platform(),
                 "cpus": os.cpu_count(),
+                "loadavg_before": load_before,
+                "loadavg_after": os.getloadavg(),
+                "workdir_filesystem": fs_type,
                 "python": sys.version.split()[0],
                 "args": {
                     "events": args.events,
