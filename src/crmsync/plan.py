@@ -277,6 +277,9 @@ class _Planner:
         self.policy = policy
         self.common = common
         self.ignored = ignored
+        # Flattened fields by content: a base copied verbatim to the other side, and an
+        # unchanged side whose base is its current item, are parsed once.
+        self._flat: dict[tuple[str, str], Flat] = {}
 
     def step(self, kind: ObjectKind, view: View) -> Step:
         step = Step(kind, view.pair, view.crm, view.gw)
@@ -368,7 +371,11 @@ class _Planner:
         return bool(diff(self._fields(base), fields))
 
     def _fields(self, item: Item) -> Flat:
-        return flatten(item.record(), self.common)
+        key = (item.fmt, item.raw)
+        flat = self._flat.get(key)
+        if flat is None:
+            flat = self._flat[key] = flatten(item.record(), self.common)
+        return flat
 
     def _merge(self, step: Step, view: View) -> None:
         assert view.crm is not None and view.gw is not None

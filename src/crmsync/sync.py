@@ -147,7 +147,14 @@ class Syncer:
             # Nothing changed anywhere: no need to even load the pairs.
             return Prepared(kind, Plan(kind, []), listed, old, pend)
 
-        all_pairs = self.store.pairs(pid, kind)
+        complete = any(changes[s].complete for s in SIDES)
+        if complete:
+            # A full listing infers deletions from what it misses: it needs every pair.
+            all_pairs = self.store.pairs(pid, kind)
+        else:
+            all_pairs = self.store.pairs(pid, kind, ids={
+                s: {u[0] for u in changes[s].upserts} | set(changes[s].deleted) | pend[s]
+                for s in SIDES})
         index: dict[Side, dict[str, Pair]] = {s: {} for s in SIDES}
         for pair in all_pairs:
             for s in SIDES:
@@ -200,7 +207,9 @@ class Syncer:
             current = touched[pair.id]
             sides = {s: current[s] if s in current else pair.base_on(s) for s in SIDES}
             views.append(View(pair, sides["crm"], sides["groupware"]))
-        totals = {s: len(index[s]) + len(unpaired[s]) for s in SIDES}
+        paired = ({s: len(index[s]) for s in SIDES} if complete
+                  else self.store.side_counts(pid, kind))
+        totals = {s: paired[s] + len(unpaired[s]) for s in SIDES}
         plan = make_plan(kind, views, self.policy(kind), self.common_fields(kind),
                          unpaired=unpaired, totals=totals,
                          ignored=self.store.ignored(pid, kind))
@@ -399,5 +408,5 @@ def _write(step: Step, action: Action) -> Write:
     item = step.item(target)
     assert item is not None
     if action.op == "update":
-        return Update(item.id, item.version, action.changes)
+        return Update(item.id, item.version, action.changes, planned=item)
     return Delete(item.id, item.version)

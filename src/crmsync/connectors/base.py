@@ -136,6 +136,8 @@ class Update:
     version: str
     # Flattened field changes (see :mod:`crmsync.merge`) to write over the item.
     changes: dict[str, Any]
+    # The item as planned (at ``version``): a connector may reuse its parsed record.
+    planned: Item | None = None
 
 
 @dataclass(frozen=True)

@@ -145,13 +145,37 @@ class Store:
 
     # --- pairs -----------------------------------------------------------------------------
 
-    def pairs(self, profile_id: int, kind: ObjectKind) -> list[Pair]:
-        """Every pair of one object, without bases (see load_bases)."""
+    def pairs(self, profile_id: int, kind: ObjectKind,
+              ids: dict[Side, set[str]] | None = None) -> list[Pair]:
+        """The pairs of one object, without bases (see load_bases).
+
+        With ``ids``, only the pairs holding one of these item ids on that side: a run
+        that lists a few changes need not load every pair.
+        """
         c = pairs.c
         query = select(c.id, c.crm_id, c.crm_version, c.gw_id, c.gw_version).where(
             c.profile_id == profile_id, c.kind == kind)
         with self.engine.connect() as conn:
-            return [Pair(r[0], kind, r[1], r[2], r[3], r[4]) for r in conn.execute(query)]
+            if ids is None:
+                rows = conn.execute(query).all()
+            else:
+                rows = []
+                for side, wanted in ids.items():
+                    column = c.crm_id if side == "crm" else c.gw_id
+                    chosen = sorted(wanted)
+                    for start in range(0, len(chosen), 500):
+                        rows += conn.execute(query.where(column.in_(chosen[start:start + 500])))
+        unique = {r[0]: r for r in rows}
+        return [Pair(r[0], kind, r[1], r[2], r[3], r[4]) for r in unique.values()]
+
+    def side_counts(self, profile_id: int, kind: ObjectKind) -> dict[Side, int]:
+        """How many paired items each side holds (for the mass-delete guard)."""
+        c = pairs.c
+        query = select(func.count(c.crm_id), func.count(c.gw_id)).where(
+            c.profile_id == profile_id, c.kind == kind)
+        with self.engine.connect() as conn:
+            crm, gw = conn.execute(query).one()
+        return {"crm": crm, "groupware": gw}
 
     def pair_counts(self, profile_id: int) -> dict[str, int]:
         """How many pairs each object has."""
