@@ -100,3 +100,20 @@ def test_run_history(store: Store):
     assert [i["outcome"] for i in full["items"]] == ["applied", "failed"]
     assert full["items"][1]["reason"] == "not valid UTF-8"
     assert store.last_runs(p.id)["calendar"]["id"] == run_id
+
+
+def test_a_base_copied_verbatim_is_stored_once(store: Store):
+    from sqlalchemy import select
+
+    from crmsync.store.schema import pairs
+
+    p = store.add_profile("w", "vdir:/a", "vdir:/b", ["calendar"], {})
+    same = item(event("u1", "Copied"), "c1", "v1")
+    other_side = item(event("u1", "Copied"), "g1", "v1")
+    store.save_pairs(p.id, "calendar", [Pair(None, "calendar", "c1", None, "g1", None,
+                                             crm_base=same, gw_base=other_side)], [])
+    with store.engine.connect() as conn:
+        assert conn.execute(select(pairs.c.gw_raw)).scalar() is None
+    (pair,) = store.pairs(p.id, "calendar")
+    store.load_bases("calendar", [pair])
+    assert pair.gw_base.raw == same.raw and pair.gw_base.id == "g1"

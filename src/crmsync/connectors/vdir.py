@@ -7,7 +7,10 @@ a hash of its bytes is the VERSION.
 Change detection is cheap: the CURSOR remembers each file's (mtime, size, inode) and hash;
 a listing stats every file and reads only those whose stat changed. Writes are atomic
 (a temporary file in the same folder, then rename), so a reader never sees half an item
-and a killed run leaves either the old or the new file.
+and a killed run leaves either the old or the new file. Files are not fsync'ed: a killed
+process loses nothing the kernel already has; surviving power loss is the disk's job.
+
+Paths are plain strings here: pathlib costs more than the I/O in a 10,000-item listing.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import os
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 
 from crmsync import formats
 from crmsync.connectors.base import (
@@ -49,14 +51,15 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9_.@+=-]{1,160}")
 # name -> [mtime_ns, size, inode, hash]
 FileState = list
 _CURSOR_VERSION = 1
+_tmp_names = itertools.count()
 
 
 def _hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=12).hexdigest()
 
 
-def _mtime_moment(mtime_ns: int) -> str:
-    return datetime.fromtimestamp(mtime_ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _moment(mtime_ns: int) -> str:
+    return datetime.fromtimestamp(mtime_ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def file_name(uid: str, ext: str) -> str:
@@ -67,8 +70,8 @@ def file_name(uid: str, ext: str) -> str:
 
 
 class VdirConnector(Connector):
-    def __init__(self, root: Path | str, side: Side) -> None:
-        self.root = Path(root).expanduser()
+    def __init__(self, root: str | os.PathLike[str], side: Side) -> None:
+        self.root = os.path.expanduser(os.fspath(root))
         self.side = side
         self.capabilities = Capabilities(
             fields={k: frozenset(RECORD_TYPES[k]().fields()) for k in OBJECT_KINDS},
@@ -79,17 +82,17 @@ class VdirConnector(Connector):
         self._files: dict[ObjectKind, dict[str, FileState]] = {}
         self._written_kinds: set[ObjectKind] = set()
 
-    # --- reading -------------------------------------------------------------------------
+    def folder(self, kind: ObjectKind) -> str:
+        return os.path.join(self.root, kind)
 
-    def folder(self, kind: ObjectKind) -> Path:
-        return self.root / kind
-
-    def _ensure_folder(self, kind: ObjectKind) -> Path:
-        if not self.root.is_dir():
+    def _ensure_folder(self, kind: ObjectKind) -> str:
+        if not os.path.isdir(self.root):
             raise ConfigError(f"vdir folder {self.root} does not exist")
         folder = self.folder(kind)
-        folder.mkdir(exist_ok=True)
+        os.makedirs(folder, exist_ok=True)
         return folder
+
+    # --- reading -------------------------------------------------------------------------
 
     def list_changes(self, kind: ObjectKind, cursor: str | None) -> Changes:
         folder = self._ensure_folder(kind)
@@ -107,14 +110,14 @@ class VdirConnector(Connector):
                 except FileNotFoundError:
                     continue  # removed while we listed: it is a deletion if it was known
                 prev = old.get(name)
-                sig = [st.st_mtime_ns, st.st_size, st.st_ino]
-                if prev is not None and prev[:3] == sig:
+                if prev is not None and prev[0] == st.st_mtime_ns and prev[1] == st.st_size \
+                        and prev[2] == st.st_ino:
                     files[name] = prev
                     continue
-                item = self._read(kind, folder / name, name, st.st_mtime_ns)
+                item = self._read(kind, folder, name)
                 if item is None:
                     continue
-                files[name] = sig + [item.version]
+                files[name] = [st.st_mtime_ns, st.st_size, st.st_ino, item.version]
                 if prev is None or prev[3] != item.version:
                     changes.upserts.append((name, item.version, item))
         changes.deleted = sorted(old.keys() - files.keys())
@@ -125,28 +128,20 @@ class VdirConnector(Connector):
         changes.cursor = cursor if unchanged else _encode_cursor(files)
         return changes
 
-    def _read(self, kind: ObjectKind, path: Path, name: str,
-              mtime: int | None = None) -> Item | None:
+    def _read(self, kind: ObjectKind, folder: str, name: str) -> Item | None:
         try:
-            data = path.read_bytes()
-            if mtime is None:
-                mtime = path.stat().st_mtime_ns
+            with open(os.path.join(folder, name), "rb") as fh:
+                data = fh.read()
+                mtime = os.fstat(fh.fileno()).st_mtime_ns
         except FileNotFoundError:
             return None
-        version = _hash(data)
-        modified = _mtime_moment(mtime)
-        try:
-            raw = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return Item(name, version, "", FORMAT[kind], kind, modified=modified,
-                        error=f"{path.name} is not valid UTF-8 (byte {exc.start})")
-        return Item(name, version, raw, FORMAT[kind], kind, modified=modified)
+        return _item(kind, name, data, mtime)
 
     def fetch(self, kind: ObjectKind, ids: Sequence[str]) -> dict[str, Item]:
         folder = self.folder(kind)
         out = {}
         for item_id in ids:
-            item = self._read(kind, folder / item_id, item_id)
+            item = self._read(kind, folder, item_id)
             if item is not None:
                 out[item_id] = item
         return out
@@ -173,17 +168,12 @@ class VdirConnector(Connector):
                     result = self._delete(folder, write)
             except (CrmsyncError, OSError) as exc:
                 result = Result("failed", error=str(exc))
-            if result.status == "ok":
-                name = result.item.id if result.item else write.id  # type: ignore[union-attr]
-                if result.item is None:
-                    files.pop(name, None)
-                else:
-                    st = (folder / name).stat()
-                    files[name] = [st.st_mtime_ns, st.st_size, st.st_ino, result.item.version]
+            if result.status == "ok" and isinstance(write, Delete):
+                files.pop(write.id, None)
             results.append(result)
         return results
 
-    def _create(self, kind: ObjectKind, folder: Path, write: Create) -> Result:
+    def _create(self, kind: ObjectKind, folder: str, write: Create) -> Result:
         source = write.source
         if write.record is None and source.fmt == FORMAT[kind] and source.error is None:
             # Same format on both sides: copy the item verbatim, nothing is lost.
@@ -194,21 +184,20 @@ class VdirConnector(Connector):
             raw = formats.render(FORMAT[kind], kind, record)
             uid = record.uid
         ext = EXTENSION[kind]
-        name = file_name(uid, ext) if uid else _hash(raw.encode()) + ext
-        path = folder / name
-        if path.exists():
-            existing = self._read(kind, path, name)
-            if existing is not None and existing.uid == uid:
-                return Result("exists", existing)
-            name = f"{Path(name).stem}-{_hash(raw.encode())[:8]}{ext}"
-            path = folder / name
         data = raw.encode("utf-8")
-        _atomic_write(path, data, exclusive=True)
-        return Result("ok", self._written(kind, name, data, path))
+        name = file_name(uid, ext) if uid else _hash(data) + ext
+        try:
+            return Result("ok", self._write(kind, folder, name, data, exclusive=True))
+        except FileExistsError:
+            pass
+        existing = self._read(kind, folder, name)
+        if existing is not None and existing.uid == uid:
+            return Result("exists", existing)
+        name = f"{name[:-len(ext)]}-{_hash(data)[:8]}{ext}"
+        return Result("ok", self._write(kind, folder, name, data, exclusive=True))
 
-    def _update(self, kind: ObjectKind, folder: Path, write: Update) -> Result:
-        path = folder / write.id
-        current = self._read(kind, path, write.id)
+    def _update(self, kind: ObjectKind, folder: str, write: Update) -> Result:
+        current = self._read(kind, folder, write.id)
         if current is None:
             return Result("changed", error="the item was deleted meanwhile")
         if current.version != write.version:
@@ -217,48 +206,60 @@ class VdirConnector(Connector):
         planned = write.planned if write.planned is not None else current
         record = apply_changes(planned.record(), write.changes)
         data = formats.render(FORMAT[kind], kind, record, current.raw).encode("utf-8")
-        _atomic_write(path, data)
-        return Result("ok", self._written(kind, write.id, data, path))
+        return Result("ok", self._write(kind, folder, write.id, data))
 
-    def _delete(self, folder: Path, write: Delete) -> Result:
-        path = folder / write.id
+    def _delete(self, folder: str, write: Delete) -> Result:
+        path = os.path.join(folder, write.id)
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as fh:
+                data = fh.read()
         except FileNotFoundError:
             return Result("ok")  # already gone: deleting again is a no-op
         if _hash(data) != write.version:
             return Result("changed", error="the item changed since it was planned")
-        path.unlink(missing_ok=True)
-        return Result("ok")
-
-    def _written(self, kind: ObjectKind, name: str, data: bytes, path: Path) -> Item:
-        return Item(name, _hash(data), data.decode("utf-8"), FORMAT[kind], kind,
-                    modified=_mtime_moment(path.stat().st_mtime_ns))
-
-
-_tmp_names = itertools.count()
-
-
-def _atomic_write(path: Path, data: bytes, exclusive: bool = False) -> None:
-    # A dot-file in the same folder (listings skip dot-files), named by pid and counter;
-    # O_EXCL makes a stale one from a killed run an error instead of a shared file.
-    tmp = path.parent / f".crmsync-{os.getpid()}-{next(_tmp_names)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        if exclusive:
-            # link() fails if the name exists: a create never overwrites another item.
-            os.link(tmp, path)
-            os.unlink(tmp)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
         try:
-            os.unlink(tmp)
+            os.unlink(path)
         except FileNotFoundError:
             pass
-        raise
+        return Result("ok")
+
+    def _write(self, kind: ObjectKind, folder: str, name: str, data: bytes,
+               exclusive: bool = False) -> Item:
+        """Write atomically; ``exclusive`` never replaces an existing file."""
+        path = os.path.join(folder, name)
+        # A dot-file in the same folder (listings skip dot-files), named by pid and
+        # counter; O_EXCL makes a stale one from a killed run an error, not a shared file.
+        tmp = os.path.join(folder, f".crmsync-{os.getpid()}-{next(_tmp_names)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            if exclusive:
+                os.link(tmp, path)  # fails if the name exists
+                os.unlink(tmp)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        st = os.stat(path)
+        item = _item(kind, name, data, st.st_mtime_ns)
+        # Our own write is not a change to report next time.
+        self._files[kind][name] = [st.st_mtime_ns, st.st_size, st.st_ino, item.version]
+        return item
+
+
+def _item(kind: ObjectKind, name: str, data: bytes, mtime_ns: int) -> Item:
+    version = _hash(data)
+    try:
+        raw = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Item(name, version, "", FORMAT[kind], kind, modified=_moment(mtime_ns),
+                    error=f"{name} is not valid UTF-8 (byte {exc.start})")
+    return Item(name, version, raw, FORMAT[kind], kind, modified=_moment(mtime_ns))
 
 
 def _encode_cursor(files: dict[str, FileState]) -> str:

@@ -63,9 +63,10 @@ def looks_valid(fmt: str, raw: str) -> bool:
     if envelope is None:
         return False
     head, tail = envelope
-    text = raw.strip()
-    return text[:len(head)].upper() == head and text[-len(tail):].upper() == tail \
-        and "\nUID" in raw.upper()
+    # Slices, not raw.strip()/upper(): an item can be megabytes. A lower-case "uid" only
+    # costs a full parse, never a wrong answer.
+    return raw[:64].lstrip().upper().startswith(head) \
+        and raw[-64:].rstrip().upper().endswith(tail) and "\nUID" in raw
 
 
 def parse(fmt: str, kind: ObjectKind, raw: str) -> Record:

@@ -197,7 +197,10 @@ class Store:
                 for row in conn.execute(query):
                     pair = by_id[row[0]]
                     pair.crm_base = _base(kind, *row[1:6])
-                    pair.gw_base = _base(kind, *row[6:11])
+                    gw_raw = row[10]
+                    if gw_raw is None and row[8] is not None and row[5] is not None:
+                        gw_raw = row[5]  # stored once: the same content as the CRM base
+                    pair.gw_base = _base(kind, *row[6:10], gw_raw)
 
     def save_pairs(self, profile_id: int, kind: ObjectKind, saved: Sequence[Pair],
                    dropped: Sequence[int]) -> None:
@@ -216,6 +219,8 @@ class Store:
                 row[f"{p}_fmt"] = base.fmt if base else None
                 row[f"{p}_modified"] = base.modified if base else None
                 row[f"{p}_raw"] = base.raw if base else None
+            if _same_content(pair.crm_base, pair.gw_base):
+                row["gw_raw"] = None  # see schema: "same as the CRM base"
             if pair.id is None:
                 new_rows.append(row | {"profile_id": profile_id, "kind": kind})
             else:
@@ -332,6 +337,10 @@ class Store:
                 for kind in run["objects"]:
                     out[kind] = run
         return out
+
+
+def _same_content(a: Item | None, b: Item | None) -> bool:
+    return a is not None and b is not None and a.fmt == b.fmt and a.raw == b.raw
 
 
 def _base(kind: ObjectKind, item_id, version, fmt, modified, raw) -> Item | None:

@@ -38,7 +38,8 @@ profiles = Table(
 
 def _side_columns(prefix: str) -> list[Column]:
     # The side's id and version, and its BASE: the item as that side had it at the last
-    # sync of the pair, in the side's own format.
+    # sync of the pair, in the side's own format. A NULL gw_raw with a gw_fmt means the
+    # groupware base is byte-for-byte the CRM base (an item copied verbatim), stored once.
     return [
         Column(f"{prefix}_id", Text),
         Column(f"{prefix}_version", Text),
