@@ -15,6 +15,7 @@ Paths are plain strings here: pathlib costs more than the I/O in a 10,000-item l
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -59,7 +60,13 @@ def _hash(data: bytes) -> str:
 
 
 def _moment(mtime_ns: int) -> str:
-    return datetime.fromtimestamp(mtime_ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _second(mtime_ns // 1_000_000_000)
+
+
+@functools.lru_cache(maxsize=4096)
+def _second(seconds: int) -> str:
+    # Files written together share their second: formatting each one again is wasted work.
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def file_name(uid: str, ext: str) -> str:
