@@ -65,6 +65,17 @@ EXIT_TOOL_FAILED = 3
 EXIT_TARGET_MISSED = 4
 
 
+
+def base_env() -> dict[str, str]:
+    """The children's environment: as a user's, with compiled bytecode cached.
+
+    PYTHONDONTWRITEBYTECODE (set on some dev machines) would make every run recompile an
+    editable install's sources, a cost no installed tool pays.
+    """
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
 class ToolError(Exception):
     """A tool could not be set up or a run of it failed; the tool is skipped from then on."""
 
@@ -229,7 +240,7 @@ class Tool:
         raise NotImplementedError
 
     def env(self, run: RunDirs) -> dict[str, str]:
-        return dict(os.environ)
+        return base_env()
 
     def parse_report(self, result: ProcResult) -> tuple[Any, str | None]:
         """(report, warning) from a sync's stdout."""
@@ -283,7 +294,7 @@ class Vdirsyncer(Tool):
         return run.state / "vdirsyncer.conf"
 
     def env(self, run: RunDirs) -> dict[str, str]:
-        return {**os.environ, "VDIRSYNCER_CONFIG": str(self.config_path(run))}
+        return {**base_env(), "VDIRSYNCER_CONFIG": str(self.config_path(run))}
 
     def prepare(self, run: RunDirs, timeout: float) -> None:
         status = run.state / "status"

@@ -71,10 +71,7 @@ class Record:
     uid: str
 
     def fields(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)  # type: ignore[call-overload]
-        for name in self.identity:
-            out.pop(name, None)
-        return out
+        return {k: _plain(v) for k, v in vars(self).items() if k not in self.identity}
 
     @classmethod
     def from_fields(cls, values: dict[str, Any], uid: str = "") -> Self:
@@ -90,6 +87,17 @@ class Record:
     def label(self) -> str:
         """A short human label for tables and reports."""
         raise NotImplementedError
+
+
+def _plain(value: Any) -> Any:
+    """A field value as plain JSON-able data; dataclasses.asdict without its deep copies."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value):
+        return {k: _plain(v) for k, v in vars(value).items()}
+    return value
 
 
 def _revive(type_name: Any, value: Any) -> Any:
@@ -136,7 +144,7 @@ class Occurrence:
     status: str = "confirmed"
 
     def fields(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _plain(self)
 
     @classmethod
     def from_fields(cls, values: dict[str, Any]) -> Occurrence:

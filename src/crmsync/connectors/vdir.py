@@ -239,8 +239,14 @@ class VdirConnector(Connector):
         tmp = os.path.join(folder, f".crmsync-{os.getpid()}-{next(_tmp_names)}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                # The inode survives the rename: its stat is the final file's.
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
             if exclusive:
                 os.link(tmp, path)  # fails if the name exists
                 os.unlink(tmp)
@@ -252,7 +258,6 @@ class VdirConnector(Connector):
             except FileNotFoundError:
                 pass
             raise
-        st = os.stat(path)
         item = _item(kind, name, data, st.st_mtime_ns)
         # Our own write is not a change to report next time.
         self._files[kind][name] = [st.st_mtime_ns, st.st_size, st.st_ino, item.version]
