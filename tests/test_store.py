@@ -88,7 +88,7 @@ def test_cursor_and_pending_move_together(store: Store):
 def test_run_history(store: Store):
     p = store.add_profile("w", "vdir:/a", "vdir:/b", ["calendar"], {})
     run_id = store.start_run(p.id, ["calendar"], "manual", "ana")
-    store.add_run_items(run_id, [
+    store.save_pairs(p.id, "calendar", [], [], run_id, [
         RunItem("calendar", "create:crm", "applied", crm_id="c1"),
         RunItem("calendar", "skip", "failed", "Broken", "not valid UTF-8", crm_id="c2"),
     ])

@@ -207,9 +207,12 @@ class Syncer:
             current = touched[pair.id]
             sides = {s: current[s] if s in current else pair.base_on(s) for s in SIDES}
             views.append(View(pair, sides["crm"], sides["groupware"]))
-        paired = ({s: len(index[s]) for s in SIDES} if complete
-                  else self.store.side_counts(pid, kind))
-        totals = {s: paired[s] + len(unpaired[s]) for s in SIDES}
+        totals = None
+        if any(v.crm is None or v.gw is None for v in views):
+            # Only deletions can trip the mass-delete guard, which needs the side sizes.
+            paired = ({s: len(index[s]) for s in SIDES} if complete
+                      else self.store.side_counts(pid, kind))
+            totals = {s: paired[s] + len(unpaired[s]) for s in SIDES}
         plan = make_plan(kind, views, self.policy(kind), self.common_fields(kind),
                          unpaired=unpaired, totals=totals,
                          ignored=self.store.ignored(pid, kind))
@@ -338,8 +341,8 @@ class _Executor:
             if outcome == "record":
                 self._record(step, results, saved, dropped)
             items.extend(self._items(step, results))
-        self.store.save_pairs(self.syncer.profile.id, self.kind, saved, dropped)
-        self.store.add_run_items(self.run_id, items)
+        self.store.save_pairs(self.syncer.profile.id, self.kind, saved, dropped,
+                              self.run_id, items)
         self.report.items.extend(items)
         return replan
 

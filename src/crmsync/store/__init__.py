@@ -203,9 +203,11 @@ class Store:
                     pair.gw_base = _base(kind, *row[6:10], gw_raw)
 
     def save_pairs(self, profile_id: int, kind: ObjectKind, saved: Sequence[Pair],
-                   dropped: Sequence[int]) -> None:
-        """Record new pair states and forget dropped pairs, in one transaction."""
-        if not saved and not dropped:
+                   dropped: Sequence[int], run_id: int | None = None,
+                   items: Sequence[RunItem] = ()) -> None:
+        """Record new pair states, forget dropped pairs and log what the run did to them,
+        in one transaction: the history never disagrees with the state."""
+        if not saved and not dropped and not items:
             return
         stamp = now()
         new_rows, old_rows = [], []
@@ -233,6 +235,9 @@ class Store:
                     update(pairs).where(pairs.c.id == bindparam("pair_id")), old_rows)
             if new_rows:
                 conn.execute(insert(pairs), new_rows)
+            if items:
+                assert run_id is not None
+                _insert_run_items(conn, run_id, items)
 
     # --- cursors, pending items, ignores -----------------------------------------------------
 
@@ -295,15 +300,6 @@ class Store:
                 started_by=user, status="running", started_at=now(), dry_run=dry_run,
             ).returning(runs.c.id)).scalar_one()
 
-    def add_run_items(self, run_id: int, items: Sequence[RunItem]) -> None:
-        if not items:
-            return
-        rows = [{"run_id": run_id, "kind": i.kind, "action": i.action, "crm_id": i.crm_id,
-                 "gw_id": i.gw_id, "label": i.label[:500], "outcome": i.outcome,
-                 "reason": i.reason} for i in items]
-        with self.engine.begin() as conn:
-            conn.execute(insert(run_items), rows)
-
     def finish_run(self, run_id: int, status: str, counts: dict[str, Any],
                    error: str | None = None) -> None:
         with self.engine.begin() as conn:
@@ -337,6 +333,13 @@ class Store:
                 for kind in run["objects"]:
                     out[kind] = run
         return out
+
+
+def _insert_run_items(conn, run_id: int, items: Sequence[RunItem]) -> None:
+    conn.execute(insert(run_items), [
+        {"run_id": run_id, "kind": i.kind, "action": i.action, "crm_id": i.crm_id,
+         "gw_id": i.gw_id, "label": i.label[:500], "outcome": i.outcome, "reason": i.reason}
+        for i in items])
 
 
 def _same_content(a: Item | None, b: Item | None) -> bool:
