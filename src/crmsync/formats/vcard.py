@@ -19,7 +19,14 @@ from vobject.icalendar import stringToTextValues
 from vobject.vcard import splitFields
 
 from crmsync.errors import FormatError
-from crmsync.formats.ical import PRODID, Line, dump_component, guard, read_component, reuse
+from crmsync.formats.contentlines import (
+    PRODID,
+    Line,
+    dump_component,
+    guard,
+    read_component,
+    reuse,
+)
 from crmsync.model import Address, Contact, Phone
 
 __all__ = ["parse_contact", "render_contact"]
