@@ -225,3 +225,13 @@ def test_contacts_and_tasks_repair_by_content():
     t1 = item(Task(uid="1", summary="Call back", due="2026-12-01"), "1.ics")
     t2 = item(Task(uid="2", summary="Call back", due="2026-12-01"), "2.ics")
     assert len(pair_up("tasks", [t1], [t2])) == 1
+
+
+def test_event_labels_show_local_time_in_the_events_zone():
+    from crmsync.model import Event
+
+    assert Event(summary="Call", start="2026-11-24T09:00:00Z", tz="Europe/Berlin").label() \
+        == "2026-11-24 10:00 Call"
+    assert Event(summary="Call", start="2026-11-24T09:00:00Z").label() == \
+        "2026-11-24 09:00 UTC Call"
+    assert Event(summary="Fair", start="2026-12-02").label() == "2026-12-02 Fair"

@@ -194,7 +194,26 @@ class Event(Record):
         return is_all_day(self.start)
 
     def label(self) -> str:
-        return f"{self.start or '?'} {self.summary}".strip()
+        """``2026-11-24 10:00 Pricing call`` in the event's own zone (UTC when unknown)."""
+        return f"{_when_label(self.start, self.tz)} {self.summary}".strip()
+
+
+def _when_label(m: str | None, tz: str | None) -> str:
+    if m is None:
+        return "?"
+    if is_all_day(m):
+        return m
+    zone: tzinfo | None = None
+    if tz and m.endswith("Z"):
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            zone = ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            zone = None
+    when = parse_moment(m, zone)
+    text = when.strftime("%Y-%m-%d %H:%M")  # type: ignore[union-attr]
+    return text if zone is not None or not m.endswith("Z") else text + " UTC"
 
 
 @dataclass

@@ -33,7 +33,7 @@ from crmsync.connectors.base import (
     Write,
     other,
 )
-from crmsync.errors import ConfigError, CrmsyncError, FormatError
+from crmsync.errors import ConfigError, CrmsyncError
 from crmsync.model import ObjectKind
 from crmsync.plan import WRITES, Action, Pair, Plan, Step, View, make_plan
 from crmsync.policy import Policy
@@ -173,10 +173,10 @@ class Syncer:
 
         for side in SIDES:
             listing = changes[side]
-            to_fetch = [i for i in sorted(pend[side]) if i not in {u[0] for u in listing.upserts}]
-            seen = set()
+            seen = {u[0] for u in listing.upserts}
+            # Items a run could not settle come back although their version is known.
+            to_fetch = sorted(pend[side] - seen)
             for item_id, version, item in listing.upserts:
-                seen.add(item_id)
                 pair = index[side].get(item_id)
                 if pair is not None and pair.version_on(side) == version \
                         and item_id not in pend[side]:
@@ -309,24 +309,21 @@ class _Executor:
 
     def _apply_chunk(self, steps: list[Step], last_try: bool) -> list[Step]:
         """Apply a chunk; returns the steps whose items changed meanwhile, to re-plan."""
-        writes: dict[Side, list[tuple[Step, Action, Write]]] = {s: [] for s in SIDES}
+        writes: dict[Side, list[tuple[Action, Write]]] = {s: [] for s in SIDES}
         for step in steps:
-            for action in step.actions:
-                if action.op in WRITES and step.state == "record":
-                    try:
+            if step.state == "record":
+                for action in step.actions:
+                    if action.op in WRITES:
                         writes[action.side].append(  # type: ignore[index]
-                            (step, action, _write(step, action)))
-                    except FormatError as exc:
-                        action.failed, action.reason = True, f"cannot read item: {exc}"
-                        step.state = "retry"
+                            (action, _write(step, action)))
         results: dict[int, Result] = {}
         for side in SIDES:
             batch_size = self.syncer.connectors[side].capabilities.batch_size
-            todo = [(s, a, w) for s, a, w in writes[side] if s.state == "record"]
+            todo = writes[side]
             for start in range(0, len(todo), batch_size):
                 part = todo[start:start + batch_size]
-                got = self.syncer.connectors[side].apply(self.kind, [w for _, _, w in part])
-                for (_, action, _), result in zip(part, got, strict=True):
+                got = self.syncer.connectors[side].apply(self.kind, [w for _, w in part])
+                for (action, _), result in zip(part, got, strict=True):
                     results[id(action)] = result
 
         replan: list[Step] = []
