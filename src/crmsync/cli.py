@@ -177,7 +177,7 @@ def _profile_dict(p) -> dict[str, Any]:
 # --- sync -------------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES_HELP)
 def sync(
     name: Annotated[str, typer.Argument(help="The profile to sync.")],
     objects: Annotated[list[str] | None, typer.Option(
