@@ -134,7 +134,7 @@ class Step:
         return out
 
     def _order(self) -> tuple[int, str, str]:
-        first = min((_RANK[a.op] for a in self.actions), default=9)
+        first = min([_RANK[a.op] for a in self.actions], default=9)
         return (first, self.crm.id if self.crm else "", self.gw.id if self.gw else "")
 
 
