@@ -16,6 +16,7 @@ import pytest
 from crmsync import formats
 from crmsync.connectors.base import Item
 from crmsync.connectors.vdir import EXTENSION, FORMAT, VdirConnector, file_name
+from crmsync.errors import ConfigError
 from crmsync.model import Event, ObjectKind, Record
 from crmsync.store import Store
 from crmsync.sync import Syncer
@@ -145,7 +146,7 @@ def make_syncer(store: Store, sides: Sides, name: str = "p",
                 settings: dict | None = None) -> Syncer:
     try:
         profile = store.profile(name)
-    except Exception:  # noqa: BLE001
+    except ConfigError:
         crm, gw = sides.endpoints()
         profile = store.add_profile(name, crm, gw, objects, settings or {})
     return Syncer(store, profile)

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from crmsync import formats
+from crmsync.errors import ConfigError
 from crmsync.model import Attendee, Contact, Event, Occurrence, Person, Phone, Task, moment
 
 
@@ -102,7 +103,7 @@ def run_demo(root: Path, console) -> int:
     try:
         try:
             profile = store.profile("demo")
-        except Exception:  # noqa: BLE001 - first run: create it
+        except ConfigError:  # the first run: create it
             profile = store.add_profile(
                 "demo", f"vdir:{sides['crm']}", f"vdir:{sides['groupware']}",
                 ["calendar", "contacts", "tasks"], {})
