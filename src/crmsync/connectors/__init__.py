@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from crmsync.connectors.base import Connector, Side
+from crmsync.connectors.base import Connector, Credentials, Side
 from crmsync.errors import ConfigError
 
-SCHEMES = ("vdir",)
+SCHEMES = ("vdir", "caldav", "carddav")
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, str]:
@@ -18,7 +18,7 @@ def parse_endpoint(endpoint: str) -> tuple[str, str]:
     return scheme, location
 
 
-def connect(endpoint: str, side: Side) -> Connector:
+def connect(endpoint: str, side: Side, credentials: Credentials | None = None) -> Connector:
     """The connector for ``endpoint`` serving ``side``."""
     scheme, location = parse_endpoint(endpoint)
     # Imported on use: each connector may pull in its own libraries.
@@ -26,4 +26,7 @@ def connect(endpoint: str, side: Side) -> Connector:
         from crmsync.connectors.vdir import VdirConnector
 
         return VdirConnector(location, side)
-    raise AssertionError(scheme)
+    from crmsync.connectors.dav import DavConnector
+
+    return DavConnector(location, side, protocol=scheme,  # type: ignore[arg-type]
+                        credentials=credentials)
