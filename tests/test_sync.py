@@ -194,3 +194,23 @@ def test_unlinked_after_prevented_delete(sqlite_store: Store, sides: Sides):
     # The survivor is no longer synced: it is not recreated in the CRM.
     assert sum(p.writes for p in plans) == 0
     assert sides.names("crm", "calendar") == []
+
+
+def test_create_meeting_an_item_with_the_same_uid_pairs_with_it(sqlite_store: Store,
+                                                                 sides: Sides):
+    sides.put("crm", event("a@x", "From CRM", location="CRM room"))
+    syncer = make_syncer(sqlite_store, sides, objects=("calendar",),
+                         settings={"calendar": {"conflict": "crm"}})
+    prepared = syncer.prepare()
+    # The same meeting reaches the calendar by another way between plan and apply.
+    sides.put("groupware", event("a@x", "From CRM", location="Calendar room"))
+    report = syncer.run(prepared)
+    (item,) = report.objects["calendar"].items
+    assert item.outcome == "linked" and "same UID" in item.reason
+    assert sides.names("groupware", "calendar") == ["a@x.ics"]  # no duplicate
+    # The next run merges the two by the conflict rule (here: CRM wins).
+    _, report = sync(syncer)
+    assert report.objects["calendar"].counts == {"update:groupware": 1}
+    assert sides.records("groupware", "calendar")["a@x"].location == "CRM room"
+    plans, _ = sync(syncer)
+    assert sum(p.writes for p in plans) == 0

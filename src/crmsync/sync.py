@@ -36,7 +36,7 @@ from crmsync.connectors.base import (
 )
 from crmsync.errors import ConfigError, CrmsyncError
 from crmsync.model import ObjectKind
-from crmsync.plan import WRITES, Action, Pair, Plan, Step, View, make_plan
+from crmsync.plan import SIDE_NAME, WRITES, Action, Pair, Plan, Step, View, make_plan
 from crmsync.policy import Policy
 from crmsync.store import Profile, RunItem, Store, now
 
@@ -371,7 +371,7 @@ class _Executor:
                 continue
             if outcome == "record":
                 self._record(step, results, saved, dropped)
-            items.extend(self._items(step, results))
+            items.extend(self._items(step, results, outcome))
         self.store.save_pairs(self.syncer.profile.id, self.kind, saved, dropped,
                               self.run_id, items)
         self.report.items.extend(items)
@@ -381,31 +381,61 @@ class _Executor:
         statuses = [results[id(a)].status for a in step.actions if id(a) in results]
         if "changed" in statuses and not last_try and "failed" not in statuses:
             return "replan"
-        if step.state == "retry" or any(s != "ok" for s in statuses):
-            for side, item_id in step.ids().items():
-                self.pending[side].add(item_id)
+        ok = ("ok", "exists") if not self._paired_elsewhere(step, results) else ("ok",)
+        if step.state == "retry" or any(s not in ok for s in statuses):
+            self._pend(step, results)
             return "retry"
+        if "exists" in statuses:
+            # Paired with the item that was already there: the next run merges the two.
+            self._pend(step, results)
         return step.state
+
+    def _pend(self, step: Step, results: dict[int, Result]) -> None:
+        for side, item_id in step.ids().items():
+            self.pending[side].add(item_id)
+        for action in step.actions:
+            result = results.get(id(action))
+            if result is not None and result.item is not None and action.side is not None:
+                self.pending[action.side].add(result.item.id)
+
+    def _paired_elsewhere(self, step: Step, results: dict[int, Result]) -> bool:
+        """Whether a create found an item with its UID that another pair already holds."""
+        for action in step.actions:
+            result = results.get(id(action))
+            if result is not None and result.status == "exists" and result.item is not None:
+                side = action.side
+                assert side is not None
+                if self.store.pairs(self.syncer.profile.id, self.kind,
+                                    ids={side: {result.item.id}}):
+                    return True
+        return False
 
     def _record(self, step: Step, results: dict[int, Result], saved: list[Pair],
                 dropped: list[int]) -> None:
         after: dict[Side, Item | None] = {s: step.item(s) for s in SIDES}
+        # A side whose create found the item already there has no base yet: the next
+        # run compares the two items as after a lost store (conflict rule decides).
+        no_base: set[Side] = set()
         for action in step.actions:
             if id(action) in results and action.side is not None:
-                after[action.side] = results[id(action)].item
+                result = results[id(action)]
+                after[action.side] = result.item
+                if result.status == "exists":
+                    no_base.add(action.side)
         pair = step.pair
         if after["crm"] is None and after["groupware"] is None:
             if pair is not None and pair.id is not None:
                 dropped.append(pair.id)
             return
+        crm, gw = after["crm"], after["groupware"]
         saved.append(Pair(
             pair.id if pair else None, self.kind,
-            after["crm"].id if after["crm"] else None, None,
-            after["groupware"].id if after["groupware"] else None, None,
-            crm_base=after["crm"], gw_base=after["groupware"],
+            crm.id if crm else None, None, gw.id if gw else None, None,
+            crm_base=None if "crm" in no_base else crm,
+            gw_base=None if "groupware" in no_base else gw,
         ))
 
-    def _items(self, step: Step, results: dict[int, Result]) -> list[RunItem]:
+    def _items(self, step: Step, results: dict[int, Result], settled: str) -> list[RunItem]:
         out = []
         ids = step.ids()
         for action in step.actions:
@@ -419,6 +449,10 @@ class _Executor:
                 outcome = "skipped"
             elif result is None or result.status == "ok":
                 outcome = "applied"
+            elif result.status == "exists" and settled == "record":
+                outcome, reason = "linked", (
+                    f"an item with the same UID was already in {SIDE_NAME[action.side]}: "
+                    "paired with it; differences are merged on the next run")
             else:
                 outcome = "failed"
                 reason = result.error or {
