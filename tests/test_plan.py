@@ -235,3 +235,12 @@ def test_event_labels_show_local_time_in_the_events_zone():
     assert Event(summary="Call", start="2026-11-24T09:00:00Z").label() == \
         "2026-11-24 09:00 UTC Call"
     assert Event(summary="Fair", start="2026-12-02").label() == "2026-12-02 Fair"
+
+
+def test_uid_read_without_parsing_keeps_colons_and_skips_parameters():
+    from crmsync.connectors.base import Item
+
+    raw = "BEGIN:VCARD\r\nVERSION:4.0\r\nUID:urn:uuid:4fbe8971-0bc3\r\nFN:Jo\r\nEND:VCARD\r\n"
+    assert Item("a.vcf", "v", raw, "text/vcard", "contacts").uid == "urn:uuid:4fbe8971-0bc3"
+    raw = "BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID;X-A=b:abc:def\r\nEND:VEVENT\r\nEND:VCALENDAR"
+    assert Item("a.ics", "v", raw, "text/calendar", "calendar").uid == "abc:def"

@@ -34,7 +34,8 @@ from crmsync.model import ObjectKind, Record
 Side = Literal["crm", "groupware"]
 SIDES: tuple[Side, Side] = ("crm", "groupware")
 
-_UID_LINE = re.compile(r"^UID[;:](?:[^:\r\n]*:)?([^\r\n]*)", re.MULTILINE)
+# UID, optional parameters, then the value, which may itself hold colons (urn:uuid:...).
+_UID_LINE = re.compile(r"^UID(?:;[^:\r\n]*)?:([^\r\n]*)", re.MULTILINE)
 
 
 def other(side: Side) -> Side:
