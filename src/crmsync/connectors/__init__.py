@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from crmsync.connectors.base import Connector, Credentials, Side
 from crmsync.errors import ConfigError
 
@@ -29,4 +31,16 @@ def connect(endpoint: str, side: Side, credentials: Credentials | None = None) -
     from crmsync.connectors.dav import DavConnector
 
     return DavConnector(location, side, protocol=scheme,  # type: ignore[arg-type]
-                        credentials=credentials)
+                        credentials=credentials, multiget_batch=_batch())
+
+
+def _batch() -> int:
+    """Items per calendar-/addressbook-multiget: $CRMSYNC_MULTIGET_BATCH, default 100.
+
+    Some servers cap multiget answers silently (crmsync re-fetches what is missing, at a
+    cost); a smaller batch suits them, a larger one saves round trips on fast servers.
+    """
+    value = os.environ.get("CRMSYNC_MULTIGET_BATCH", "100")
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"CRMSYNC_MULTIGET_BATCH must be a positive number, not {value!r}")
+    return int(value)
