@@ -54,11 +54,17 @@ def _main(
     _state["home"] = home
 
 
+def _paths():
+    from crmsync.config import Paths
+
+    return Paths.resolve(_state["home"])
+
+
 def _store():
-    from crmsync.config import Paths, store_url
+    from crmsync.config import store_url
     from crmsync.store import Store
 
-    return Store.open(store_url(Paths.resolve(_state["home"])))
+    return Store.open(store_url(_paths()))
 
 
 def _emit_json(data: Any) -> None:
@@ -79,11 +85,36 @@ def _fail(exc: CrmsyncError) -> typer.Exit:
 # --- profiles ---------------------------------------------------------------------------
 
 
+def _endpoints(values: list[str], kinds: list[str], side: str) -> str:
+    """``ENDPOINT`` for every object, ``OBJ=ENDPOINT`` for one (repeatable)."""
+    from crmsync.connectors import parse_endpoint
+    from crmsync.store import join_endpoints
+
+    default, per_kind = None, {}
+    for value in values:
+        kind, sep, endpoint = value.partition("=")
+        if sep and kind in ("calendar", "contacts", "tasks"):
+            per_kind[kind] = endpoint
+        else:
+            default = value
+    for endpoint in [default, *per_kind.values()]:
+        if endpoint is not None:
+            parse_endpoint(endpoint)
+    missing = [k for k in kinds if k not in per_kind and default is None]
+    if missing:
+        raise ConfigError(f"no {side} endpoint for {', '.join(missing)}")
+    return join_endpoints({k: per_kind.get(k, default) for k in kinds})  # type: ignore[misc]
+
+
 @profile_app.command("add")
 def profile_add(
     name: Annotated[str, typer.Argument(help="A short name for the profile.")],
-    crm: Annotated[str, typer.Option(help="CRM endpoint, e.g. vdir:PATH.")],
-    groupware: Annotated[str, typer.Option(help="Groupware endpoint, e.g. vdir:PATH.")],
+    crm: Annotated[list[str], typer.Option(
+        help="CRM endpoint, e.g. vdir:PATH; OBJ=ENDPOINT for one object (repeatable).")],
+    groupware: Annotated[list[str], typer.Option(
+        help="Groupware endpoint: vdir:PATH, caldav:URL of a calendar, carddav:URL of an "
+        "address book; OBJ=ENDPOINT for one object, e.g. contacts=carddav:URL "
+        "(repeatable).")],
     objects: Annotated[str, typer.Option(
         help="Comma-separated objects to sync.")] = "calendar,contacts,tasks",
     conflict: Annotated[str, typer.Option(
@@ -96,7 +127,6 @@ def profile_add(
         "Contacts always start with crm:delete.")] = "",
 ) -> None:
     """Add a profile joining one CRM to one groupware account."""
-    from crmsync.connectors import parse_endpoint
     from crmsync.model import OBJECT_KINDS
     from crmsync.policy import Policy
 
@@ -106,8 +136,8 @@ def profile_add(
         if bad or not kinds:
             raise ConfigError(f"unknown object(s) {', '.join(bad) or '(none)'}; "
                               f"choose from {', '.join(OBJECT_KINDS)}")
-        parse_endpoint(crm)
-        parse_endpoint(groupware)
+        crm_ep = _endpoints(crm, kinds, "CRM")
+        groupware_ep = _endpoints(groupware, kinds, "groupware")
         switches = {p.strip() for p in prevent.split(",") if p.strip()}
         settings = {}
         for kind in kinds:
@@ -117,10 +147,10 @@ def profile_add(
                 "prevent": sorted(base.prevent | switches)})
             settings[kind] = policy.to_dict()
         store = _store()
-        profile = store.add_profile(name, crm, groupware, kinds, settings)
+        profile = store.add_profile(name, crm_ep, groupware_ep, kinds, settings)
     except CrmsyncError as exc:
         raise _fail(exc) from None
-    _console().print(f"Added profile [bold]{profile.name}[/]: {crm} ⇄ {groupware} "
+    _console().print(f"Added profile [bold]{profile.name}[/]: {crm_ep} ⇄ {groupware_ep} "
                      f"({', '.join(kinds)})")
 
 
@@ -163,8 +193,11 @@ def profile_remove(
     """Remove a profile and its sync state (the items on both sides stay as they are)."""
     if not yes and not typer.confirm(f"Remove profile {name!r} and its sync history?"):
         raise typer.Exit(EXIT_CANCELLED)
+    from crmsync.secrets import SecretStore, forget_credentials
+
     try:
         _store().remove_profile(name)
+        forget_credentials(SecretStore(_paths()), name)
     except CrmsyncError as exc:
         raise _fail(exc) from None
 
@@ -197,12 +230,15 @@ def sync(
     The plan lists every create, update and delete, CRM items on the left, groupware
     items on the right. Nothing is written before you confirm (or pass --yes).
     """
+    from crmsync.secrets import credentials_for
     from crmsync.sync import Syncer
 
     try:
         store = _store()
         profile = store.profile(name)
-        syncer = Syncer(store, profile)
+        paths = _paths()
+        syncer = Syncer(store, profile,
+                        credentials=lambda side: credentials_for(paths, profile.name, side))
         try:
             prepared = syncer.prepare(objects or None)  # type: ignore[arg-type]
             plans = [p.plan for p in prepared]
@@ -352,6 +388,106 @@ def history(
     for item in data["items"]:
         console.print(f"  {item['outcome']:8} {item['action']:18} {item['label'] or ''} "
                       f"{item['reason'] or ''}")
+
+
+@app.command()
+def login(
+    name: Annotated[str, typer.Argument(help="The profile.")],
+    side: Annotated[str, typer.Option(help="crm or groupware.")] = "groupware",
+    username: Annotated[str | None, typer.Option(help="User name (basic auth).")] = None,
+    password_stdin: Annotated[bool, typer.Option(
+        "--password-stdin", help="Read the password from standard input.")] = False,
+    token_stdin: Annotated[bool, typer.Option(
+        "--token-stdin", help="Read a bearer token from standard input.")] = False,
+    ca_bundle: Annotated[Path | None, typer.Option(
+        help="A PEM file of CA certificates to trust.")] = None,
+    insecure: Annotated[bool, typer.Option(
+        "--insecure", help="Do not verify TLS certificates (not recommended).")] = False,
+) -> None:
+    """Store a side's credentials, encrypted. The password is asked for, never an argument."""
+    from crmsync.connectors.base import Credentials
+    from crmsync.secrets import SecretStore, save_credentials
+
+    if side not in ("crm", "groupware"):
+        raise _fail(ConfigError("--side must be crm or groupware"))
+    password = token = None
+    if token_stdin:
+        token = sys.stdin.readline().strip()
+    elif password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    elif username:
+        password = typer.prompt(f"Password for {username}", hide_input=True)
+    try:
+        _store().profile(name)
+        save_credentials(SecretStore(_paths()), name, side,  # type: ignore[arg-type]
+                         Credentials(username, password, token, not insecure,
+                                     str(ca_bundle) if ca_bundle else None))
+    except CrmsyncError as exc:
+        raise _fail(exc) from None
+    _console().print(f"Saved the {side} credentials of {name} (encrypted).")
+
+
+@app.command()
+def collections(
+    endpoint: Annotated[str, typer.Argument(
+        help="caldav:URL or carddav:URL of a server, principal or home.")],
+    username: Annotated[str | None, typer.Option(help="User name (basic auth).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the calendars or address books at a CalDAV/CardDAV server, to pick one.
+
+    The password comes from $CRMSYNC_GROUPWARE_PASSWORD, else it is asked for.
+    """
+    import os
+
+    from crmsync.connectors import parse_endpoint
+    from crmsync.connectors.base import Credentials
+
+    try:
+        scheme, url = parse_endpoint(endpoint)
+        if scheme not in ("caldav", "carddav"):
+            raise ConfigError("collections are listed for caldav: and carddav: endpoints")
+        password = os.environ.get("CRMSYNC_GROUPWARE_PASSWORD")
+        if username and password is None:
+            password = typer.prompt(f"Password for {username}", hide_input=True)
+        from crmsync.connectors.dav import discover
+
+        found = discover(url, scheme, Credentials(username, password))  # type: ignore[arg-type]
+    except CrmsyncError as exc:
+        raise _fail(exc) from None
+    rows = [{"endpoint": f"{scheme}:{c.url}", "name": c.name, "kind": c.kind,
+             "components": sorted(c.components)} for c in found]
+    if json_out:
+        _emit_json(rows)
+        return
+    for row in rows:
+        extra = f" ({', '.join(row['components'])})" if row["components"] else ""
+        _console().print(f"{row['endpoint']}  {row['name']}{extra}")
+
+
+secrets_app = typer.Typer(help="Manage the key that encrypts stored secrets.",
+                          no_args_is_help=True)
+app.add_typer(secrets_app, name="secrets")
+
+
+@secrets_app.command("new-key")
+def secrets_new_key() -> None:
+    """Print a new key for CRMSYNC_SECRET_KEY (put it first, the old one after a comma)."""
+    from cryptography.fernet import Fernet
+
+    sys.stdout.write(Fernet.generate_key().decode() + "\n")
+
+
+@secrets_app.command("rotate")
+def secrets_rotate() -> None:
+    """Re-encrypt every stored secret with the first key in CRMSYNC_SECRET_KEY."""
+    from crmsync.secrets import SecretStore
+
+    try:
+        n = SecretStore(_paths()).rotate()
+    except CrmsyncError as exc:
+        raise _fail(exc) from None
+    _console().print(f"Re-encrypted {n} secret(s).")
 
 
 @app.command()

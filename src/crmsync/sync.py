@@ -25,6 +25,7 @@ from crmsync.connectors.base import (
     Changes,
     Connector,
     Create,
+    Credentials,
     Delete,
     Item,
     Result,
@@ -71,6 +72,8 @@ class Report:
     finished: str | None = None
     objects: dict[str, ObjectReport] = field(default_factory=dict)
     error: str | None = None
+    # Requests each side's servers were sent (planning included): {"groupware": 3}
+    requests: dict[str, int] = field(default_factory=dict)
 
     @property
     def failed(self) -> int:
@@ -88,6 +91,7 @@ class Report:
             "started": self.started,
             "finished": self.finished,
             "error": self.error,
+            "requests": self.requests,
             "objects": {
                 kind: {
                     "counts": dict(sorted(r.counts.items())),
@@ -106,16 +110,39 @@ class Syncer:
     """Runs one profile's sync. Connectors default to the profile's endpoints."""
 
     def __init__(self, store: Store, profile: Profile, crm: Connector | None = None,
-                 groupware: Connector | None = None) -> None:
+                 groupware: Connector | None = None,
+                 credentials: Callable[[Side], Credentials | None] | None = None) -> None:
         self.store = store
         self.profile = profile
-        self.connectors: dict[Side, Connector] = {
-            "crm": crm or connect(profile.crm, "crm"),
-            "groupware": groupware or connect(profile.groupware, "groupware"),
-        }
+        # Connectors given here serve every object of their side (tests, embedding);
+        # the others are opened on first use, one per endpoint.
+        self._given: dict[Side, Connector | None] = {"crm": crm, "groupware": groupware}
+        self._open: dict[tuple[Side, str], Connector] = {}
+        self._credentials = credentials or (lambda side: None)
+
+    def connector(self, side: Side, kind: ObjectKind) -> Connector:
+        given = self._given[side]
+        if given is not None:
+            return given
+        endpoint = self.profile.endpoint(side, kind)
+        if (side, endpoint) not in self._open:
+            self._open[(side, endpoint)] = connect(endpoint, side, self._credentials(side))
+        return self._open[(side, endpoint)]
+
+    def _connectors(self) -> list[tuple[Side, Connector]]:
+        out = [(s, c) for s, c in self._given.items() if c is not None]
+        return out + [(side, c) for (side, _), c in self._open.items()]
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Each side's counters (e.g. HTTP requests) summed over its connectors."""
+        out: dict[str, dict[str, int]] = {}
+        for side, connector in self._connectors():
+            for key, n in connector.stats().items():
+                out.setdefault(side, {})[key] = out.get(side, {}).get(key, 0) + n
+        return out
 
     def close(self) -> None:
-        for connector in self.connectors.values():
+        for _, connector in self._connectors():
             connector.close()
 
     def policy(self, kind: ObjectKind) -> Policy:
@@ -123,7 +150,8 @@ class Syncer:
         return Policy.from_dict(values) if values is not None else Policy.default_for(kind)
 
     def common_fields(self, kind: ObjectKind) -> frozenset[str]:
-        crm, gw = (self.connectors[s].capabilities.fields.get(kind, frozenset()) for s in SIDES)
+        crm, gw = (self.connector(s, kind).capabilities.fields.get(kind, frozenset())
+                   for s in SIDES)
         return crm & gw
 
     # --- gathering -------------------------------------------------------------------------
@@ -139,7 +167,7 @@ class Syncer:
         pid = self.profile.id
         old = {s: self.store.cursor(pid, kind, s) for s in SIDES}
         changes: dict[Side, Changes] = {
-            s: self.connectors[s].list_changes(kind, old[s]) for s in SIDES}
+            s: self.connector(s, kind).list_changes(kind, old[s]) for s in SIDES}
         listed = {s: changes[s].cursor for s in SIDES}
         pend = self.store.pending(pid, kind)
         if not any(changes[s].upserts or changes[s].deleted or changes[s].complete or pend[s]
@@ -190,7 +218,7 @@ class Syncer:
                 # A full listing names every item: a paired one it misses was deleted.
                 gone |= index[side].keys() - seen
             if to_fetch:
-                fetched = self.connectors[side].fetch(kind, to_fetch)
+                fetched = self.connector(side, kind).fetch(kind, to_fetch)
                 gone |= set(to_fetch) - fetched.keys()
                 for item_id, item in fetched.items():
                     place(side, item_id, item)
@@ -245,7 +273,11 @@ class Syncer:
 
     def _finish(self, report: Report) -> None:
         report.finished = now()
-        counts = {k: dict(r.counts) for k, r in report.objects.items()}
+        report.requests = {side: n["requests"] for side, n in self.stats().items()
+                           if "requests" in n}
+        counts: dict[str, Any] = {k: dict(r.counts) for k, r in report.objects.items()}
+        if report.requests:
+            counts["requests"] = report.requests
         assert report.run_id is not None
         try:
             self.store.finish_run(report.run_id, report.status, counts, report.error)
@@ -258,7 +290,7 @@ class Syncer:
         current: dict[Side, Item | None] = {}
         for side in SIDES:
             item_id = step.ids().get(side)
-            current[side] = (self.connectors[side].fetch(kind, [item_id]).get(item_id)
+            current[side] = (self.connector(side, kind).fetch(kind, [item_id]).get(item_id)
                              if item_id else None)
         view = View(step.pair, current["crm"], current["groupware"])
         if step.pair is None:
@@ -303,7 +335,8 @@ class _Executor:
             done += sum(len(s.actions) for s in steps[start:start + CHUNK])
             if self.progress:
                 self.progress(self.kind, min(done, total), total)
-        cursors = {s: self.syncer.connectors[s].cursor(self.kind, prep.listed[s]) for s in SIDES}
+        cursors = {s: self.syncer.connector(s, self.kind).cursor(self.kind, prep.listed[s])
+                   for s in SIDES}
         if cursors != prep.old or self.pending != prep.pending:
             self.store.save_progress(self.syncer.profile.id, self.kind, cursors, self.pending)
 
@@ -318,11 +351,12 @@ class _Executor:
                             (action, _write(step, action)))
         results: dict[int, Result] = {}
         for side in SIDES:
-            batch_size = self.syncer.connectors[side].capabilities.batch_size
+            connector = self.syncer.connector(side, self.kind)
+            batch_size = connector.capabilities.batch_size
             todo = writes[side]
             for start in range(0, len(todo), batch_size):
                 part = todo[start:start + batch_size]
-                got = self.syncer.connectors[side].apply(self.kind, [w for _, w in part])
+                got = connector.apply(self.kind, [w for _, w in part])
                 for (action, _), result in zip(part, got, strict=True):
                     results[id(action)] = result
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from crmsync.connectors.base import Connector, Side
+import os
+
+from crmsync.connectors.base import Connector, Credentials, Side
 from crmsync.errors import ConfigError
 
-SCHEMES = ("vdir",)
+SCHEMES = ("vdir", "caldav", "carddav")
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, str]:
@@ -18,7 +20,7 @@ def parse_endpoint(endpoint: str) -> tuple[str, str]:
     return scheme, location
 
 
-def connect(endpoint: str, side: Side) -> Connector:
+def connect(endpoint: str, side: Side, credentials: Credentials | None = None) -> Connector:
     """The connector for ``endpoint`` serving ``side``."""
     scheme, location = parse_endpoint(endpoint)
     # Imported on use: each connector may pull in its own libraries.
@@ -26,4 +28,19 @@ def connect(endpoint: str, side: Side) -> Connector:
         from crmsync.connectors.vdir import VdirConnector
 
         return VdirConnector(location, side)
-    raise AssertionError(scheme)
+    from crmsync.connectors.dav import DavConnector
+
+    return DavConnector(location, side, protocol=scheme,  # type: ignore[arg-type]
+                        credentials=credentials, multiget_batch=_batch())
+
+
+def _batch() -> int:
+    """Items per calendar-/addressbook-multiget: $CRMSYNC_MULTIGET_BATCH, default 100.
+
+    Some servers cap multiget answers silently (crmsync re-fetches what is missing, at a
+    cost); a smaller batch suits them, a larger one saves round trips on fast servers.
+    """
+    value = os.environ.get("CRMSYNC_MULTIGET_BATCH", "100")
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"CRMSYNC_MULTIGET_BATCH must be a positive number, not {value!r}")
+    return int(value)

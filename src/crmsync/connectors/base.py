@@ -168,6 +168,18 @@ class Result:
 
 
 @dataclass(frozen=True)
+class Credentials:
+    """How a connector authenticates. Secrets never appear in repr() or logs."""
+
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    # TLS: verification is on unless turned off; ca_bundle names a PEM file to trust.
+    verify: bool = True
+    ca_bundle: str | None = None
+
+
+@dataclass(frozen=True)
 class Capabilities:
     # The record fields this side stores, per object; only fields both sides store
     # are compared and synced.
@@ -200,6 +212,10 @@ class Connector(ABC):
     def cursor(self, kind: ObjectKind, listed: str | None) -> str | None:
         """The cursor to store after this run's writes; by default the listing's."""
         return listed
+
+    def stats(self) -> dict[str, int]:
+        """Counters for the run report, e.g. {"requests": 12}."""
+        return {}
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

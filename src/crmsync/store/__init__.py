@@ -49,11 +49,29 @@ def now() -> str:
 class Profile:
     id: int
     name: str
+    # Each side's ENDPOINT: one for every object, or a JSON object {kind: endpoint} when
+    # objects live in different places (a CalDAV calendar and a CardDAV address book).
     crm: str
     groupware: str
     objects: list[ObjectKind]
     # {kind: {setting: value}}; see crmsync.policy.Policy
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def endpoint(self, side: Side, kind: ObjectKind) -> str:
+        value = self.crm if side == "crm" else self.groupware
+        if not value.startswith("{"):
+            return value
+        try:
+            return json.loads(value)[kind]
+        except KeyError:
+            raise ConfigError(f"profile {self.name!r} has no {side} endpoint for {kind}") from None
+
+
+def join_endpoints(per_kind: dict[str, str]) -> str:
+    """The stored form of a side's endpoints: plain when every object shares one."""
+    if len(set(per_kind.values())) == 1:
+        return next(iter(per_kind.values()))
+    return json.dumps(per_kind, sort_keys=True)
 
 
 @dataclass

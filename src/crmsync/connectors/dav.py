@@ -1,0 +1,1225 @@
+"""``caldav:URL`` and ``carddav:URL``: one calendar or address book on a DAV server.
+
+The URL names one COLLECTION: a calendar (CalDAV, RFC 4791) serves the objects
+``calendar`` (its VEVENT items) and ``tasks`` (its VTODO items), an address book (CardDAV,
+RFC 6352) serves ``contacts``. In the vocabulary of :mod:`crmsync.connectors.base`:
+
+ID
+    The item's href path as the server lists it, percent-decoded (``/ana/work/x.ics``).
+VERSION
+    Its ETag, exactly as the server sends it (quotes included): it goes back verbatim in
+    ``If-Match``.
+CURSOR
+    A small JSON object: ``{"v": 1, "token": ...}`` holds an RFC 6578 sync token; servers
+    without sync-collection get ``{"v": 1, "ctag": ..., "etags": {href: etag}}`` instead.
+    Both may carry ``"kinds"``, the objects the collection holds, so that an incremental
+    listing needs no extra request to learn it.
+
+A listing with nothing changed costs one request. A calendar holding both events and
+tasks is listed once for both: sync-collection cannot tell a VEVENT from a VTODO, so the
+changed items are read (multiget) and sorted by component, and the listing is kept for
+the other object. Writes carry preconditions (``If-None-Match: *`` to create,
+``If-Match`` to update or delete), so a write never overwrites an item that changed
+since it was planned, and a retried write never applies twice.
+
+Three layers, top to bottom: :class:`DavConnector` (the Connector), the WebDAV request
+bodies and multistatus parsing (module functions), and :class:`Http` (one keep-alive
+httpx client with retries, request counts and credential errors).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import random
+import re
+import ssl
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Generator, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+from urllib.parse import quote, unquote, urljoin, urlsplit
+from xml.sax.saxutils import escape
+
+import httpx
+
+from crmsync import formats
+from crmsync.connectors.base import (
+    Capabilities,
+    Changes,
+    Connector,
+    Create,
+    Credentials,
+    Delete,
+    Item,
+    Result,
+    Side,
+    Update,
+    Write,
+)
+from crmsync.connectors.vdir import EXTENSION, FORMAT, file_name
+from crmsync.errors import ConfigError, ConnectionFailed, CrmsyncError, FormatError
+from crmsync.merge import apply_changes
+from crmsync.model import RECORD_TYPES, ObjectKind
+
+DavProtocol = Literal["caldav", "carddav"]
+CollectionKind = Literal["calendar", "addressbook"]
+
+KINDS: dict[DavProtocol, tuple[ObjectKind, ...]] = {
+    "caldav": ("calendar", "tasks"),
+    "carddav": ("contacts",),
+}
+# The iCalendar component each calendar object is stored as.
+COMPONENT: dict[ObjectKind, str] = {"calendar": "VEVENT", "tasks": "VTODO"}
+
+# --- HTTP ------------------------------------------------------------------------------
+
+Sleep = Callable[[float], None]
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Errors where the request may not have reached the server or its answer was lost; every
+# request we send is safe to repeat (writes carry preconditions).
+RETRY_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+MAX_TRIES = 4
+MAX_WAIT = 30.0
+FIRST_WAIT = 1.0
+
+
+def public_url(url: str | httpx.URL) -> str:
+    """``url`` without user info, fit for messages and logs."""
+    parts = urlsplit(str(url))
+    if "@" not in parts.netloc:
+        return str(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+class _BearerAuth(httpx.Auth):
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        yield request
+
+    def __repr__(self) -> str:
+        return "_BearerAuth(***)"
+
+
+class Http:
+    """One keep-alive client for one server.
+
+    Retries 5xx/429 answers and lost connections with exponential backoff and full
+    jitter (or the wait the server asks for in Retry-After), counts every request sent
+    (redirects and retries included), and turns an unreachable server or refused
+    credentials into :class:`ConnectionFailed`. Other answers go back to the caller.
+    """
+
+    def __init__(self, credentials: Credentials | None = None, *, timeout: float = 30.0,
+                 transport: httpx.BaseTransport | None = None, sleep: Sleep = time.sleep,
+                 max_tries: int = MAX_TRIES) -> None:
+        creds = credentials or Credentials()
+        auth: httpx.Auth | None = None
+        if creds.token:
+            auth = _BearerAuth(creds.token)
+        elif creds.username is not None:
+            auth = httpx.BasicAuth(creds.username, creds.password or "")
+        self.has_credentials = auth is not None
+        verify: ssl.SSLContext | bool = creds.verify
+        if creds.verify and creds.ca_bundle:
+            try:
+                verify = ssl.create_default_context(cafile=creds.ca_bundle)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"the CA bundle {creds.ca_bundle} cannot be used: "
+                                  f"{exc}") from exc
+        self.client = httpx.Client(
+            auth=auth, verify=verify, timeout=timeout, transport=transport,
+            follow_redirects=True, headers={"User-Agent": "crmsync"},
+            event_hooks={"request": [self._count]},
+        )
+        self.sleep = sleep
+        self.max_tries = max_tries
+        self.requests = 0
+        self._random = random.Random()
+
+    def _count(self, request: httpx.Request) -> None:
+        self.requests += 1
+
+    def send(self, method: str, url: str, body: bytes | None = None,
+             headers: dict[str, str] | None = None, *,
+             accept_401: bool = False) -> httpx.Response:
+        """Send a request; ``accept_401`` hands a 401 answer back instead of raising."""
+        for attempt in range(1, self.max_tries + 1):
+            last = attempt == self.max_tries
+            try:
+                response = self.client.request(method, url, content=body, headers=headers)
+            except RETRY_ERRORS as exc:
+                if last:
+                    raise ConnectionFailed(
+                        f"{public_url(url)} is unreachable after {attempt} tries: "
+                        f"{_reason(exc)}") from exc
+                self.sleep(self._backoff(attempt))
+                continue
+            if response.status_code == 401 and not accept_401:
+                raise ConnectionFailed(self.refused(url, response))
+            if response.status_code not in RETRY_STATUSES:
+                return response
+            asked = _retry_after(response.headers.get("Retry-After"))
+            if last or (asked is not None and asked > MAX_WAIT):
+                wait = "" if asked is None else f", asks to retry in {asked:.0f} s"
+                raise ConnectionFailed(
+                    f"{public_url(url)} is unavailable: HTTP {response.status_code} "
+                    f"{response.reason_phrase} after {attempt} tries{wait}")
+            self.sleep(asked if asked is not None else self._backoff(attempt))
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _backoff(self, attempt: int) -> float:
+        # Full jitter: many clients failing together do not come back together.
+        return self._random.uniform(0, min(MAX_WAIT, FIRST_WAIT * 2 ** (attempt - 1)))
+
+    def refused(self, url: str, response: httpx.Response) -> str:
+        status = f"HTTP {response.status_code} {response.reason_phrase}"
+        if not self.has_credentials:
+            return f"{public_url(url)} asks for credentials ({status}); none were given"
+        return f"{public_url(url)} refused the credentials ({status})"
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP-date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+# --- WebDAV requests and answers -------------------------------------------------------
+
+DAV = "{DAV:}"
+CALDAV = "{urn:ietf:params:xml:ns:caldav}"
+CARDDAV = "{urn:ietf:params:xml:ns:carddav}"
+CALSERVER = "{http://calendarserver.org/ns/}"
+
+_NAMESPACES = ('xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:caldav" '
+               'xmlns:CR="urn:ietf:params:xml:ns:carddav" '
+               'xmlns:CS="http://calendarserver.org/ns/"')
+XML_HEADERS = {"Content-Type": "application/xml; charset=utf-8"}
+
+# The properties a probe of the collection asks for (prefixes as in _NAMESPACES).
+PROBE_PROPS = ("D:resourcetype", "D:displayname", "D:supported-report-set",
+               "C:supported-calendar-component-set", "CS:getctag", "D:sync-token")
+# A home's listing asks for no principal properties: Radicale refuses those to anonymous
+# users (401) while it lists their collections.
+LISTING_PROPS = ("D:resourcetype", "D:displayname", "C:supported-calendar-component-set")
+DISCOVERY_PROPS = (*LISTING_PROPS, "D:current-user-principal", "C:calendar-home-set",
+                   "CR:addressbook-home-set")
+_DATA = {"caldav": "C:calendar-data", "carddav": "CR:address-data"}
+
+
+def _xml(root: str, inner: str) -> bytes:
+    return f'<?xml version="1.0" encoding="utf-8"?>\n<{root} {_NAMESPACES}>{inner}</{root}>' \
+        .encode()
+
+
+def _props(names: Iterable[str]) -> str:
+    return "<D:prop>" + "".join(f"<{name}/>" for name in names) + "</D:prop>"
+
+
+def _hrefs(paths: Iterable[str]) -> str:
+    return "".join(f"<D:href>{escape(quote_path(p))}</D:href>" for p in paths)
+
+
+def propfind_body(props: Iterable[str]) -> bytes:
+    return _xml("D:propfind", _props(props))
+
+
+def sync_collection_body(token: str) -> bytes:
+    return _xml("D:sync-collection", f"<D:sync-token>{escape(token)}</D:sync-token>"
+                "<D:sync-level>1</D:sync-level>" + _props(["D:getetag"]))
+
+
+def multiget_body(protocol: DavProtocol, paths: Iterable[str]) -> bytes:
+    root = "C:calendar-multiget" if protocol == "caldav" else "CR:addressbook-multiget"
+    props = _props(["D:getetag", "D:getlastmodified", _DATA[protocol]])
+    return _xml(root, props + _hrefs(paths))
+
+
+def time_range_query_body(component: str, start: datetime, end: datetime) -> bytes:
+    """Items with a ``component`` (VEVENT, VTODO) overlapping [start, end)."""
+    span = f'<C:time-range start="{_utc(start)}" end="{_utc(end)}"/>'
+    filters = (f'<C:filter><C:comp-filter name="VCALENDAR"><C:comp-filter name="{component}">'
+               f"{span}</C:comp-filter></C:comp-filter></C:filter>")
+    return _xml("C:calendar-query", _props(["D:getetag"]) + filters)
+
+
+def uid_query_body(protocol: DavProtocol, component: str, uid: str) -> bytes:
+    """Items whose UID contains ``uid`` (CalDAV matches substrings), with their content."""
+    props = _props(["D:getetag", _DATA[protocol]])
+    if protocol == "carddav":
+        match = (f'<CR:text-match collation="i;octet" match-type="equals">{escape(uid)}'
+                 "</CR:text-match>")
+        return _xml("CR:addressbook-query",
+                    f'{props}<CR:filter><CR:prop-filter name="UID">{match}'
+                    "</CR:prop-filter></CR:filter>")
+    match = f'<C:text-match collation="i;octet">{escape(uid)}</C:text-match>'
+    return _xml("C:calendar-query",
+                f'{props}<C:filter><C:comp-filter name="VCALENDAR"><C:comp-filter '
+                f'name="{component}"><C:prop-filter name="UID">{match}</C:prop-filter>'
+                "</C:comp-filter></C:comp-filter></C:filter>")
+
+
+def _utc(moment: datetime) -> str:
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y%m%dT%H%M%SZ")
+
+
+def quote_path(path: str) -> str:
+    return quote(path, safe="/:@!$&'()*+,;=-._~")
+
+
+def href_path(href: str, base: str) -> str:
+    """An href as the ID of what it names: its path, percent-decoded.
+
+    Servers differ in what they quote (``@``, ``+``, spaces); decoding makes one item
+    keep one ID whichever form a response uses.
+    """
+    return unquote(urlsplit(urljoin(base, href.strip())).path)
+
+
+@dataclass
+class DavResponse:
+    """One DAV:response of a multistatus."""
+
+    path: str
+    # The response's own status (404 for a deleted member, 507 for a truncated listing),
+    # else 200.
+    status: int
+    # Properties the server returned with a 2xx propstat, by Clark name ({DAV:}getetag).
+    props: dict[str, ET.Element] = field(default_factory=dict)
+
+    def text(self, name: str) -> str | None:
+        element = self.props.get(name)
+        return None if element is None else (element.text or "")
+
+    def hrefs(self, name: str, base: str) -> list[str]:
+        """The paths a property like DAV:current-user-principal names."""
+        element = self.props.get(name)
+        if element is None:
+            return []
+        return [href_path(h.text, base) for h in element.iter(DAV + "href") if h.text]
+
+    def has(self, name: str, child: str) -> bool:
+        """Whether property ``name`` holds element ``child`` (e.g. a resourcetype)."""
+        element = self.props.get(name)
+        return element is not None and element.find(".//" + child) is not None
+
+
+@dataclass
+class Multistatus:
+    responses: list[DavResponse]
+    sync_token: str | None = None
+
+
+def parse_multistatus(data: bytes, base: str) -> Multistatus:
+    """Parse a 207 body; raises ValueError when it is not a DAV:multistatus."""
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError as exc:
+        raise ValueError(f"not XML: {exc}") from exc
+    if root.tag != DAV + "multistatus":
+        raise ValueError(f"expected DAV:multistatus, got {root.tag}")
+    responses = []
+    for element in root.findall(DAV + "response"):
+        href = element.findtext(DAV + "href")
+        if not href:
+            continue
+        response = DavResponse(href_path(href, base), _status(element.findtext(DAV + "status")))
+        for propstat in element.findall(DAV + "propstat"):
+            prop = propstat.find(DAV + "prop")
+            if prop is not None and 200 <= _status(propstat.findtext(DAV + "status")) < 300:
+                response.props.update((p.tag, p) for p in prop)
+        responses.append(response)
+    return Multistatus(responses, root.findtext(DAV + "sync-token"))
+
+
+def _status(line: str | None) -> int:
+    """The code in ``HTTP/1.1 404 Not Found``; 200 when there is no status line."""
+    if not line:
+        return 200
+    parts = line.split()
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 500
+
+
+def preconditions(response: httpx.Response) -> dict[str, ET.Element]:
+    """The failed WebDAV, CalDAV or CardDAV preconditions a DAV:error body names.
+
+    Servers also put their own elements there (SabreDAV its exception name): those name
+    no precondition.
+    """
+    try:
+        root = ET.fromstring(response.content)
+    except ET.ParseError:
+        return {}
+    if root.tag != DAV + "error":
+        return {}
+    return {child.tag: child for child in root
+            if child.tag.startswith((DAV, CALDAV, CARDDAV))
+            and child.tag != DAV + "responsedescription"}
+
+
+def stale(response: httpx.Response) -> bool:
+    """Whether a write failed because the item changed: If-Match or If-None-Match.
+
+    A 412 naming a precondition is something else: Xandikos refuses invalid content with
+    412 valid-calendar-data.
+    """
+    return response.status_code == 412 and not preconditions(response)
+
+
+def _refusal(response: httpx.Response) -> str:
+    """``HTTP 403 Forbidden (no-uid-conflict)``: a status for an error message."""
+    names = [tag.rpartition("}")[2] for tag in preconditions(response)]
+    detail = f" ({', '.join(names)})" if names else ""
+    return f"HTTP {response.status_code} {response.reason_phrase}{detail}"
+
+
+# --- discovery -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Collection:
+    """A calendar or address book found by :func:`discover`."""
+
+    url: str
+    name: str
+    kind: CollectionKind
+    # The iCalendar components a calendar accepts (empty: any); {"VCARD"} for a book.
+    components: frozenset[str]
+
+
+_COLLECTION: dict[DavProtocol, tuple[CollectionKind, str, str, str]] = {
+    # protocol: (collection kind, resourcetype element, home-set property, as requested)
+    "caldav": ("calendar", CALDAV + "calendar", CALDAV + "calendar-home-set",
+               "C:calendar-home-set"),
+    "carddav": ("addressbook", CARDDAV + "addressbook", CARDDAV + "addressbook-home-set",
+                "CR:addressbook-home-set"),
+}
+
+
+def discover(url: str, protocol: DavProtocol, credentials: Credentials | None = None,
+             transport: httpx.BaseTransport | None = None) -> list[Collection]:
+    """The user's calendars (caldav) or address books (carddav), from any URL of the server.
+
+    The URL may name the server root, a principal, a home or a collection itself. Tried in
+    order: the URL's own properties, the well-known URI (RFC 6764), the current user's
+    principal, its home set, and a Depth:1 listing of each home.
+    """
+    http = Http(credentials, transport=transport)
+    try:
+        return _discover(http, url, protocol)
+    finally:
+        http.close()
+
+
+def _discover(http: Http, url: str, protocol: DavProtocol) -> list[Collection]:
+    kind, resourcetype, home_set, home_set_prop = _COLLECTION[protocol]
+    here = _propfind_one(http, url, DISCOVERY_PROPS)
+    if here is not None and here.has(DAV + "resourcetype", resourcetype):
+        return [_collection(here, url, kind)]
+    homes = here.hrefs(home_set, url) if here is not None else []
+    if not homes:
+        principals = here.hrefs(DAV + "current-user-principal", url) if here else []
+        if not principals:
+            well_known = urljoin(url, f"/.well-known/{protocol}")
+            found = _propfind_one(http, well_known, ["D:current-user-principal"])
+            principals = found.hrefs(DAV + "current-user-principal", url) if found else []
+        for principal in principals:
+            found = _propfind_one(http, urljoin(url, quote_path(principal)), [home_set_prop])
+            homes += found.hrefs(home_set, url) if found else []
+    # A server without principals keeps its collections right below the URL.
+    homes = homes or [href_path(url, url)]
+    collections: dict[str, Collection] = {}
+    for home in dict.fromkeys(homes):
+        home_url = urljoin(url, quote_path(home))
+        response = http.send("PROPFIND", home_url, propfind_body(LISTING_PROPS),
+                             {"Depth": "1", **XML_HEADERS})
+        if response.status_code != 207:
+            continue
+        for member in _multistatus(response, home_url).responses:
+            if member.has(DAV + "resourcetype", resourcetype):
+                found_one = _collection(member, url, kind)
+                collections[found_one.url] = found_one
+    return sorted(collections.values(), key=lambda c: c.url)
+
+
+def _propfind_one(http: Http, url: str, props: Iterable[str]) -> DavResponse | None:
+    """The properties of the resource at ``url`` itself; None if it has none to give."""
+    # Without credentials a 401 here is no answer, not an error (see LISTING_PROPS).
+    response = http.send("PROPFIND", url, propfind_body(props), {"Depth": "0", **XML_HEADERS},
+                         accept_401=not http.has_credentials)
+    if response.status_code == 403 or response.status_code == 401 and http.has_credentials:
+        raise ConnectionFailed(http.refused(url, response))
+    if response.status_code != 207:
+        return None
+    path = href_path(str(response.url), str(response.url))
+    found = _multistatus(response, str(response.url)).responses
+    return next((r for r in found if _same_path(r.path, path)), found[0] if found else None)
+
+
+def _multistatus(response: httpx.Response, base: str) -> Multistatus:
+    try:
+        return parse_multistatus(response.content, base)
+    except ValueError as exc:
+        raise ConnectionFailed(
+            f"{public_url(response.request.url)} sent an unreadable answer to "
+            f"{response.request.method}: {exc}") from exc
+
+
+def _collection(response: DavResponse, base: str, kind: CollectionKind) -> Collection:
+    url = urljoin(base, quote_path(response.path))
+    name = response.text(DAV + "displayname") or response.path.rstrip("/").rpartition("/")[2]
+    components = frozenset({"VCARD"}) if kind == "addressbook" else _components(response)
+    return Collection(url, name, kind, components)
+
+
+def _components(response: DavResponse) -> frozenset[str]:
+    element = response.props.get(CALDAV + "supported-calendar-component-set")
+    if element is None:
+        return frozenset()
+    return frozenset(c.get("name", "").upper() for c in element.iter(CALDAV + "comp"))
+
+
+def _same_path(a: str, b: str) -> bool:
+    return a.rstrip("/") == b.rstrip("/")
+
+
+# --- content -----------------------------------------------------------------------------
+
+_COMPONENT_LINE = re.compile(r"^BEGIN:(VEVENT|VTODO|VJOURNAL|VFREEBUSY|VAVAILABILITY)\r?$",
+                             re.MULTILINE | re.IGNORECASE)
+# Where an item says it last changed, best first.
+_CHANGED_AT = tuple(re.compile(rf"^{name}(?:;[^:\r\n]*)?:([0-9TZ:-]{{15,20}})\r?$",
+                               re.MULTILINE | re.IGNORECASE)
+                    for name in ("LAST-MODIFIED", "REV", "DTSTAMP"))
+_SCHEDULING_LINE = re.compile(r"^(?:[A-Za-z0-9-]+\.)?(?:ORGANIZER|ATTENDEE)[;:]",
+                              re.MULTILINE | re.IGNORECASE)
+_PARAMS = re.compile(r'(?:[^":]|"[^"]*")*')
+_CLIENT_AGENT = ";SCHEDULE-AGENT=CLIENT"
+BOTH: frozenset[ObjectKind] = frozenset({"calendar", "tasks"})
+
+
+def calendar_objects(raw: str) -> tuple[frozenset[ObjectKind], int]:
+    """The objects a calendar item belongs to, and where its first component starts.
+
+    A VEVENT is an event, a VTODO a task; other components (VJOURNAL, ...) belong to no
+    object. An item without any component is broken: it belongs to both, so that its
+    parse error surfaces instead of the item silently looking deleted.
+    """
+    match = _COMPONENT_LINE.search(raw)
+    if match is None:
+        return BOTH, 0
+    name = match[1].upper()
+    objects: frozenset[ObjectKind] = frozenset(
+        {"calendar"} if name == "VEVENT" else {"tasks"} if name == "VTODO" else ())
+    return objects, match.start()
+
+
+def changed_at(raw: str, start: int = 0) -> str | None:
+    """The MOMENT an item says it last changed (LAST-MODIFIED, vCard REV or DTSTAMP)."""
+    match = next((m for p in _CHANGED_AT if (m := p.search(raw, start))), None)
+    if match is None:
+        return None
+    digits = match[1].replace("-", "").replace(":", "")
+    try:
+        when = datetime.strptime(digits, "%Y%m%dT%H%M%SZ")
+    except ValueError:
+        return None
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def client_scheduling(raw: str) -> str:
+    """``raw`` with ``SCHEDULE-AGENT=CLIENT`` on each ORGANIZER and ATTENDEE lacking one.
+
+    A scheduling server (RFC 6638) mails invitations for the attendees of what a client
+    writes, unless told the client handles scheduling itself: a sync must never do that.
+    Only those lines change; every other byte, folding included, stays as it was.
+    """
+    if _SCHEDULING_LINE.search(raw) is None:
+        return raw
+    physical = re.split(r"(?<=\n)", raw)
+    out: list[str] = []
+    at = 0
+    while at < len(physical):
+        end = at + 1
+        while end < len(physical) and physical[end][:1] in (" ", "\t"):
+            end += 1
+        lines = physical[at:end]
+        name = _SCHEDULING_LINE.match(lines[0])
+        out += _with_client_agent(lines, name.end() - 1) if name else lines
+        at = end
+    return "".join(out)
+
+
+def _with_client_agent(lines: list[str], name_end: int) -> list[str]:
+    """One content line (its physical lines) with the parameter added after its name."""
+    first = lines[0]
+    eol = first[len(first.rstrip("\r\n")):] or "\r\n"
+    text = "".join([first.rstrip("\r\n"), *(line.rstrip("\r\n")[1:] for line in lines[1:])])
+    params = _PARAMS.match(text, name_end)
+    assert params is not None  # the pattern matches the empty string
+    if "SCHEDULE-AGENT=" in params[0].upper():
+        return lines
+    head = first[:name_end] + _CLIENT_AGENT + first[name_end:]
+    if len(head.rstrip("\r\n").encode()) <= 75:
+        return [head, *lines[1:]]
+    return _fold(text[:name_end] + _CLIENT_AGENT + text[name_end:], eol)
+
+
+def _fold(text: str, eol: str) -> list[str]:
+    """Physical lines of at most 75 octets, never splitting a UTF-8 character."""
+    out: list[str] = []
+    line, size = "", 0
+    for char in text:
+        width = len(char.encode())
+        if size + width > 75:
+            out.append(line + eol)
+            line, size = " ", 1
+        line += char
+        size += width
+    out.append(line + eol)
+    return out
+
+
+def _etag(value: str | None) -> str | None:
+    """An ETag in the one form used everywhere: quoted, as If-Match wants it."""
+    value = (value or "").strip()
+    if not value:
+        return None
+    return value if value.startswith(('"', 'W/"')) else f'"{value}"'
+
+
+def _http_moment(value: str | None) -> str | None:
+    """An HTTP-date (Last-Modified, getlastmodified) as a MOMENT."""
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=12).hexdigest()
+
+
+# --- the connector -----------------------------------------------------------------------
+
+
+@dataclass
+class _Cursor:
+    """What a CURSOR string holds; see the module docstring."""
+
+    token: str | None = None
+    ctag: str | None = None
+    etags: dict[str, str] | None = None
+    kinds: tuple[str, ...] = ()
+
+    def encode(self) -> str:
+        data: dict[str, object] = {"v": 1}
+        if self.token is not None:
+            data["token"] = self.token
+        else:
+            data["ctag"] = self.ctag
+            data["etags"] = self.etags or {}
+        if self.kinds:
+            data["kinds"] = list(self.kinds)
+        return json.dumps(data, separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def decode(cls, text: str | None) -> _Cursor | None:
+        """None for no cursor or one this version cannot read: a full listing is safe."""
+        if not text:
+            return None
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or data.get("v") != 1:
+            return None
+        kinds = tuple(k for k in data.get("kinds", ()) if isinstance(k, str))
+        if isinstance(data.get("token"), str):
+            return cls(token=data["token"], kinds=kinds)
+        if isinstance(data.get("etags"), dict):
+            ctag = data.get("ctag") if isinstance(data.get("ctag"), str) else None
+            return cls(ctag=ctag, etags=data["etags"], kinds=kinds)
+        return None
+
+
+@dataclass
+class _Probe:
+    """What one PROPFIND of the collection told about it."""
+
+    kinds: tuple[ObjectKind, ...]
+    sync: bool
+    token: str | None
+    ctag: str | None
+
+
+@dataclass
+class _Listing:
+    """The collection's changes since one cursor, shared by the objects it holds."""
+
+    key: str  # the cursor it was listed from
+    changed: dict[str, str]  # path -> etag
+    deleted: list[str]
+    cursor: _Cursor
+    complete: bool
+    # The objects each changed calendar item belongs to, and the items read to learn it.
+    objects: dict[str, frozenset[ObjectKind]] = field(default_factory=dict)
+    items: dict[str, Item] = field(default_factory=dict)
+    served: set[ObjectKind] = field(default_factory=set)
+    # A time-range listing names one object's items only: never one for the other.
+    shared: bool = True
+
+
+class DavConnector(Connector):
+    """One CalDAV calendar or CardDAV address book; see the module docstring."""
+
+    def __init__(self, url: str, side: Side, *, protocol: DavProtocol,
+                 credentials: Credentials | None = None, multiget_batch: int = 100,
+                 timeout: float = 30.0, time_range: tuple[datetime, datetime] | None = None,
+                 transport: httpx.BaseTransport | None = None,
+                 sleep: Sleep = time.sleep) -> None:
+        if protocol not in KINDS:
+            raise ConfigError(f"unknown DAV protocol {protocol!r}; use caldav or carddav")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"{protocol} endpoint {public_url(url)!r} must be an http(s) URL, "
+                              f"e.g. {protocol}:https://example.com/dav/ana/work/")
+        # Members are named relative to the collection: its URL ends with a slash.
+        self.url = parts._replace(path=parts.path.rstrip("/") + "/").geturl()
+        self.path = href_path(self.url, self.url)
+        self.side = side
+        self.protocol = protocol
+        self.multiget_batch = max(1, multiget_batch)
+        self.time_range = time_range
+        self.capabilities = Capabilities(
+            fields={k: frozenset(RECORD_TYPES[k]().fields()) for k in KINDS[protocol]},
+            batch_size=100,
+            keeps_uid=True,
+        )
+        self._http = Http(credentials, timeout=timeout, transport=transport, sleep=sleep)
+        self._listing: _Listing | None = None
+
+    def __repr__(self) -> str:
+        return f"DavConnector({self.protocol}:{public_url(self.url)})"
+
+    def stats(self) -> dict[str, int]:
+        return {"requests": self._http.requests}
+
+    def close(self) -> None:
+        self._http.close()
+
+    # --- requests ------------------------------------------------------------------------
+
+    def _url(self, path: str) -> str:
+        return urljoin(self.url, quote_path(path))
+
+    def _send(self, method: str, path: str, body: bytes | None = None,
+              headers: dict[str, str] | None = None) -> httpx.Response:
+        return self._http.send(method, self._url(path), body, headers)
+
+    def _report(self, body: bytes, depth: str | None = None) -> httpx.Response:
+        headers = dict(XML_HEADERS)
+        if depth is not None:
+            headers["Depth"] = depth
+        return self._send("REPORT", self.path, body, headers)
+
+    def _members(self, response: httpx.Response) -> list[DavResponse]:
+        """The responses of a multistatus about the collection's members."""
+        return [m for m in _multistatus(response, self.url).responses
+                if not _same_path(m.path, self.path)]
+
+    @property
+    def _noun(self) -> str:
+        return "calendar" if self.protocol == "caldav" else "address book"
+
+    def _collection_error(self, response: httpx.Response, what: str) -> CrmsyncError:
+        """The error for a request on the collection that the server refused."""
+        if response.status_code == 403:
+            return ConnectionFailed(self._http.refused(self.url, response))
+        if response.status_code in (404, 405, 410):
+            return self._not_a_collection()
+        return ConnectionFailed(f"{public_url(self.url)} refused {what}: {_refusal(response)}")
+
+    def _not_a_collection(self) -> ConfigError:
+        """A ConfigError listing the collections discovery finds, to pick one from."""
+        message = f"{self.protocol}:{public_url(self.url)} is not a {self._noun}"
+        try:
+            found = _discover(self._http, self.url, self.protocol)
+        except CrmsyncError:
+            found = []
+        if not found:
+            return ConfigError(f"{message}, and no {self._noun} was found from it")
+        lines = "\n".join(f"  {self.protocol}:{public_url(c.url)}  ({c.name})" for c in found)
+        return ConfigError(f"{message}; use one of the {self._noun}s found there:\n{lines}")
+
+    def _check_kind(self, kind: ObjectKind) -> None:
+        if kind not in KINDS[self.protocol]:
+            raise ConfigError(
+                f"a {self.protocol} endpoint serves {' and '.join(KINDS[self.protocol])}, "
+                f"not {kind}; use a {'carddav' if kind == 'contacts' else 'caldav'} "
+                "endpoint for it")
+
+    def _objects(self, item: Item) -> frozenset[ObjectKind]:
+        if self.protocol == "carddav":
+            return frozenset({"contacts"})
+        return calendar_objects(item.raw)[0]
+
+    # --- listing -------------------------------------------------------------------------
+
+    def list_changes(self, kind: ObjectKind, cursor: str | None) -> Changes:
+        self._check_kind(kind)
+        key = cursor or ""
+        listing = self._listing
+        # Events and tasks in one calendar: the second object's listing from the same
+        # cursor reuses the first one's (once: a later listing asks the server again).
+        if listing is None or not listing.shared or listing.key != key \
+                or kind in listing.served:
+            listing = self._list(kind, key)
+            self._listing = listing
+        listing.served.add(kind)
+        return self._changes(kind, listing)
+
+    def _list(self, kind: ObjectKind, key: str) -> _Listing:
+        state = _Cursor.decode(key)
+        if state is not None:
+            listing = self._since(key, state)
+            if listing is not None:
+                return listing
+        # No cursor, or one the server no longer knows: list everything.
+        probe = self._probe(kind)
+        if self.time_range is not None and self.protocol == "caldav":
+            return self._list_range(kind, key, probe)
+        if probe.sync:
+            listing = self._sync(key, "", probe.kinds)
+            if listing is not None:
+                return listing
+        return self._list_etags(key, _Cursor(ctag=probe.ctag, kinds=probe.kinds))
+
+    def _since(self, key: str, state: _Cursor) -> _Listing | None:
+        """The changes since ``state``; None when a full listing is needed."""
+        if state.token is not None:
+            return self._sync(key, state.token, state.kinds)
+        # Servers without sync tokens: an unchanged ctag means an unchanged collection.
+        ctag = self._propfind_collection(["CS:getctag"]).text(CALSERVER + "getctag")
+        if ctag is not None and ctag == state.ctag:
+            return _Listing(key, {}, [], state, complete=False)
+        return self._list_etags(key, _Cursor(ctag=ctag, kinds=state.kinds), state.etags)
+
+    def _probe(self, kind: ObjectKind) -> _Probe:
+        """Check that the URL is a collection holding ``kind``; learn how to list it."""
+        found = self._propfind_collection(PROBE_PROPS)
+        if not found.has(DAV + "resourcetype", _COLLECTION[self.protocol][1]):
+            raise self._not_a_collection()
+        kinds = KINDS[self.protocol]
+        if self.protocol == "caldav":
+            components = _components(found)
+            # No component set means any component (RFC 4791 5.2.3).
+            if components:
+                kinds = tuple(k for k in kinds if COMPONENT[k] in components)
+            if kind not in kinds:
+                raise ConfigError(
+                    f"the calendar {public_url(self.url)} cannot hold {kind} "
+                    f"({COMPONENT[kind]}); it holds {', '.join(sorted(components))}")
+        reports = found.props.get(DAV + "supported-report-set")
+        token = found.text(DAV + "sync-token")
+        if reports is not None:
+            sync = reports.find(".//" + DAV + "sync-collection") is not None
+        else:
+            sync = token is not None
+        return _Probe(kinds, sync, token, found.text(CALSERVER + "getctag"))
+
+    def _propfind_collection(self, props: Iterable[str]) -> DavResponse:
+        response = self._send("PROPFIND", self.path, propfind_body(props),
+                              {"Depth": "0", **XML_HEADERS})
+        if response.status_code != 207:
+            raise self._collection_error(response, "PROPFIND")
+        found = _multistatus(response, self.url).responses
+        mine = next((r for r in found if _same_path(r.path, self.path)), None)
+        if mine is None:
+            raise ConnectionFailed(f"{public_url(self.url)} answered PROPFIND without "
+                                   "the collection's own properties")
+        return mine
+
+    def _sync(self, key: str, token: str, kinds: Sequence[str]) -> _Listing | None:
+        """A sync-collection listing (RFC 6578) since ``token``, "" for everything.
+
+        Follows truncated answers (507 on the collection itself) until complete. None when
+        the server refuses: an expired or foreign token (DAV:valid-sync-token; Radicale
+        answers 403, Xandikos 412), or no sync-collection support at all.
+        """
+        full = not token
+        changed: dict[str, str] = {}
+        deleted: dict[str, None] = {}
+        truncated = True
+        while truncated:
+            response = self._report(sync_collection_body(token))
+            status = response.status_code
+            if status != 207:
+                if status == 501 or 400 <= status < 500 and status != 404:
+                    return None
+                raise self._collection_error(response, "sync-collection")
+            result = _multistatus(response, self.url)
+            truncated = False
+            for member in result.responses:
+                if _same_path(member.path, self.path):
+                    truncated = truncated or member.status == 507
+                elif member.status == 404:
+                    changed.pop(member.path, None)
+                    deleted[member.path] = None
+                elif (etag := _etag(member.text(DAV + "getetag"))) is not None:
+                    deleted.pop(member.path, None)
+                    changed[member.path] = etag
+            if not result.sync_token or (truncated and result.sync_token == token):
+                raise ConnectionFailed(f"{public_url(self.url)} answered sync-collection "
+                                       "without a (new) sync token")
+            token = result.sync_token
+        # A full listing names no deletions: what it misses is gone.
+        return _Listing(key, changed, [] if full else list(deleted),
+                        _Cursor(token=token, kinds=tuple(kinds)), complete=full)
+
+    def _list_etags(self, key: str, cursor: _Cursor,
+                    old: dict[str, str] | None = None) -> _Listing:
+        """Every member's etag by PROPFIND; compared with ``old`` when given."""
+        response = self._send("PROPFIND", self.path, propfind_body(["D:getetag"]),
+                              {"Depth": "1", **XML_HEADERS})
+        if response.status_code != 207:
+            raise self._collection_error(response, "PROPFIND")
+        cursor.etags = {}
+        for member in self._members(response):
+            etag = _etag(member.text(DAV + "getetag"))
+            if etag is not None and member.status < 300 \
+                    and not member.has(DAV + "resourcetype", DAV + "collection"):
+                cursor.etags[member.path] = etag
+        if old is None:
+            return _Listing(key, dict(cursor.etags), [], cursor, complete=True)
+        changed = {p: e for p, e in cursor.etags.items() if old.get(p) != e}
+        return _Listing(key, changed, sorted(old.keys() - cursor.etags.keys()), cursor,
+                        complete=False)
+
+    def _list_range(self, kind: ObjectKind, key: str, probe: _Probe) -> _Listing:
+        """Only the ``kind`` items inside the time range, by calendar-query.
+
+        The token (or ctag) is the probe's, taken before the query: what changes in
+        between is listed again next time rather than missed.
+        """
+        assert self.time_range is not None
+        start, end = self.time_range
+        response = self._report(time_range_query_body(COMPONENT[kind], start, end), "1")
+        if response.status_code != 207:
+            raise self._collection_error(response, "calendar-query")
+        changed = {m.path: etag for m in self._members(response)
+                   if (etag := _etag(m.text(DAV + "getetag"))) is not None}
+        if probe.sync and probe.token is not None:
+            cursor = _Cursor(token=probe.token, kinds=probe.kinds)
+        else:
+            # The next listing compares every etag with these and reports the items
+            # outside the range as new: harmless.
+            cursor = _Cursor(ctag=probe.ctag, etags=dict(changed), kinds=probe.kinds)
+        # Not complete: items outside the range are missing from it, and the engine must
+        # never take a missing item for a deleted one (an item that leaves the range is
+        # not deleted because of it).
+        return _Listing(key, changed, [], cursor, complete=False, shared=False,
+                        objects=dict.fromkeys(changed, frozenset({kind})))
+
+    def _changes(self, kind: ObjectKind, listing: _Listing) -> Changes:
+        """The listing's share for ``kind``."""
+        if len(listing.cursor.kinds or KINDS[self.protocol]) > 1:
+            self._sort(listing)
+        upserts: list[tuple[str, str, Item | None]] = []
+        for path in sorted(listing.changed):
+            if kind not in listing.objects.get(path, (kind,)):
+                continue
+            item = listing.items.get(path)
+            if item is None:
+                upserts.append((path, listing.changed[path], None))
+            else:
+                upserts.append((path, item.version, _as_kind(item, kind)))
+        return Changes(upserts, sorted(listing.deleted), listing.cursor.encode(),
+                       listing.complete)
+
+    def _sort(self, listing: _Listing) -> None:
+        """Read the changed items whose object is unknown: sync-collection and etag
+        listings cannot tell an event from a task."""
+        todo = [p for p in listing.changed if p not in listing.objects]
+        if not todo:
+            return
+        found = self._read(todo)
+        for path in todo:
+            item = found.get(path)
+            if item is None:  # deleted since it was listed
+                del listing.changed[path]
+                if not listing.complete:
+                    listing.deleted.append(path)
+                continue
+            listing.items[path] = item
+            listing.objects[path] = self._objects(item)
+
+    def cursor(self, kind: ObjectKind, listed: str | None) -> str | None:
+        # Our own writes come back in the next listing; the core knows their versions and
+        # skips them, which costs nothing beyond that listing's one request.
+        return listed
+
+    # --- reading -------------------------------------------------------------------------
+
+    def fetch(self, kind: ObjectKind, ids: Sequence[str]) -> dict[str, Item]:
+        self._check_kind(kind)
+        return {path: _as_kind(item, kind) for path, item in self._read(ids).items()
+                if kind in self._objects(item)}
+
+    def _read(self, paths: Sequence[str]) -> dict[str, Item]:
+        """The items at ``paths`` (absent when gone), by multiget in batches.
+
+        Some servers answer a multiget with fewer items than asked for, silently: each
+        path missing from the answer is fetched on its own.
+        """
+        out: dict[str, Item] = {}
+        unique = list(dict.fromkeys(paths))
+        for start in range(0, len(unique), self.multiget_batch):
+            batch = unique[start:start + self.multiget_batch]
+            response = self._report(multiget_body(self.protocol, batch))
+            if response.status_code == 207:
+                answered = self._items(response, set(batch), out)
+            elif response.status_code in (400, 403, 405, 415, 501):
+                answered = set()  # no multiget here: each item is fetched on its own
+            else:
+                raise self._collection_error(response, "multiget")
+            for path in batch:
+                if path not in answered and (item := self._get(path)) is not None:
+                    out[path] = item
+        return out
+
+    def _items(self, response: httpx.Response, wanted: set[str] | None,
+               out: dict[str, Item]) -> set[str]:
+        """Add the items in a multiget or query answer to ``out``; returns the paths it
+        answered for, gone (404) or not."""
+        data = CALDAV + "calendar-data" if self.protocol == "caldav" \
+            else CARDDAV + "address-data"
+        answered = set()
+        for member in self._members(response):
+            if wanted is not None and member.path not in wanted:
+                continue
+            raw, etag = member.text(data), _etag(member.text(DAV + "getetag"))
+            if member.status in (404, 410):
+                answered.add(member.path)
+            elif raw is not None and etag is not None:
+                out[member.path] = self._item(member.path, etag, raw,
+                                              member.text(DAV + "getlastmodified"))
+                answered.add(member.path)
+        return answered
+
+    def _get(self, path: str) -> Item | None:
+        response = self._send("GET", path)
+        if response.status_code in (404, 410):
+            return None
+        if response.status_code != 200:
+            raise ConnectionFailed(f"{public_url(self._url(path))} could not be read: "
+                                   f"{_refusal(response)}")
+        etag = _etag(response.headers.get("ETag")) or self._etag_of(path)
+        if etag is None:
+            return None  # deleted between the two requests
+        try:
+            raw = response.content.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            kind = KINDS[self.protocol][0]
+            return Item(path, etag, "", FORMAT[kind], kind,
+                        error=f"{path} is not valid UTF-8 (byte {exc.start})")
+        return self._item(path, etag, raw, response.headers.get("Last-Modified"))
+
+    def _etag_of(self, path: str) -> str | None:
+        """The ETag by PROPFIND, for servers whose GET does not send it."""
+        response = self._send("PROPFIND", path, propfind_body(["D:getetag"]),
+                              {"Depth": "0", **XML_HEADERS})
+        if response.status_code != 207:
+            return None
+        found = _multistatus(response, self.url).responses
+        return next((e for r in found if (e := _etag(r.text(DAV + "getetag")))), None)
+
+    def _item(self, path: str, etag: str, raw: str, last_modified: str | None) -> Item:
+        if self.protocol == "carddav":
+            kind: ObjectKind = "contacts"
+            start = 0
+        else:
+            objects, start = calendar_objects(raw)
+            kind = "tasks" if objects == {"tasks"} else "calendar"
+        # The server's clock when it tells, else the item's own stamp.
+        modified = _http_moment(last_modified) or changed_at(raw, start)
+        return Item(path, etag, raw, FORMAT[kind], kind, modified=modified)
+
+    # --- writing -------------------------------------------------------------------------
+
+    def apply(self, kind: ObjectKind, writes: Sequence[Write]) -> list[Result]:
+        self._check_kind(kind)
+        results = []
+        for write in writes:
+            try:
+                if isinstance(write, Create):
+                    result = self._create(kind, write)
+                elif isinstance(write, Update):
+                    result = self._update(kind, write)
+                else:
+                    result = self._delete(write)
+            except ConnectionFailed:
+                raise  # the server is gone: the run stops, nothing is lost
+            except CrmsyncError as exc:
+                result = Result("failed", error=str(exc))
+            results.append(result)
+        return results
+
+    def _put(self, path: str, raw: str, precondition: dict[str, str]) -> httpx.Response:
+        if self.protocol == "caldav":
+            raw = client_scheduling(raw)
+        media = "text/calendar" if self.protocol == "caldav" else "text/vcard"
+        return self._send("PUT", path, raw.encode("utf-8"),
+                          {"Content-Type": f"{media}; charset=utf-8", **precondition})
+
+    def _create(self, kind: ObjectKind, write: Create) -> Result:
+        source = write.source
+        if write.record is None and source.fmt == FORMAT[kind] and source.error is None:
+            # Same format on both sides: copy the item verbatim, nothing is lost.
+            raw, uid = source.raw, source.uid or ""
+        else:
+            record = write.content()
+            raw, uid = formats.render(FORMAT[kind], kind, record), record.uid
+        ext = EXTENSION[kind]
+        name = file_name(uid, ext) if uid else _digest(raw.encode()) + ext
+        for _ in range(2):
+            path = self.path + name
+            response = self._put(path, raw, {"If-None-Match": "*"})
+            if response.is_success:
+                return Result("ok", self._stored(path, kind, response))
+            conditions = preconditions(response)
+            conflict = conditions.get(CALDAV + "no-uid-conflict",
+                                      conditions.get(CARDDAV + "no-uid-conflict"))
+            if conflict is not None:
+                return self._existing(kind, uid, conflict, response)
+            if not stale(response):
+                break
+            existing = self._get(path)
+            if existing is not None and _has_uid(existing, uid):
+                return Result("exists", _as_kind(existing, kind))
+            if existing is not None:
+                # The name is another item's: take one of our own.
+                name = f"{name[:-len(ext)]}-{_digest(raw.encode())[:8]}{ext}"
+            # else the name was freed meanwhile: try it again
+        return Result("failed", error=f"the server refused to create {path}: "
+                      f"{_refusal(response)}")
+
+    def _existing(self, kind: ObjectKind, uid: str, conflict: ET.Element,
+                  response: httpx.Response) -> Result:
+        """The item a no-uid-conflict is about: named in the error, else searched for.
+
+        Radicale (409) and Xandikos (412) do not name it.
+        """
+        hrefs = [href_path(h.text, self.url) for h in conflict.iter(DAV + "href") if h.text]
+        existing = self._get(hrefs[0]) if hrefs else self._find_uid(kind, uid)
+        if existing is None:
+            return Result("failed", error=f"the server has another item with UID {uid!r} "
+                          f"but it cannot be found: {_refusal(response)}")
+        return Result("exists", _as_kind(existing, kind))
+
+    def _find_uid(self, kind: ObjectKind, uid: str) -> Item | None:
+        body = uid_query_body(self.protocol, COMPONENT.get(kind, "VCARD"), uid)
+        response = self._report(body, "1")
+        if response.status_code != 207:
+            return None
+        found: dict[str, Item] = {}
+        self._items(response, None, found)
+        # CalDAV text-match finds substrings: keep the exact UID only.
+        return next((item for item in found.values() if _has_uid(item, uid)), None)
+
+    def _update(self, kind: ObjectKind, write: Update) -> Result:
+        current = write.planned
+        if current is None or current.version != write.version or current.error is not None:
+            current = self._get(write.id)
+            if current is None:
+                return Result("changed", error="the item was deleted meanwhile")
+            if current.version != write.version:
+                return Result("changed", _as_kind(current, kind))
+        # Same version, same bytes: the planner's parse of the item is as good as ours.
+        record = apply_changes(current.record(), write.changes)
+        raw = formats.render(FORMAT[kind], kind, record, current.raw)
+        response = self._put(write.id, raw, {"If-Match": write.version})
+        if response.is_success:
+            return Result("ok", self._stored(write.id, kind, response))
+        if response.status_code in (404, 410) or stale(response):
+            return Result("changed", error="the item changed since it was planned")
+        return Result("failed", error=f"the server refused to update {write.id}: "
+                      f"{_refusal(response)}")
+
+    def _delete(self, write: Delete) -> Result:
+        response = self._send("DELETE", write.id, headers={"If-Match": write.version})
+        if response.is_success or response.status_code in (404, 410):
+            return Result("ok")  # already gone: deleting again is a no-op
+        if stale(response):
+            return Result("changed", error="the item changed since it was planned")
+        return Result("failed", error=f"the server refused to delete {write.id}: "
+                      f"{_refusal(response)}")
+
+    def _stored(self, path: str, kind: ObjectKind, response: httpx.Response) -> Item:
+        """The item a successful PUT left on the server."""
+        etag = _etag(response.headers.get("ETag"))
+        if etag is None:
+            # No ETag: the server may have changed what it was sent (RFC 4791 5.3.4).
+            # Read back its version and content before anything is written over it.
+            stored = self._get(path)
+            if stored is None:
+                raise ConnectionFailed(f"{public_url(self._url(path))} vanished right after "
+                                       "it was written")
+            return _as_kind(stored, kind)
+        raw = response.request.content.decode("utf-8")
+        modified = _http_moment(response.headers.get("Last-Modified")) or _now()
+        return Item(path, etag, raw, FORMAT[kind], kind, modified=modified)
+
+
+def _has_uid(item: Item, uid: str) -> bool:
+    """Whether ``item`` has UID ``uid``: read cheaply from the text, else parsed."""
+    if item.uid == uid:
+        return True
+    try:
+        return item.record().uid == uid
+    except FormatError:
+        return False
+
+
+def _as_kind(item: Item, kind: ObjectKind) -> Item:
+    """``item`` as an item of ``kind`` (a calendar item is read before its object is known)."""
+    if item.kind == kind:
+        return item
+    return Item(item.id, item.version, item.raw, item.fmt, kind, modified=item.modified,
+                error=item.error)
