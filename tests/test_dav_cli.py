@@ -83,3 +83,18 @@ def _hrefs(xml: str) -> list[str]:
     import re
 
     return re.findall(r"<(?:\w+:)?href>([^<]+)</(?:\w+:)?href>", xml)
+
+
+def test_collections_lists_what_discovery_finds(dav_server, home: Path, monkeypatch):
+    calendar = dav_server.make_collection("calendar")
+    book = dav_server.make_collection("addressbook")
+    args = ["--username", dav_server.username] if dav_server.username else []
+    if dav_server.password:
+        monkeypatch.setenv("CRMSYNC_GROUPWARE_PASSWORD", dav_server.password)
+    found = json.loads(crmsync(home, "collections", f"caldav:{dav_server.principal_url}",
+                               *args, "--json").stdout)
+    assert f"caldav:{calendar}" in {c["endpoint"] for c in found}
+    assert all(c["kind"] == "calendar" for c in found)
+    books = json.loads(crmsync(home, "collections", f"carddav:{dav_server.principal_url}",
+                               *args, "--json").stdout)
+    assert f"carddav:{book}" in {c["endpoint"] for c in books}
