@@ -253,9 +253,11 @@ def propfind_body(props: Iterable[str]) -> bytes:
     return _xml("D:propfind", _props(props))
 
 
-def sync_collection_body(token: str) -> bytes:
+def sync_collection_body(token: str, data: str | None = None) -> bytes:
+    """A sync-collection REPORT; ``data`` (e.g. "C:calendar-data") asks for the content."""
+    props = ["D:getetag", data] if data else ["D:getetag"]
     return _xml("D:sync-collection", f"<D:sync-token>{escape(token)}</D:sync-token>"
-                "<D:sync-level>1</D:sync-level>" + _props(["D:getetag"]))
+                "<D:sync-level>1</D:sync-level>" + _props(props))
 
 
 def multiget_body(protocol: DavProtocol, paths: Iterable[str]) -> bytes:
@@ -883,9 +885,14 @@ class DavConnector(Connector):
         full = not token
         changed: dict[str, str] = {}
         deleted: dict[str, None] = {}
+        items: dict[str, Item] = {}
+        # A full listing asks for the content too: one request instead of one listing and
+        # N/B multigets, where the server obliges (Radicale does; Xandikos answers the
+        # content with a 404 propstat, and those items are read by multiget as usual).
+        data = _DATA[self.protocol] if full else None
         truncated = True
         while truncated:
-            response = self._report(sync_collection_body(token))
+            response = self._report(sync_collection_body(token, data))
             status = response.status_code
             if status != 207:
                 if status == 501 or 400 <= status < 500 and status != 404:
@@ -893,6 +900,8 @@ class DavConnector(Connector):
                 raise self._collection_error(response, "sync-collection")
             result = _multistatus(response, self.url)
             truncated = False
+            if data is not None:
+                self._items_of(result.responses, None, items)
             for member in result.responses:
                 if _same_path(member.path, self.path):
                     truncated = truncated or member.status == 507
@@ -907,8 +916,13 @@ class DavConnector(Connector):
                                        "without a (new) sync token")
             token = result.sync_token
         # A full listing names no deletions: what it misses is gone.
-        return _Listing(key, changed, [] if full else list(deleted),
-                        _Cursor(token=token, kinds=tuple(kinds)), complete=full)
+        listing = _Listing(key, changed, [] if full else list(deleted),
+                           _Cursor(token=token, kinds=tuple(kinds)), complete=full)
+        for path, item in items.items():
+            if changed.get(path) == item.version:
+                listing.items[path] = item
+                listing.objects[path] = self._objects(item)
+        return listing
 
     def _list_etags(self, key: str, cursor: _Cursor,
                     old: dict[str, str] | None = None) -> _Listing:
@@ -1025,10 +1039,14 @@ class DavConnector(Connector):
                out: dict[str, Item]) -> set[str]:
         """Add the items in a multiget or query answer to ``out``; returns the paths it
         answered for, gone (404) or not."""
+        return self._items_of(self._members(response), wanted, out)
+
+    def _items_of(self, members: Iterable[DavResponse], wanted: set[str] | None,
+                  out: dict[str, Item]) -> set[str]:
         data = CALDAV + "calendar-data" if self.protocol == "caldav" \
             else CARDDAV + "address-data"
         answered = set()
-        for member in self._members(response):
+        for member in members:
             if wanted is not None and member.path not in wanted:
                 continue
             raw, etag = member.text(data), _etag(member.text(DAV + "getetag"))
