@@ -77,9 +77,6 @@ def _console(stderr: bool = False):
     return Console(stderr=stderr)
 
 
-def _fail(exc: CrmsyncError) -> typer.Exit:
-    _console(stderr=True).print(f"[red]error:[/] {exc}", markup=True, highlight=False)
-    return typer.Exit(exc.exit_code)
 
 
 # --- profiles ---------------------------------------------------------------------------
@@ -130,26 +127,23 @@ def profile_add(
     from crmsync.model import OBJECT_KINDS
     from crmsync.policy import Policy
 
-    try:
-        kinds = [k.strip() for k in objects.split(",") if k.strip()]
-        bad = [k for k in kinds if k not in OBJECT_KINDS]
-        if bad or not kinds:
-            raise ConfigError(f"unknown object(s) {', '.join(bad) or '(none)'}; "
-                              f"choose from {', '.join(OBJECT_KINDS)}")
-        crm_ep = _endpoints(crm, kinds, "CRM")
-        groupware_ep = _endpoints(groupware, kinds, "groupware")
-        switches = {p.strip() for p in prevent.split(",") if p.strip()}
-        settings = {}
-        for kind in kinds:
-            base = Policy.default_for(kind)
-            policy = Policy.from_dict(base.to_dict() | {
-                "conflict": conflict, "delete_vs_update": delete_vs_update,
-                "prevent": sorted(base.prevent | switches)})
-            settings[kind] = policy.to_dict()
-        store = _store()
-        profile = store.add_profile(name, crm_ep, groupware_ep, kinds, settings)
-    except CrmsyncError as exc:
-        raise _fail(exc) from None
+    kinds = [k.strip() for k in objects.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in OBJECT_KINDS]
+    if bad or not kinds:
+        raise ConfigError(f"unknown object(s) {', '.join(bad) or '(none)'}; "
+                          f"choose from {', '.join(OBJECT_KINDS)}")
+    crm_ep = _endpoints(crm, kinds, "CRM")
+    groupware_ep = _endpoints(groupware, kinds, "groupware")
+    switches = {p.strip() for p in prevent.split(",") if p.strip()}
+    settings = {}
+    for kind in kinds:
+        base = Policy.default_for(kind)
+        policy = Policy.from_dict(base.to_dict() | {
+            "conflict": conflict, "delete_vs_update": delete_vs_update,
+            "prevent": sorted(base.prevent | switches)})
+        settings[kind] = policy.to_dict()
+    store = _store()
+    profile = store.add_profile(name, crm_ep, groupware_ep, kinds, settings)
     _console().print(f"Added profile [bold]{profile.name}[/]: {crm_ep} ⇄ {groupware_ep} "
                      f"({', '.join(kinds)})")
 
@@ -157,10 +151,7 @@ def profile_add(
 @profile_app.command("list")
 def profile_list(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False):
     """List profiles."""
-    try:
-        profiles = _store().profiles()
-    except CrmsyncError as exc:
-        raise _fail(exc) from None
+    profiles = _store().profiles()
     if json_out:
         _emit_json([_profile_dict(p) for p in profiles])
         return
@@ -174,10 +165,7 @@ def profile_show(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show one profile with its settings."""
-    try:
-        profile = _store().profile(name)
-    except CrmsyncError as exc:
-        raise _fail(exc) from None
+    profile = _store().profile(name)
     data = _profile_dict(profile)
     if json_out:
         _emit_json(data)
@@ -195,11 +183,8 @@ def profile_remove(
         raise typer.Exit(EXIT_CANCELLED)
     from crmsync.secrets import SecretStore, forget_credentials
 
-    try:
-        _store().remove_profile(name)
-        forget_credentials(SecretStore(_paths()), name)
-    except CrmsyncError as exc:
-        raise _fail(exc) from None
+    _store().remove_profile(name)
+    forget_credentials(SecretStore(_paths()), name)
 
 
 def _profile_dict(p) -> dict[str, Any]:
@@ -233,21 +218,18 @@ def sync(
     from crmsync.secrets import credentials_for
     from crmsync.sync import Syncer
 
+    store = _store()
+    profile = store.profile(name)
+    paths = _paths()
+    syncer = Syncer(store, profile,
+                    credentials=lambda side: credentials_for(paths, profile.name, side))
     try:
-        store = _store()
-        profile = store.profile(name)
-        paths = _paths()
-        syncer = Syncer(store, profile,
-                        credentials=lambda side: credentials_for(paths, profile.name, side))
-        try:
-            prepared = syncer.prepare(objects or None)  # type: ignore[arg-type]
-            plans = [p.plan for p in prepared]
-            code = _sync_apply(syncer, prepared, plans, dry_run=dry_run, yes=yes,
-                               json_out=json_out, allow_mass_delete=allow_mass_delete)
-        finally:
-            syncer.close()
-    except CrmsyncError as exc:
-        raise _fail(exc) from None
+        prepared = syncer.prepare(objects or None)  # type: ignore[arg-type]
+        plans = [p.plan for p in prepared]
+        code = _sync_apply(syncer, prepared, plans, dry_run=dry_run, yes=yes,
+                           json_out=json_out, allow_mass_delete=allow_mass_delete)
+    finally:
+        syncer.close()
     raise typer.Exit(code)
 
 
@@ -331,13 +313,10 @@ def status(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show a profile's objects, their last run and how many items are paired."""
-    try:
-        store = _store()
-        profile = store.profile(name)
-        last = store.last_runs(profile.id)
-        counts = store.pair_counts(profile.id)
-    except CrmsyncError as exc:
-        raise _fail(exc) from None
+    store = _store()
+    profile = store.profile(name)
+    last = store.last_runs(profile.id)
+    counts = store.pair_counts(profile.id)
     data = {
         "profile": profile.name, "crm": profile.crm, "groupware": profile.groupware,
         "objects": {
@@ -366,13 +345,10 @@ def history(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List a profile's runs, or show one run with every item's outcome."""
-    try:
-        store = _store()
-        profile = store.profile(name)
-        data: Any = store.run(profile.id, run) if run is not None else store.runs(profile.id,
-                                                                                 limit)
-    except CrmsyncError as exc:
-        raise _fail(exc) from None
+    store = _store()
+    profile = store.profile(name)
+    data: Any = store.run(profile.id, run) if run is not None else store.runs(profile.id,
+                                                                             limit)
     if json_out:
         _emit_json(data)
         return
@@ -409,7 +385,7 @@ def login(
     from crmsync.secrets import SecretStore, save_credentials
 
     if side not in ("crm", "groupware"):
-        raise _fail(ConfigError("--side must be crm or groupware"))
+        raise ConfigError("--side must be crm or groupware")
     password = token = None
     if token_stdin:
         token = sys.stdin.readline().strip()
@@ -417,13 +393,10 @@ def login(
         password = sys.stdin.readline().rstrip("\n")
     elif username:
         password = typer.prompt(f"Password for {username}", hide_input=True)
-    try:
-        _store().profile(name)
-        save_credentials(SecretStore(_paths()), name, side,  # type: ignore[arg-type]
-                         Credentials(username, password, token, not insecure,
-                                     str(ca_bundle) if ca_bundle else None))
-    except CrmsyncError as exc:
-        raise _fail(exc) from None
+    _store().profile(name)
+    save_credentials(SecretStore(_paths()), name, side,  # type: ignore[arg-type]
+                     Credentials(username, password, token, not insecure,
+                                 str(ca_bundle) if ca_bundle else None))
     _console().print(f"Saved the {side} credentials of {name} (encrypted).")
 
 
@@ -443,18 +416,15 @@ def collections(
     from crmsync.connectors import parse_endpoint
     from crmsync.connectors.base import Credentials
 
-    try:
-        scheme, url = parse_endpoint(endpoint)
-        if scheme not in ("caldav", "carddav"):
-            raise ConfigError("collections are listed for caldav: and carddav: endpoints")
-        password = os.environ.get("CRMSYNC_GROUPWARE_PASSWORD")
-        if username and password is None:
-            password = typer.prompt(f"Password for {username}", hide_input=True)
-        from crmsync.connectors.dav import discover
+    scheme, url = parse_endpoint(endpoint)
+    if scheme not in ("caldav", "carddav"):
+        raise ConfigError("collections are listed for caldav: and carddav: endpoints")
+    password = os.environ.get("CRMSYNC_GROUPWARE_PASSWORD")
+    if username and password is None:
+        password = typer.prompt(f"Password for {username}", hide_input=True)
+    from crmsync.connectors.dav import discover
 
-        found = discover(url, scheme, Credentials(username, password))  # type: ignore[arg-type]
-    except CrmsyncError as exc:
-        raise _fail(exc) from None
+    found = discover(url, scheme, Credentials(username, password))  # type: ignore[arg-type]
     rows = [{"endpoint": f"{scheme}:{c.url}", "name": c.name, "kind": c.kind,
              "components": sorted(c.components)} for c in found]
     if json_out:
@@ -483,10 +453,7 @@ def secrets_rotate() -> None:
     """Re-encrypt every stored secret with the first key in CRMSYNC_SECRET_KEY."""
     from crmsync.secrets import SecretStore
 
-    try:
-        n = SecretStore(_paths()).rotate()
-    except CrmsyncError as exc:
-        raise _fail(exc) from None
+    n = SecretStore(_paths()).rotate()
     _console().print(f"Re-encrypted {n} secret(s).")
 
 
@@ -498,15 +465,17 @@ def demo(
     """Create two sample folders (a CRM and a calendar) and sync them."""
     from crmsync.demo import run_demo
 
-    try:
-        raise typer.Exit(run_demo(folder, _console()))
-    except CrmsyncError as exc:
-        raise _fail(exc) from None
+    raise typer.Exit(run_demo(folder, _console()))
 
 
 def main() -> None:
+    # Every command lets its typed errors through to here: one place says what went wrong
+    # and exits with the error's code (see the exit codes above).
     try:
         app()
+    except CrmsyncError as exc:
+        _console(stderr=True).print(f"[red]error:[/] {exc}", markup=True, highlight=False)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
