@@ -85,7 +85,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import selectors
 import shlex
 import shutil
@@ -110,9 +109,6 @@ import httpx
 
 from generate import Change, ItemInfo, generate, modify_items, read_item
 from run import (
-    EXIT_CHECK_FAILED,
-    EXIT_TARGET_MISSED,
-    EXIT_TOOL_FAILED,
     RSS_TARGET_MB,
     VDIRSYNCER_VENV,
     Check,
@@ -120,10 +116,13 @@ from run import (
     ToolError,
     Vdirsyncer,
     base_env,
-    filesystem_of,
+    exit_status,
+    machine_meta,
     run_measured,
     snapshot,
     verify,
+    warn_if_busy,
+    write_results,
 )
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -1514,14 +1513,7 @@ def main(argv: list[str] | None = None) -> int:
         args.workdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="crmsync-davbench-", dir=args.workdir))
     started = datetime.now(UTC)
-    fs_type = filesystem_of(work)
-    load_before = os.getloadavg()
-    if load_before[0] > 0.5 * (os.cpu_count() or 1):
-        print(
-            f"WARNING: system load is {load_before[0]:.2f} on {os.cpu_count()} CPUs; "
-            "other processes will make the timings noisy",
-            file=sys.stderr,
-        )
+    load_before = warn_if_busy()
     setup_error: str | None = None
     bench: Bench | None = None
     try:
@@ -1548,33 +1540,17 @@ def main(argv: list[str] | None = None) -> int:
     if setup_error:
         print(f"SETUP FAILED: {setup_error}")
 
-    check_failed = any(not c.ok for c in bench.checks)
-    tool_failed = any(t["error"] or t["failures"] for t in summary["tools"].values())
     missed = [k for k, v in summary["comparison"].items()
               if v.get("target", v.get("target_mb")) is not None and v["met"] is not True]
-    if setup_error:
-        code = EXIT_SETUP_FAILED
-    elif check_failed:
-        code = EXIT_CHECK_FAILED
-    elif tool_failed:
-        code = EXIT_TOOL_FAILED
-    elif args.strict and missed:
-        code = EXIT_TARGET_MISSED
-    else:
-        code = 0
+    code = EXIT_SETUP_FAILED if setup_error else exit_status(
+        check_failed=any(not c.ok for c in bench.checks),
+        tool_failed=any(t["error"] or t["failures"] for t in summary["tools"].values()),
+        missed=missed, strict=args.strict)
 
     if str(args.json) != "-":
         doc = {
             "meta": {
-                "started": started.isoformat(timespec="seconds"),
-                "duration_s": (datetime.now(UTC) - started).total_seconds(),
-                "host": platform.node(),
-                "platform": platform.platform(),
-                "cpus": os.cpu_count(),
-                "loadavg_before": load_before,
-                "loadavg_after": os.getloadavg(),
-                "workdir_filesystem": fs_type,
-                "python": sys.version.split()[0],
+                **machine_meta(started, load_before, work),
                 "radicale": bench.server.version,
                 "load_s": bench.load_s,
                 "args": {
@@ -1608,9 +1584,7 @@ def main(argv: list[str] | None = None) -> int:
             ],
             "exit_status": code,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-        print(f"results written to {args.json}")
+        write_results(args.json, doc)
     return code
 
 

@@ -761,6 +761,51 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def warn_if_busy() -> tuple[float, float, float]:
+    """The load average now; a warning on stderr when other work will skew the timings."""
+    load = os.getloadavg()
+    if load[0] > 0.5 * (os.cpu_count() or 1):
+        print(
+            f"WARNING: system load is {load[0]:.2f} on {os.cpu_count()} CPUs; "
+            "other processes will make the timings noisy",
+            file=sys.stderr,
+        )
+    return load
+
+
+def exit_status(*, check_failed: bool, tool_failed: bool, missed: list[str],
+                strict: bool) -> int:
+    """The documented exit status: correctness first, then tools, then targets."""
+    if check_failed:
+        return EXIT_CHECK_FAILED
+    if tool_failed:
+        return EXIT_TOOL_FAILED
+    if strict and missed:
+        return EXIT_TARGET_MISSED
+    return 0
+
+
+def machine_meta(started: datetime, load_before: tuple[float, ...], work: Path) -> dict[str, Any]:
+    """Where and when a benchmark ran, for its JSON results."""
+    return {
+        "started": started.isoformat(timespec="seconds"),
+        "duration_s": (datetime.now(UTC) - started).total_seconds(),
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        "workdir_filesystem": filesystem_of(work),
+        "python": sys.version.split()[0],
+    }
+
+
+def write_results(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    print(f"results written to {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     crmsync_cmd = args.crmsync or default_crmsync_command()
@@ -773,14 +818,7 @@ def main(argv: list[str] | None = None) -> int:
         args.workdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="crmsync-bench-", dir=args.workdir))
     started = datetime.now(UTC)
-    fs_type = filesystem_of(work)
-    load_before = os.getloadavg()
-    if load_before[0] > 0.5 * (os.cpu_count() or 1):
-        print(
-            f"WARNING: system load is {load_before[0]:.2f} on {os.cpu_count()} CPUs; "
-            "other processes will make the timings noisy",
-            file=sys.stderr,
-        )
+    load_before = warn_if_busy()
     bench = Bench(args, work, tools)
     try:
         bench.generate_data()
@@ -795,30 +833,15 @@ def main(argv: list[str] | None = None) -> int:
     summary = bench.summary()
     bench.print_table(summary)
 
-    check_failed = any(not c.ok for c in bench.checks)
-    tool_failed = any(t["error"] for t in summary["tools"].values())
     missed = [k for k, v in summary["comparison"].items() if v["met"] is not True]
-    if check_failed:
-        code = EXIT_CHECK_FAILED
-    elif tool_failed:
-        code = EXIT_TOOL_FAILED
-    elif args.strict and missed:
-        code = EXIT_TARGET_MISSED
-    else:
-        code = 0
+    code = exit_status(check_failed=any(not c.ok for c in bench.checks),
+                       tool_failed=any(t["error"] for t in summary["tools"].values()),
+                       missed=missed, strict=args.strict)
 
     if str(args.json) != "-":
         doc = {
             "meta": {
-                "started": started.isoformat(timespec="seconds"),
-                "duration_s": (datetime.now(UTC) - started).total_seconds(),
-                "host": platform.node(),
-                "platform": platform.platform(),
-                "cpus": os.cpu_count(),
-                "loadavg_before": load_before,
-                "loadavg_after": os.getloadavg(),
-                "workdir_filesystem": fs_type,
-                "python": sys.version.split()[0],
+                **machine_meta(started, load_before, work),
                 "args": {
                     "events": args.events,
                     "changed": args.changed,
@@ -839,9 +862,7 @@ def main(argv: list[str] | None = None) -> int:
             ],
             "exit_status": code,
         }  # fmt: skip
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-        print(f"results written to {args.json}")
+        write_results(args.json, doc)
     return code
 
 
