@@ -116,8 +116,10 @@ from run import (
     ToolError,
     Vdirsyncer,
     base_env,
+    configure_vdirsyncer,
     exit_status,
     machine_meta,
+    require_ok,
     run_measured,
     snapshot,
     verify,
@@ -153,11 +155,6 @@ def child_env() -> dict[str, str]:
     for name in ("NO_PROXY", "no_proxy"):
         env[name] = ",".join(x for x in (env.get(name), "127.0.0.1", "localhost") if x)
     return env
-
-
-def require_ok(result: ProcResult, what: str) -> None:
-    if result.returncode != 0 or result.timed_out:
-        raise ToolError(f"{what} failed: {result.describe_failure()}")
 
 
 # --- the counting proxy -----------------------------------------------------------------
@@ -783,38 +780,13 @@ class VdirsyncerDav(DavTool):
         return {**child_env(), "VDIRSYNCER_CONFIG": str(self.config_path(run))}
 
     def prepare(self, run: Run, timeout: float) -> None:
-        status = run.state / "status"
-        status.mkdir(parents=True, exist_ok=True)
-        q = json.dumps
-        self.config_path(run).write_text(
-            "[general]\n"
-            f"status_path = {q(str(status))}\n\n"
-            "[pair bench]\n"
-            'a = "bench_dav"\n'
-            'b = "bench_local"\n'
-            "collections = null\n"
-            'conflict_resolution = "a wins"\n\n'
-            "[storage bench_dav]\n"
-            'type = "caldav"\n'
-            f"url = {q(run.url)}\n"
-            f"username = {q(USERNAME)}\n"
-            f"password = {q(PASSWORD)}\n\n"
-            "[storage bench_local]\n"
-            'type = "filesystem"\n'
-            f"path = {q(str(run.items))}\n"
-            'fileext = ".ics"\n'
-        )
-        answers = run.state / "yes.txt"  # `yes |`: answer any prompt of discover
-        answers.write_text("y\n" * 100)
-        result = run_measured(
-            [str(self.exe), "-v", "ERROR", "discover"],
-            log_dir=run.logs,
-            tag="discover",
-            env=self.env(run),
-            stdin_path=answers,
-            timeout=timeout,
-        )
-        require_ok(result, "vdirsyncer discover")
+        configure_vdirsyncer(
+            self.exe, run.state, run.logs, self.env(run), timeout,
+            {"bench_dav": {"type": "caldav", "url": run.url,
+                           "username": USERNAME, "password": PASSWORD},
+             "bench_local": {"type": "filesystem", "path": str(run.items),
+                             "fileext": ".ics"}},
+        )  # fmt: skip
 
     def sync_argv(self, run: Run) -> list[str]:
         return [str(self.exe), "-v", "ERROR", "sync"]

@@ -247,9 +247,30 @@ class Tool:
         return None, None
 
 
-def _require_ok(result: ProcResult, what: str) -> None:
+def require_ok(result: ProcResult, what: str) -> None:
     if result.returncode != 0 or result.timed_out:
         raise ToolError(f"{what} failed: {result.describe_failure()}")
+
+
+def configure_vdirsyncer(exe: Path, state: Path, logs: Path, env: dict[str, str],
+                         timeout: float, storages: dict[str, dict[str, str]]) -> None:
+    """Write the config of pair ``bench`` (first storage a, second b; "a wins") to
+    ``state/vdirsyncer.conf`` and run ``vdirsyncer discover``, untimed."""
+    status = state / "status"
+    status.mkdir(parents=True, exist_ok=True)
+    q = json.dumps
+    (a, _), (b, _) = storages.items()
+    text = (f"[general]\nstatus_path = {q(str(status))}\n\n[pair bench]\n"
+            f"a = {q(a)}\nb = {q(b)}\ncollections = null\n"
+            'conflict_resolution = "a wins"\n')
+    for name, options in storages.items():
+        text += f"\n[storage {name}]\n" + "".join(f"{k} = {q(v)}\n" for k, v in options.items())
+    (state / "vdirsyncer.conf").write_text(text)
+    answers = state / "yes.txt"  # `yes |`: answer any prompt of discover
+    answers.write_text("y\n" * 100)
+    result = run_measured([str(exe), "-v", "ERROR", "discover"], log_dir=logs,
+                          tag="discover", env=env, stdin_path=answers, timeout=timeout)
+    require_ok(result, "vdirsyncer discover")
 
 
 class Vdirsyncer(Tool):
@@ -281,7 +302,7 @@ class Vdirsyncer(Tool):
                 [str(python), "-m", "pip", "install", "--quiet", VDIRSYNCER_SPEC],
             ]
             for n, argv in enumerate(steps):
-                _require_ok(
+                require_ok(
                     run_measured(argv, log_dir=log_dir, tag=f"install-{n}", timeout=timeout),
                     "installing vdirsyncer",
                 )
@@ -297,37 +318,12 @@ class Vdirsyncer(Tool):
         return {**base_env(), "VDIRSYNCER_CONFIG": str(self.config_path(run))}
 
     def prepare(self, run: RunDirs, timeout: float) -> None:
-        status = run.state / "status"
-        status.mkdir(parents=True, exist_ok=True)
-        q = json.dumps
-        self.config_path(run).write_text(
-            "[general]\n"
-            f"status_path = {q(str(status))}\n\n"
-            "[pair bench]\n"
-            'a = "bench_src"\n'
-            'b = "bench_dst"\n'
-            "collections = null\n"
-            'conflict_resolution = "a wins"\n\n'
-            "[storage bench_src]\n"
-            'type = "filesystem"\n'
-            f"path = {q(str(run.src_items))}\n"
-            'fileext = ".ics"\n\n'
-            "[storage bench_dst]\n"
-            'type = "filesystem"\n'
-            f"path = {q(str(run.dst_items))}\n"
-            'fileext = ".ics"\n'
-        )
-        answers = run.state / "yes.txt"  # `yes |`: answer any prompt of discover
-        answers.write_text("y\n" * 100)
-        result = run_measured(
-            [str(self.exe), "-v", "ERROR", "discover"],
-            log_dir=run.logs,
-            tag="discover",
-            env=self.env(run),
-            stdin_path=answers,
-            timeout=timeout,
-        )
-        _require_ok(result, "vdirsyncer discover")
+        fs = {"type": "filesystem", "fileext": ".ics"}
+        configure_vdirsyncer(
+            self.exe, run.state, run.logs, self.env(run), timeout,
+            {"bench_src": {**fs, "path": str(run.src_items)},
+             "bench_dst": {**fs, "path": str(run.dst_items)}},
+        )  # fmt: skip
 
     def sync_argv(self, run: RunDirs) -> list[str]:
         return [str(self.exe), "-v", "ERROR", "sync"]
@@ -344,7 +340,7 @@ class Crmsync(Tool):
         result = run_measured(
             [*self.command, "--help"], log_dir=log_dir, tag="crmsync-help", timeout=timeout
         )
-        _require_ok(result, "crmsync --help")
+        require_ok(result, "crmsync --help")
         result = run_measured(
             [*self.command, "--version"], log_dir=log_dir, tag="crmsync-version", timeout=timeout
         )
@@ -362,7 +358,7 @@ class Crmsync(Tool):
             "--objects", OBJECT,
         ]  # fmt: skip
         result = run_measured(argv, log_dir=run.logs, tag="profile-add", timeout=timeout)
-        _require_ok(result, "crmsync profile add")
+        require_ok(result, "crmsync profile add")
 
     def sync_argv(self, run: RunDirs) -> list[str]:
         return [*self._base(run), "sync", "bench", "--yes", "--json"]
@@ -581,7 +577,7 @@ class Bench:
                 env=tool.env(run),
                 timeout=self.args.timeout,
             )
-            _require_ok(result, f"{tool.name} sync ({scenario}, repeat {rep})")
+            require_ok(result, f"{tool.name} sync ({scenario}, repeat {rep})")
             after = snapshot(run.dst_items)
             written = sum(1 for k, v in after.items() if before.get(k) != v) + sum(
                 1 for k in before if k not in after
