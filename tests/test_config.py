@@ -18,6 +18,8 @@ from test_cli import crmsync
     ({"delete_vs_update": "maybe"}, "delete-vs-update rule 'maybe'"),
     ({"prevent": ["crm:explode"]}, "unknown prevent switch(es) crm:explode"),
     ({"mass_delete_share": 0}, "mass_delete_share"),
+    ({"past_days": 31}, "past_days must be a whole number from 0 to 30"),
+    ({"future_days": -1}, "future_days must be a whole number from 0 to 365"),
     ({"colour": "blue"}, "unknown setting(s): colour"),
 ])
 def test_bad_settings_are_refused_with_a_clear_message(values, message):

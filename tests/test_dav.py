@@ -16,6 +16,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -29,8 +30,11 @@ from crmsync.connectors.dav import (
     discover,
     parse_multistatus,
 )
+from crmsync.connectors.vdir import VdirConnector
 from crmsync.errors import ConfigError, ConnectionFailed
 from crmsync.model import Contact, ObjectKind, Task
+from crmsync.store import Store
+from crmsync.sync import Syncer
 
 from conftest import event, item
 from davservers import PASSWORD, USERNAME, DavServer, FaultProxy
@@ -565,6 +569,70 @@ def test_a_truncated_sync_collection_is_followed_to_its_end() -> None:
     assert conn.stats() == {"requests": 1 + 3 + 2}
 
 
+def fake_dav_syncer(store: Store, tmp_path: Path, server: FakeDav) -> Syncer:
+    """A profile syncing a local folder (the CRM) with ``server``'s calendar."""
+    try:
+        profile = store.profile("fake")
+    except ConfigError:
+        (tmp_path / "crm").mkdir()
+        profile = store.add_profile("fake", f"vdir:{tmp_path / 'crm'}",
+                                    "caldav:http://dav.test/cal/", ["calendar"], {})
+    conn = DavConnector("http://dav.test/cal/", "groupware", protocol="caldav",
+                        transport=httpx.MockTransport(server.handle), sleep=lambda s: None)
+    return Syncer(store, profile, groupware=conn)
+
+
+def test_a_listing_cut_off_between_pages_resumes_where_it_stopped(
+        sqlite_store: Store, tmp_path: Path) -> None:
+    server = FakeDav([f"/cal/e{n}.ics" for n in range(5)], page=2)
+    server.broken.add("t4")
+    first = fake_dav_syncer(sqlite_store, tmp_path, server)
+    pid = first.profile.id
+    with pytest.raises(ConnectionFailed):
+        first.prepare()
+    # The two pages read were saved: their token, and their items to look at again.
+    assert json.loads(sqlite_store.cursor(pid, "calendar", "groupware") or "")["token"] == "t4"
+    assert sqlite_store.pending(pid, "calendar")["groupware"] == {
+        f"/cal/e{n}.ics" for n in range(4)}
+    server.broken.clear()
+    server.put("/cal/e1.ics")  # changed meanwhile: the new version is the one synced
+    again = fake_dav_syncer(sqlite_store, tmp_path, server)
+    report = again.run(again.prepare())
+    assert server.reports[-1] == "t4"  # resumed, not started over
+    assert report.objects["calendar"].counts == {"create:crm": 5}
+    crm = VdirConnector(tmp_path / "crm", "crm")
+    summaries = sorted(i.record().summary for _, _, i in
+                       crm.list_changes("calendar", None).upserts if i is not None)
+    assert summaries == ["Event e0 v1", "Event e1 v6", "Event e2 v3", "Event e3 v4",
+                         "Event e4 v5"]
+    assert sqlite_store.pending(pid, "calendar")["groupware"] == set()
+    quiet = fake_dav_syncer(sqlite_store, tmp_path, server)
+    assert quiet.prepare()[0].plan.writes == 0
+
+
+def test_a_full_listing_over_known_pairs_saves_no_progress_part_way(
+        sqlite_store: Store, tmp_path: Path) -> None:
+    server = FakeDav([f"/cal/e{n}.ics" for n in range(5)], page=2)
+    syncer = fake_dav_syncer(sqlite_store, tmp_path, server)
+    syncer.run(syncer.prepare())
+    pid = syncer.profile.id
+    # The server forgot its tokens (ours is now unknown to it), and e4 was deleted: only
+    # a complete listing can tell. Cut off part-way, it must not leave a token behind
+    # from which the deletion would never be seen.
+    stale = json.dumps({"v": 1, "token": "t99"})
+    sqlite_store.save_progress(pid, "calendar", {"crm": sqlite_store.cursor(
+        pid, "calendar", "crm"), "groupware": stale}, {"crm": set(), "groupware": set()})
+    server.delete("/cal/e4.ics")
+    server.broken.add("t2")
+    with pytest.raises(ConnectionFailed):
+        fake_dav_syncer(sqlite_store, tmp_path, server).prepare()
+    assert sqlite_store.cursor(pid, "calendar", "groupware") == stale
+    server.broken.clear()
+    again = fake_dav_syncer(sqlite_store, tmp_path, server)
+    report = again.run(again.prepare())
+    assert report.objects["calendar"].counts == {"delete:crm": 1}
+
+
 def test_time_range_lists_only_what_is_inside(dav_server: DavServer, dav: Factory) -> None:
     url = dav_server.make_collection("calendar")
     writer = dav(url)
@@ -589,19 +657,22 @@ END:VCALENDAR
                        raw_item(ALL_DAY, "calendar"))
     [task] = create(writer, "tasks", raw_item(TASK, "tasks"))
     window = (datetime(2026, 11, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
-    conn = dav(url, time_range=window)
-    events = conn.list_changes("calendar", None)
+    conn = dav(url)
+    events = conn.list_changes("calendar", None, window=window)
+    # One probe and one calendar-query that hands the content along.
+    assert conn.stats() == {"requests": 2}
+    assert all(i is not None and i.record().uid for _, _, i in events.upserts)
     # The series began a year earlier and recurs into the range. A ranged listing is not
     # complete: a paired item outside the range must not be taken for deleted.
     assert not events.complete
     assert sorted(u[0] for u in events.upserts) == sorted(
         [inside.id, series.id, path_of(url) + "allday@example.org.ics"])
-    tasks = conn.list_changes("tasks", None)
+    tasks = conn.list_changes("tasks", None, window=window)
     assert [u[0] for u in tasks.upserts] == [task.id]
     # Incremental listings use the sync token and see everything that changes.
     assert put(dav_server, url + "out@example.org.ics",
                outside.raw.replace("SUMMARY:Meeting", "SUMMARY:Later")).is_success
-    later = dav(url, time_range=window).list_changes("calendar", events.cursor)
+    later = dav(url).list_changes("calendar", events.cursor, window=window)
     assert [u[0] for u in later.upserts] == [outside.id]
 
 
@@ -858,8 +929,16 @@ class FakeDav:
         self.etags: dict[str, str] = {}
         self.log: list[str] = []  # the paths changed, in order
         self.reports: list[str] = []  # the tokens sync-collection was asked with
+        # sync-collection from these tokens answers 503 (the server went away mid-listing).
+        self.broken: set[str] = set()
         for path in paths:
             self.put(path)
+
+    def raw(self, path: str) -> str:
+        """The item at ``path``: an event whose summary tells its version."""
+        uid = path.rsplit("/", 1)[-1].removesuffix(".ics")
+        return formats.render(formats.ICALENDAR, "calendar", event(
+            f"{uid}@fake", f"Event {uid} v{self.etags[path].strip(chr(34))}"))
 
     def put(self, path: str) -> None:
         self.log.append(path)
@@ -879,9 +958,21 @@ class FakeDav:
                 '<C:supported-calendar-component-set><C:comp name="VEVENT"/>'
                 "</C:supported-calendar-component-set></D:prop>"
                 "<D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>")
-        token = re.search(r"<D:sync-token>([^<]*)</D:sync-token>", request.content.decode())
-        assert token is not None and request.method == "REPORT"
+        body = request.content.decode()
+        assert request.method == "REPORT"
+        if "calendar-query" in body:  # no time-range filtering here
+            return httpx.Response(403, content=b'<D:error xmlns:D="DAV:"><C:supported-filter '
+                                  b'xmlns:C="urn:ietf:params:xml:ns:caldav"/></D:error>')
+        if "calendar-multiget" in body:
+            return self._multiget(re.findall(r"<D:href>([^<]*)</D:href>", body))
+        token = re.search(r"<D:sync-token>([^<]*)</D:sync-token>", body)
+        assert token is not None
         self.reports.append(token[1])
+        if token[1] in self.broken:
+            return httpx.Response(503)
+        if token[1] and int(token[1][1:]) > len(self.log):
+            return httpx.Response(403, content=b'<D:error xmlns:D="DAV:">'
+                                  b"<D:valid-sync-token/></D:error>")
         start = int(token[1][1:] or 0)
         end = min(start + self.page, len(self.log))
         parts = []
@@ -897,6 +988,20 @@ class FakeDav:
             parts.append("<D:response><D:href>/cal/</D:href><D:status>HTTP/1.1 507 "
                          "Insufficient Storage</D:status></D:response>")
         return self._multistatus("".join(parts) + f"<D:sync-token>t{end}</D:sync-token>")
+
+    def _multiget(self, hrefs: list[str]) -> httpx.Response:
+        parts = []
+        for path in hrefs:
+            if path in self.etags:
+                data = self.raw(path).replace("&", "&amp;").replace("<", "&lt;")
+                parts.append(f"<D:response><D:href>{path}</D:href><D:propstat><D:prop>"
+                             f"<D:getetag>{self.etags[path]}</D:getetag>"
+                             f"<C:calendar-data>{data}</C:calendar-data></D:prop>"
+                             "<D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>")
+            else:
+                parts.append(f"<D:response><D:href>{path}</D:href>"
+                             "<D:status>HTTP/1.1 404 Not Found</D:status></D:response>")
+        return self._multistatus("".join(parts))
 
     @staticmethod
     def _multistatus(inner: str) -> httpx.Response:

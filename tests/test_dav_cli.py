@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import unquote
 
 import httpx
 import pytest
 
-from crmsync.model import Contact, Occurrence, Task
+from crmsync import formats
+from crmsync.model import Contact, Occurrence, Task, moment
 
 from conftest import Sides, event
 from test_cli import crmsync
@@ -98,3 +100,26 @@ def test_collections_lists_what_discovery_finds(dav_server, home: Path, monkeypa
     books = json.loads(crmsync(home, "collections", f"carddav:{dav_server.principal_url}",
                                *args, "--json").stdout)
     assert f"carddav:{book}" in {c["endpoint"] for c in books}
+
+
+def test_a_first_sync_downloads_only_the_sync_range(dav_server, home: Path, sides: Sides):
+    calendar = dav_server.make_collection("calendar")
+    soon = datetime.now(UTC).replace(microsecond=0) + timedelta(days=3)
+    far = soon + timedelta(days=3 * 365)
+    with dav_server.client() as client:
+        for uid, start in (("soon@x", soon), ("far@x", far)):
+            body = formats.render(formats.ICALENDAR, "calendar", event(
+                uid, start=moment(start), end=moment(start + timedelta(hours=1))))
+            assert client.put(f"{calendar}{uid}.ics", content=body.encode(),
+                              headers={"Content-Type": "text/calendar"}).is_success
+    crm, _ = sides.endpoints()
+    crmsync(home, "profile", "add", "r", "--crm", crm, "--groupware", f"caldav:{calendar}",
+            "--objects", "calendar")
+    if dav_server.username:
+        crmsync(home, "login", "r", "--username", dav_server.username, "--password-stdin",
+                input=dav_server.password + "\n")
+    report = json.loads(crmsync(home, "sync", "r", "--yes", "--json").stdout)
+    assert report["objects"]["calendar"]["counts"] == {"create:crm": 1}
+    assert list(sides.records("crm", "calendar")) == ["soon@x"]
+    # The probe and one calendar-query carrying the content; nothing read item by item.
+    assert report["requests"]["groupware"] == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, get_args
 
 from crmsync.errors import ConfigError
@@ -16,6 +17,11 @@ Operation = Literal["create", "update", "delete"]
 PREVENT_SWITCHES = tuple(
     f"{side}:{op}" for side in ("crm", "groupware") for op in get_args(Operation)
 )
+
+
+# SPEC 3: the range reaches at most 30 days back and 365 days ahead.
+MAX_PAST_DAYS = 30
+MAX_FUTURE_DAYS = 365
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,14 @@ class Policy:
     # and more than `mass_delete_min` items, stops and asks.
     mass_delete_share: float = 0.5
     mass_delete_min: int = 10
+    # The sync range, in days before and after now (calendar and tasks).
+    past_days: int = 30
+    future_days: int = 365
+
+    def window(self, now: datetime | None = None) -> tuple[datetime, datetime]:
+        """The sync range as UTC datetimes [start, end)."""
+        now = now or datetime.now(UTC)
+        return now - timedelta(days=self.past_days), now + timedelta(days=self.future_days)
 
     def prevents(self, side: str, op: str) -> bool:
         return f"{side}:{op}" in self.prevent
@@ -79,3 +93,7 @@ class Policy:
             raise ConfigError("mass_delete_share must be in (0, 1]")
         if self.mass_delete_min < 0:
             raise ConfigError("mass_delete_min must be >= 0")
+        for name, most in (("past_days", MAX_PAST_DAYS), ("future_days", MAX_FUTURE_DAYS)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 <= value <= most:
+                raise ConfigError(f"{name} must be a whole number from 0 to {most}")

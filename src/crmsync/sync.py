@@ -166,10 +166,10 @@ class Syncer:
     def gather(self, kind: ObjectKind) -> Prepared:
         pid = self.profile.id
         old = {s: self.store.cursor(pid, kind, s) for s in SIDES}
-        changes: dict[Side, Changes] = {
-            s: self.connector(s, kind).list_changes(kind, old[s]) for s in SIDES}
-        listed = {s: changes[s].cursor for s in SIDES}
+        # Read before listing: what a checkpoint marks pending is this run's own listing.
         pend = self.store.pending(pid, kind)
+        changes = {s: self._list(s, kind, old[s]) for s in SIDES}
+        listed = {s: changes[s].cursor for s in SIDES}
         if not any(changes[s].upserts or changes[s].deleted or changes[s].complete or pend[s]
                    for s in SIDES):
             # Nothing changed anywhere: no need to even load the pairs.
@@ -245,6 +245,31 @@ class Syncer:
                          unpaired=unpaired, totals=totals,
                          ignored=self.store.ignored(pid, kind))
         return Prepared(kind, plan, listed, old, pend)
+
+    def _list(self, side: Side, kind: ObjectKind, cursor: str | None) -> Changes:
+        """One side's changes since ``cursor``, saving progress through long listings."""
+        pid = self.profile.id
+        paired: dict[Side, int] | None = None
+
+        def has_pairs() -> bool:
+            nonlocal paired
+            if paired is None:
+                paired = self.store.side_counts(pid, kind)
+            return paired[side] > 0
+
+        def checkpoint(at: str, ids: Sequence[str], complete: bool) -> None:
+            # A full listing infers deletions from what it misses, which a resumed one
+            # cannot: its progress is saved only while the side has nothing to miss.
+            if not (complete and has_pairs()):
+                self.store.checkpoint(pid, kind, side, at, ids)
+
+        # A first listing may skip what lies outside the sync range; later ones see every
+        # change, so that an item moving into the range is not missed.
+        window = None
+        if cursor is None and kind != "contacts" and not has_pairs():
+            window = self.policy(kind).window()
+        return self.connector(side, kind).list_changes(kind, cursor, window=window,
+                                                       checkpoint=checkpoint)
 
     # --- applying --------------------------------------------------------------------------
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 from crmsync import formats
@@ -149,6 +150,15 @@ class Delete:
 
 Write = Create | Update | Delete
 
+# The sync range as UTC datetimes [start, end).
+Window = tuple[datetime, datetime]
+
+# Progress through a long listing (e.g. sync-collection pages): the cursor reached so far,
+# the ids listed before it (changed or deleted), and whether the listing is a full one.
+# The core saves the cursor with those ids marked pending, so that a run cut off part-way
+# resumes from there and looks at those ids again instead of listing everything anew.
+Checkpoint = Callable[[str, Sequence[str], bool], None]
+
 WriteStatus = Literal["ok", "changed", "exists", "failed"]
 
 
@@ -198,8 +208,15 @@ class Connector(ABC):
     capabilities: Capabilities
 
     @abstractmethod
-    def list_changes(self, kind: ObjectKind, cursor: str | None) -> Changes:
-        """Items changed or deleted since ``cursor`` (all items when it is None)."""
+    def list_changes(self, kind: ObjectKind, cursor: str | None, *,
+                     window: Window | None = None,
+                     checkpoint: Checkpoint | None = None) -> Changes:
+        """Items changed or deleted since ``cursor`` (all items when it is None).
+
+        ``window``, given with no cursor, allows leaving out items wholly outside the sync
+        range (the listing is then not complete). ``checkpoint`` is called as a long
+        listing progresses; a connector that lists in one step never calls it.
+        """
 
     @abstractmethod
     def fetch(self, kind: ObjectKind, ids: Sequence[str]) -> dict[str, Item]:

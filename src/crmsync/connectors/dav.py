@@ -50,6 +50,7 @@ from crmsync import formats
 from crmsync.connectors.base import (
     Capabilities,
     Changes,
+    Checkpoint,
     Connector,
     Create,
     Credentials,
@@ -58,6 +59,7 @@ from crmsync.connectors.base import (
     Result,
     Side,
     Update,
+    Window,
     Write,
 )
 from crmsync.connectors.vdir import EXTENSION, FORMAT, file_name
@@ -267,11 +269,12 @@ def multiget_body(protocol: DavProtocol, paths: Iterable[str]) -> bytes:
 
 
 def time_range_query_body(component: str, start: datetime, end: datetime) -> bytes:
-    """Items with a ``component`` (VEVENT, VTODO) overlapping [start, end)."""
+    """Items with a ``component`` (VEVENT, VTODO) overlapping [start, end), with content."""
     span = f'<C:time-range start="{_utc(start)}" end="{_utc(end)}"/>'
     filters = (f'<C:filter><C:comp-filter name="VCALENDAR"><C:comp-filter name="{component}">'
                f"{span}</C:comp-filter></C:comp-filter></C:filter>")
-    return _xml("C:calendar-query", _props(["D:getetag"]) + filters)
+    props = _props(["D:getetag", "D:getlastmodified", _DATA["caldav"]])
+    return _xml("C:calendar-query", props + filters)
 
 
 def uid_query_body(protocol: DavProtocol, component: str, uid: str) -> bytes:
@@ -710,7 +713,7 @@ class DavConnector(Connector):
 
     def __init__(self, url: str, side: Side, *, protocol: DavProtocol,
                  credentials: Credentials | None = None, multiget_batch: int = 100,
-                 timeout: float = 30.0, time_range: tuple[datetime, datetime] | None = None,
+                 timeout: float = 30.0,
                  transport: httpx.BaseTransport | None = None,
                  sleep: Sleep = time.sleep) -> None:
         if protocol not in KINDS:
@@ -725,7 +728,6 @@ class DavConnector(Connector):
         self.side = side
         self.protocol = protocol
         self.multiget_batch = max(1, multiget_batch)
-        self.time_range = time_range
         self.capabilities = Capabilities(
             fields={k: frozenset(RECORD_TYPES[k]().fields()) for k in KINDS[protocol]},
             batch_size=100,
@@ -801,7 +803,9 @@ class DavConnector(Connector):
 
     # --- listing -------------------------------------------------------------------------
 
-    def list_changes(self, kind: ObjectKind, cursor: str | None) -> Changes:
+    def list_changes(self, kind: ObjectKind, cursor: str | None, *,
+                     window: Window | None = None,
+                     checkpoint: Checkpoint | None = None) -> Changes:
         self._check_kind(kind)
         key = cursor or ""
         listing = self._listing
@@ -809,31 +813,35 @@ class DavConnector(Connector):
         # cursor reuses the first one's (once: a later listing asks the server again).
         if listing is None or not listing.shared or listing.key != key \
                 or kind in listing.served:
-            listing = self._list(kind, key)
+            listing = self._list(kind, key, window, checkpoint)
             self._listing = listing
         listing.served.add(kind)
         return self._changes(kind, listing)
 
-    def _list(self, kind: ObjectKind, key: str) -> _Listing:
+    def _list(self, kind: ObjectKind, key: str, window: Window | None,
+              checkpoint: Checkpoint | None) -> _Listing:
         state = _Cursor.decode(key)
         if state is not None:
-            listing = self._since(key, state)
+            listing = self._since(key, state, checkpoint)
             if listing is not None:
                 return listing
         # No cursor, or one the server no longer knows: list everything.
         probe = self._probe(kind)
-        if self.time_range is not None and self.protocol == "caldav":
-            return self._list_range(kind, key, probe)
+        if window is not None and not key and self.protocol == "caldav":
+            ranged = self._list_range(kind, key, probe, window)
+            if ranged is not None:
+                return ranged
         if probe.sync:
-            listing = self._sync(key, "", probe.kinds)
+            listing = self._sync(key, "", probe.kinds, checkpoint)
             if listing is not None:
                 return listing
         return self._list_etags(key, _Cursor(ctag=probe.ctag, kinds=probe.kinds))
 
-    def _since(self, key: str, state: _Cursor) -> _Listing | None:
+    def _since(self, key: str, state: _Cursor,
+               checkpoint: Checkpoint | None) -> _Listing | None:
         """The changes since ``state``; None when a full listing is needed."""
         if state.token is not None:
-            return self._sync(key, state.token, state.kinds)
+            return self._sync(key, state.token, state.kinds, checkpoint)
         # Servers without sync tokens: an unchanged ctag means an unchanged collection.
         ctag = self._propfind_collection(["CS:getctag"]).text(CALSERVER + "getctag")
         if ctag is not None and ctag == state.ctag:
@@ -875,12 +883,14 @@ class DavConnector(Connector):
                                    "the collection's own properties")
         return mine
 
-    def _sync(self, key: str, token: str, kinds: Sequence[str]) -> _Listing | None:
+    def _sync(self, key: str, token: str, kinds: Sequence[str],
+              checkpoint: Checkpoint | None = None) -> _Listing | None:
         """A sync-collection listing (RFC 6578) since ``token``, "" for everything.
 
-        Follows truncated answers (507 on the collection itself) until complete. None when
-        the server refuses: an expired or foreign token (DAV:valid-sync-token; Radicale
-        answers 403, Xandikos 412), or no sync-collection support at all.
+        Follows truncated answers (507 on the collection itself) until complete, passing
+        each intermediate token to ``checkpoint``. None when the server refuses: an expired
+        or foreign token (DAV:valid-sync-token; Radicale answers 403, Xandikos 412), or no
+        sync-collection support at all.
         """
         full = not token
         changed: dict[str, str] = {}
@@ -915,6 +925,9 @@ class DavConnector(Connector):
                 raise ConnectionFailed(f"{public_url(self.url)} answered sync-collection "
                                        "without a (new) sync token")
             token = result.sync_token
+            if truncated and checkpoint is not None:
+                checkpoint(_Cursor(token=token, kinds=tuple(kinds)).encode(),
+                           [*changed, *deleted], full)
         # A full listing names no deletions: what it misses is gone.
         listing = _Listing(key, changed, [] if full else list(deleted),
                            _Cursor(token=token, kinds=tuple(kinds)), complete=full)
@@ -943,18 +956,22 @@ class DavConnector(Connector):
         return _Listing(key, changed, sorted(old.keys() - cursor.etags.keys()), cursor,
                         complete=False)
 
-    def _list_range(self, kind: ObjectKind, key: str, probe: _Probe) -> _Listing:
-        """Only the ``kind`` items inside the time range, by calendar-query.
+    def _list_range(self, kind: ObjectKind, key: str, probe: _Probe,
+                    window: Window) -> _Listing | None:
+        """Only the ``kind`` items inside the sync range, with their content, by one
+        calendar-query; None when the server cannot filter by time.
 
         The token (or ctag) is the probe's, taken before the query: what changes in
         between is listed again next time rather than missed.
         """
-        assert self.time_range is not None
-        start, end = self.time_range
+        start, end = window
         response = self._report(time_range_query_body(COMPONENT[kind], start, end), "1")
+        if response.status_code in (400, 403, 405, 415, 501):
+            return None
         if response.status_code != 207:
             raise self._collection_error(response, "calendar-query")
-        changed = {m.path: etag for m in self._members(response)
+        members = self._members(response)
+        changed = {m.path: etag for m in members
                    if (etag := _etag(m.text(DAV + "getetag"))) is not None}
         if probe.sync and probe.token is not None:
             cursor = _Cursor(token=probe.token, kinds=probe.kinds)
@@ -965,8 +982,10 @@ class DavConnector(Connector):
         # Not complete: items outside the range are missing from it, and the engine must
         # never take a missing item for a deleted one (an item that leaves the range is
         # not deleted because of it).
-        return _Listing(key, changed, [], cursor, complete=False, shared=False,
-                        objects=dict.fromkeys(changed, frozenset({kind})))
+        listing = _Listing(key, changed, [], cursor, complete=False, shared=False,
+                           objects=dict.fromkeys(changed, frozenset({kind})))
+        self._items_of(members, None, listing.items)
+        return listing
 
     def _changes(self, kind: ObjectKind, listing: _Listing) -> Changes:
         """The listing's share for ``kind``."""

@@ -28,6 +28,7 @@ from crmsync import formats
 from crmsync.connectors.base import (
     Capabilities,
     Changes,
+    Checkpoint,
     Connector,
     Create,
     Delete,
@@ -35,6 +36,7 @@ from crmsync.connectors.base import (
     Result,
     Side,
     Update,
+    Window,
     Write,
 )
 from crmsync.errors import ConfigError, CrmsyncError
@@ -101,7 +103,10 @@ class VdirConnector(Connector):
 
     # --- reading -------------------------------------------------------------------------
 
-    def list_changes(self, kind: ObjectKind, cursor: str | None) -> Changes:
+    def list_changes(self, kind: ObjectKind, cursor: str | None, *,
+                     window: Window | None = None,
+                     checkpoint: Checkpoint | None = None) -> Changes:
+        # A folder lists in one step, and reading it whole is cheaper than filtering it.
         folder = self._ensure_folder(kind)
         old: dict[str, FileState] = _decode_cursor(cursor)
         ext = EXTENSION[kind]

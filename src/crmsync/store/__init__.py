@@ -293,6 +293,24 @@ class Store:
             if rows:
                 conn.execute(insert(pending), rows)
 
+    def checkpoint(self, profile_id: int, kind: ObjectKind, side: Side, cursor: str,
+                   ids: Iterable[str]) -> None:
+        """Move one side's cursor part-way through a listing and mark the ids listed
+        before it pending, in one transaction: a run cut off after this resumes from
+        ``cursor`` and still looks at those ids."""
+        c = pending.c
+        with self.engine.begin() as conn:
+            conn.execute(delete(cursors).where(cursors.c.profile_id == profile_id,
+                                               cursors.c.kind == kind, cursors.c.side == side))
+            conn.execute(insert(cursors).values(profile_id=profile_id, kind=kind, side=side,
+                                                value=cursor, updated_at=now()))
+            known = set(conn.execute(select(c.item_id).where(
+                c.profile_id == profile_id, c.kind == kind, c.side == side)).scalars())
+            rows = [{"profile_id": profile_id, "kind": kind, "side": side, "item_id": i}
+                    for i in sorted(set(ids) - known)]
+            if rows:
+                conn.execute(insert(pending), rows)
+
     def reset_cursors(self, profile_id: int, kind: ObjectKind | None = None) -> None:
         """Forget cursors so that the next run lists everything (e.g. after rule changes)."""
         with self.engine.begin() as conn:
