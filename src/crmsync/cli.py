@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -215,6 +216,11 @@ def sync(
     The plan lists every create, update and delete, CRM items on the left, groupware
     items on the right. Nothing is written before you confirm (or pass --yes).
     """
+    raise typer.Exit(_run_sync(name, objects, dry_run=dry_run, yes=yes, json_out=json_out,
+                               allow_mass_delete=allow_mass_delete))
+
+
+def _run_sync(name: str, objects: list[str] | None, **options: bool) -> int:
     from crmsync.secrets import credentials_for
     from crmsync.sync import Syncer
 
@@ -225,12 +231,9 @@ def sync(
                     credentials=lambda side: credentials_for(paths, profile.name, side))
     try:
         prepared = syncer.prepare(objects or None)  # type: ignore[arg-type]
-        plans = [p.plan for p in prepared]
-        code = _sync_apply(syncer, prepared, plans, dry_run=dry_run, yes=yes,
-                           json_out=json_out, allow_mass_delete=allow_mass_delete)
+        return _sync_apply(syncer, prepared, [p.plan for p in prepared], **options)
     finally:
         syncer.close()
-    raise typer.Exit(code)
 
 
 def _sync_apply(syncer, prepared, plans, *, dry_run: bool, yes: bool, json_out: bool,
@@ -460,12 +463,45 @@ def secrets_rotate() -> None:
 @app.command()
 def demo(
     folder: Annotated[Path, typer.Option(
-        "--dir", help="Where to create the demo folders.")] = Path("crmsync-demo"),
+        "--dir", help="The demo's folder (cleared and made anew on every run).")
+    ] = Path("crmsync-demo"),
+    yes: Annotated[bool, typer.Option(
+        "--yes", "-y", help="Apply the sync without asking.")] = False,
+    keep_running: Annotated[bool, typer.Option(
+        "--keep-running", help="Keep both servers up after the sync, until Ctrl-C, to "
+        "edit items and sync again from another terminal.")] = False,
 ) -> None:
-    """Create two sample folders (a CRM and a calendar) and sync them."""
-    from crmsync.demo import run_demo
+    """Try crmsync: a calendar server and a Salesforce sandbox with sample data.
 
-    raise typer.Exit(run_demo(folder, _console()))
+    Starts an embedded Radicale (calendar, address book) and the Salesforce sandbox on
+    loopback, fills both with a few weeks of sample meetings, contacts and tasks, creates
+    the profile "demo" and runs a manual sync: the review first, nothing written before
+    you confirm.
+    """
+    from crmsync.demo import running_demo
+
+    console = _console()
+    console.print("Starting the calendar server and the Salesforce sandbox ...")
+    with running_demo(folder) as env:
+        _state["home"] = env.home
+        console.print(f"Groupware: Radicale at {env.radicale_url}\n"
+                      f"CRM:       Salesforce sandbox at {env.sandbox_url}\n")
+        review_only = not yes and not sys.stdin.isatty()
+        code = _run_sync(env.profile, None, dry_run=review_only, yes=yes, json_out=False,
+                         allow_mass_delete=False)
+        again = f"crmsync --home {env.home} sync {env.profile}"
+        if review_only:
+            console.print("That was the review; nothing was written. Run "
+                          "[bold]crmsync demo --yes[/] to apply it.")
+        if keep_running:
+            console.print(f"The servers keep running. Sync again from another terminal:\n"
+                          f"  {again}\nPress Ctrl-C to stop them.")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                console.print("Stopping the servers.")
+    raise typer.Exit(code)
 
 
 def main() -> None:
