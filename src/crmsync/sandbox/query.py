@@ -71,14 +71,14 @@ class _Resolver:
         return found[1] if found and found[2] is None else None
 
 
-def _field_type(resolver: _Resolver, path: tuple[str, ...]) -> tuple[str, int]:
+def _field_type(resolver: _Resolver, path: tuple[str, ...]) -> tuple[str, bool]:
     if len(path) == 1:
         f = resolver.obj.fields[path[0]]
     else:
         ref = resolver.obj.fields[path[0]]
         f = next(OBJECTS[t].field(path[2]) for t in ref.references
                  if OBJECTS[t].field(path[2]))  # type: ignore[misc]
-    return f.type, f.length
+    return f.type, f.filterable
 
 
 def _typed(kind: str, value: Any) -> Any:
@@ -144,8 +144,8 @@ def _compile(resolver: _Resolver, cond: Condition | BoolOp) -> Any:
             return lambda r: all(p(r) for p in parts)
         return lambda r: any(p(r) for p in parts)
     path = resolver.check(cond.field)
-    kind, length = _field_type(resolver, path)
-    if kind == "textarea" and length > 255:
+    kind, filterable = _field_type(resolver, path)
+    if not filterable:
         raise ApiError(400, "INVALID_FIELD",
                        f"field '{path[-1]}' can not be filtered in a query call")
     if cond.op == "like":

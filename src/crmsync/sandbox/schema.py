@@ -33,13 +33,14 @@ class Field:
     restricted: bool = False
     references: tuple[str, ...] = ()
     relationship: str | None = None
+    filterable: bool = True
 
     def describe(self) -> dict:
         return {
             "name": self.name, "label": self.name, "type": self.type, "length": self.length,
             "nillable": self.nillable, "createable": self.createable,
             "updateable": self.updateable, "custom": False,
-            "restrictedPicklist": self.restricted,
+            "restrictedPicklist": self.restricted, "filterable": self.filterable,
             "referenceTo": list(self.references), "relationshipName": self.relationship,
             "picklistValues": [
                 {"value": v, "label": v, "active": True, "defaultValue": v == self.default,
@@ -89,6 +90,11 @@ def _ref(name: str, *to: str, relationship: str | None = None, **kw) -> Field:
     return Field(name, "reference", 18, references=to, relationship=relationship, **kw)
 
 
+def _long(name: str) -> Field:
+    """A long text area: 32,000 characters, not usable in a WHERE clause."""
+    return Field(name, "textarea", 32000, filterable=False)
+
+
 def _ro(name: str, type_: str, length: int = 0, **kw) -> Field:
     return Field(name, type_, length, createable=False, updateable=False, **kw)
 
@@ -136,7 +142,7 @@ OBJECTS: dict[str, SObject] = {
         Field("EndDate", "date"),
         Field("IsAllDayEvent", "boolean", nillable=False),
         Field("DurationInMinutes", "int"),
-        _s("Location", 255), Field("Description", "textarea", 32000),
+        _s("Location", 255), _long("Description"),
         Field("IsPrivate", "boolean", nillable=False),
         Field("ShowAs", "picklist", 40, picklist=SHOW_AS, default="Busy", restricted=True),
         Field("Type", "picklist", 40, picklist=EVENT_TYPES),
@@ -173,7 +179,7 @@ OBJECTS: dict[str, SObject] = {
               default="Not Started", restricted=True),
         Field("Priority", "picklist", 40, nillable=False, picklist=TASK_PRIORITY,
               default="Normal", restricted=True),
-        Field("Description", "textarea", 32000),
+        _long("Description"),
         _ro("IsClosed", "boolean", nillable=False),
         _ro("CompletedDateTime", "datetime"),
         _ref("WhoId", *WHO, relationship="Who"), _ref("WhatId", *WHAT, relationship="What"),
@@ -188,7 +194,7 @@ OBJECTS: dict[str, SObject] = {
         _s("Title", 128), _s("Department", 80),
         _ref("AccountId", "Account", relationship="Account"),
         *_address("Mailing"), *_address("Other"),
-        Field("Birthdate", "date"), Field("Description", "textarea", 32000),
+        Field("Birthdate", "date"), _long("Description"),
     ]),
     "Lead": _build("Lead", [
         *_common(), _owner(),
