@@ -49,7 +49,8 @@ def _roll_window(state: State) -> None:
     org = state.org
     opened = org.meta("api_window")
     now = org.now()
-    if opened is None or now - parse_datetime(opened) >= timedelta(hours=24):
+    # A clock moved back (the control API) also opens a new window.
+    if opened is None or not timedelta(0) <= now - parse_datetime(opened) < timedelta(hours=24):
         org.set_meta("api_window", format_datetime(now))
         org.api_used = 0
 
