@@ -706,3 +706,49 @@ def test_requests_without_a_trusted_ca_fail_tls_verification(sandbox: Sandbox) -
     with pytest.raises(httpx.ConnectError):
         httpx.get(sandbox.url + "/services/data", verify=True)
     assert datetime.now(UTC)  # the sandbox CA is not in the system store
+
+
+def test_composite_runs_subrequests_with_references_as_one_api_call(
+        sf_client: httpx.Client) -> None:
+    # https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_composite_composite.htm
+    tag = _unique()
+    before = int(LIMIT.match(sf_client.get(f"{API}/limits").headers["Sforce-Limit-Info"]  # type: ignore[union-attr]
+                             ).group(1))
+    response = sf_client.post(f"{API}/composite", json={"allOrNone": False, "compositeRequest": [
+        {"method": "POST", "url": f"{API}/sobjects/Account", "referenceId": "acct",
+         "body": {"Name": tag}},
+        {"method": "POST", "url": f"{API}/sobjects/Contact", "referenceId": "person",
+         "body": {"LastName": tag, "AccountId": "@{acct.id}"}},
+        {"method": "GET", "referenceId": "found",
+         "url": f"{API}/query?q=SELECT+Account.Name+FROM+Contact+WHERE+Id='@{{person.id}}'"},
+        {"method": "GET", "url": f"{API}/sobjects/Contact/@{{nothing.id}}",
+         "referenceId": "broken"},
+    ]})
+    assert response.status_code == 200
+    assert response.headers["Sforce-Limit-Info"] == f"api-usage={before + 1}/15000"
+    acct, person, found, broken = response.json()["compositeResponse"]
+    assert (acct["httpStatusCode"], acct["referenceId"]) == (201, "acct")
+    assert person["body"]["success"] is True
+    assert found["body"]["records"][0]["Account"]["Name"] == tag
+    assert broken["httpStatusCode"] == 400
+    assert broken["body"][0]["errorCode"] == "PROCESSING_HALTED"
+
+
+def test_composite_all_or_none_rolls_back_and_halts(sf_client: httpx.Client) -> None:
+    tag = _unique()
+    answers = sf_client.post(f"{API}/composite", json={"allOrNone": True, "compositeRequest": [
+        {"method": "POST", "url": f"{API}/sobjects/Contact", "referenceId": "a",
+         "body": {"LastName": tag}},
+        {"method": "POST", "url": f"{API}/sobjects/Contact", "referenceId": "b",
+         "body": {"LastName": "x" * 81}},
+        {"method": "POST", "url": f"{API}/sobjects/Contact", "referenceId": "c",
+         "body": {"LastName": tag}},
+    ]}).json()["compositeResponse"]
+    assert [a["httpStatusCode"] for a in answers] == [400, 400, 400]
+    assert answers[0]["body"][0]["errorCode"] == "PROCESSING_HALTED"
+    assert answers[1]["body"][0]["errorCode"] == "STRING_TOO_LONG"
+    assert _query(sf_client, f"SELECT Id FROM Contact WHERE LastName = '{tag}'"
+                  ).json()["totalSize"] == 0
+    too_many = sf_client.post(f"{API}/composite", json={"compositeRequest": [
+        {"method": "GET", "url": f"{API}/limits", "referenceId": f"r{i}"} for i in range(26)]})
+    assert too_many.status_code == 400

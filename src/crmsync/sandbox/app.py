@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from crmsync.sandbox import collections, control, oauth, records, replication
+from crmsync.sandbox import collections, composite, control, oauth, records, replication
 from crmsync.sandbox.db import format_datetime, parse_datetime
 from crmsync.sandbox.errors import ApiError, RecordError
 from crmsync.sandbox.query import API, attributes, next_page, run_query
@@ -82,6 +82,8 @@ def create_app(state: State) -> FastAPI:
         if state.org.token_user(_bearer(request), "access") is None:
             return _error(ApiError(401, "INVALID_SESSION_ID", "Session expired or invalid"),
                           state)
+        if request.headers.get(composite.SUBREQUEST_HEADER) == composite.SUBREQUEST_MARK:
+            return await call_next(request)  # part of a composite call, counted once
         with state.org.lock:
             _roll_window(state)
             if state.org.api_used >= state.org.daily_limit:
@@ -215,6 +217,7 @@ def _data_routes(app: FastAPI, state: State) -> None:  # noqa: C901 - one route 
                           methods=["GET"])
 
     collections.add_routes(app, state, base)
+    composite.add_routes(app, state, base)
 
 
 def _query_route(state: State, include_deleted: bool) -> Callable[..., Awaitable[Any]]:
