@@ -752,3 +752,44 @@ def test_composite_all_or_none_rolls_back_and_halts(sf_client: httpx.Client) -> 
     too_many = sf_client.post(f"{API}/composite", json={"compositeRequest": [
         {"method": "GET", "url": f"{API}/limits", "referenceId": f"r{i}"} for i in range(26)]})
     assert too_many.status_code == 400
+
+
+def test_moving_an_all_day_event_keeps_its_length(sf_client: httpx.Client) -> None:
+    event_id = _create(sf_client, "Event", Subject="Fair", IsAllDayEvent=True,
+                       ActivityDate="2026-12-03", EndDate="2026-12-05")
+    sf_client.patch(f"{API}/sobjects/Event/{event_id}", json={"ActivityDate": "2026-12-10"})
+    event = sf_client.get(f"{API}/sobjects/Event/{event_id}").json()
+    assert (event["ActivityDate"], event["EndDate"], event["DurationInMinutes"]) == \
+        ("2026-12-10", "2026-12-12", 3 * 1440)
+
+
+def test_the_command_line_serves_until_ctrl_c(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "crmsync", "sandbox", "--port", "0",
+                             "--data", str(tmp_path / "org.db")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        first = proc.stdout.readline()  # type: ignore[union-attr]
+        url = re.search(r"https://127\.0\.0\.1:\d+", first)
+        assert url, first + proc.stderr.read()  # type: ignore[union-attr]
+        details = (tmp_path / "org.keys" / "connection.json")
+        assert oct(details.stat().st_mode & 0o777) == "0o600"
+        ca = str(tmp_path / "org.keys" / "ca.pem")
+        import json
+        import ssl
+        secrets = json.loads(details.read_text())
+        token = httpx.post(url.group() + TOKEN, verify=ssl.create_default_context(cafile=ca),
+                           data={"grant_type": "refresh_token", "client_id": secrets["client_id"],
+                                 "refresh_token": secrets["refresh_token"]})
+        assert token.status_code == 200
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "Sandbox stopped." in out and secrets["client_secret"] not in out + first

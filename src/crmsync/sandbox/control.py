@@ -8,7 +8,8 @@
     POST /_sandbox/validation  {"object", "field", "contains", "message"}
     POST /_sandbox/expire-tokens
     POST /_sandbox/reset       {"records": false} - drop faults, rules and clock offset;
-                               usage back to 0; with "records": true also every record but the user
+                               usage back to 0 of the configured daily limit; with
+                               "records": true also every record but the user
     GET  /_sandbox/stats       {"api_calls", "api_used", "daily_limit", "now", ...}
 """
 
@@ -118,6 +119,7 @@ async def reset(request: Request) -> JSONResponse:
     state.controls.reset()
     state.org.clock_offset = timedelta(0)
     state.org.api_used = 0
+    state.org.daily_limit = state.org.configured_daily_limit
     state.org.set_meta("api_window", format_datetime(state.org.now()))
     if body.get("records"):
         state.org.clear_records()
