@@ -304,7 +304,9 @@ def make_event(rng: random.Random, base: datetime, recurring: bool) -> tuple[str
     roll = rng.random()
     kind = Kind("berlin" if roll < 0.65 else "utc" if roll < 0.88 else "allday")
 
-    day = (base - timedelta(days=30)).date() + timedelta(days=rng.randrange(396))
+    # Inside crmsync's default sync range (30 days back, 365 ahead), so that every tool
+    # has the same events to move.
+    day = (base - timedelta(days=29)).date() + timedelta(days=rng.randrange(393))
     if kind.name == "allday":
         start = datetime.combine(day, datetime.min.time())
         end = start + timedelta(days=rng.choice([1, 1, 1, 1, 2, 3, 5]))
