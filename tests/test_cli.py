@@ -97,14 +97,6 @@ def test_exit_codes_for_conflicts_mass_delete_and_bad_profile(home: Path, sides:
     assert "unknown endpoint scheme" in bad.stderr
 
 
-def test_demo_runs(tmp_path: Path):
-    out = crmsync(tmp_path / "home", "demo", "--dir", str(tmp_path / "demo")).stdout
-    assert "ok" in out
-    crm = sorted(p.name for p in (tmp_path / "demo" / "crm" / "calendar").iterdir())
-    gw = sorted(p.name for p in (tmp_path / "demo" / "groupware" / "calendar").iterdir())
-    assert crm == gw and len(crm) == 4
-
-
 def _kill_during_sync(home: Path, delay: float) -> None:
     env = os.environ | {"CRMSYNC_HOME": str(home)}
     proc = subprocess.Popen([sys.executable, "-m", "crmsync", "sync", "work", "--yes",
