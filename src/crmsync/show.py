@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from crmsync.plan import Action, Plan, Step
+from crmsync.plan import SIDE_NAME, Action, Plan, Step
 
 ARROWS = {
     "create:crm": "◀ create",
@@ -106,4 +106,15 @@ def report_table(report) -> Any:
     for kind, obj in report.objects.items():
         counts = ", ".join(f"{n} {code}" for code, n in sorted(obj.counts.items())) or "in step"
         table.add_row(kind, counts)
+    notes = []
+    for side, n in getattr(report, "usage", {}).items():
+        if "api_calls" in n:
+            org = f"; the org has used {n['api_usage']} of {n['api_limit']} today" \
+                if n.get("api_limit") else ""
+            notes.append(f"{SIDE_NAME.get(side, side)}: {n['api_calls']} API calls{org}")
+        elif n.get("requests"):
+            notes.append(f"{SIDE_NAME.get(side, side)}: {n['requests']} requests")
+    if notes:
+        table.caption = "; ".join(notes)
+        table.caption_justify = "left"
     return table
