@@ -6,7 +6,9 @@ for it, so that a stored base parses without a connector (and without HTTP):
 ``{"Event": {...}, "Invitees": [...], "Occurrences": [...]}``
     An Event record as queried (``attributes`` dropped); its invitees, each an
     EventRelation with the Contact/Lead/User it names resolved (``RelationId``, ``Email``,
-    ``Name``, ``Status``); for a Recurrence2 series, the series' other occurrence records.
+    ``Name``, ``Status``). For a Recurrence2 series, ``Event`` is the series (its first
+    occurrence's content, starting at Recurrence2PatternStartDate) and ``Occurrences``
+    every occurrence record there is.
 ``{"Contact": {..., "Account": {"Name": ...}}}``
     A Contact with its Account's name (a relationship field).
 ``{"Task": {...}}``
@@ -258,37 +260,54 @@ def _read_series(event: Event, ev: Mapping[str, Any], others: list[Mapping[str, 
     """RRULE, exdates and overrides from a Recurrence2 series' occurrence records.
 
     Salesforce keeps one Event record per occurrence. An occurrence whose record has
-    IsRecurrence2Exception set, or whose content differs from the first one's, is an
+    IsRecurrence2Exception set, or whose content differs from the series', is an
     override; a slot of the pattern (up to the last occurrence there is) without a
     record was deleted: an EXDATE. A moved occurrence is matched to the nearest slot left
     without a record; Salesforce keeps no RECURRENCE-ID.
     """
     event.rrule = rrule_of(ev["Recurrence2PatternText"])
+    index, free = _match(event, others)
+    for slot, record in index.items():
+        if _differs(event, record):
+            event.overrides[slot] = _occurrence(record)
+    event.exdates = sorted(free)
+    event.overrides = dict(sorted(event.overrides.items()))
+
+
+def _match(event: Event, others: list[Mapping[str, Any]]
+           ) -> tuple[dict[str, Mapping[str, Any]], list[str]]:
+    """Slot -> occurrence record, and the slots without one."""
     records = [r for r in others if not r.get("IsRecurrence2Exclusion")]
     if not records:
-        return
+        return {}, []
     starts = {_when(r)[0]: r for r in records}
     last = max(s for s in [event.start, *starts] if s)
     expected = slots(event, last)
-    taken = {event.start}
+    index: dict[str, Mapping[str, Any]] = {}
     moved: list[Mapping[str, Any]] = []
-    for start, record in starts.items():
-        if start in expected and start not in taken:
-            taken.add(start)
-            if _differs(event, record, start):
-                event.overrides[start] = _occurrence(record)  # type: ignore[index]
+    for start, record in sorted(starts.items(), key=lambda kv: kv[0] or ""):
+        if start in expected and start not in index:
+            index[start] = record
         else:
             moved.append(record)
-    free = [s for s in expected if s not in taken]
+    free = [s for s in expected if s not in index]
     for record in moved:
         start = _when(record)[0] or ""
         if not free:
             break
         slot = min(free, key=lambda s: abs((_sortable(s) - _sortable(start)).total_seconds()))
         free.remove(slot)
-        event.overrides[slot] = _occurrence(record)
-    event.exdates = sorted(free)
-    event.overrides = dict(sorted(event.overrides.items()))
+        index[slot] = record
+    return index, free
+
+
+def occurrence_index(raw: str) -> dict[str, dict[str, Any]]:
+    """A series item's occurrence records by the slot (RECURRENCE-ID) they fill."""
+    doc = load(raw, "Event")
+    event = parse_event(raw)
+    if not event.rrule:
+        return {}
+    return {k: dict(v) for k, v in _match(event, doc.get("Occurrences") or [])[0].items()}
 
 
 def _sortable(m: str) -> datetime:
@@ -302,7 +321,7 @@ def _occurrence(record: Mapping[str, Any]) -> Occurrence:
                       location=_str(record.get("Location")), description=text)
 
 
-def _differs(event: Event, record: Mapping[str, Any], start: str) -> bool:
+def _differs(event: Event, record: Mapping[str, Any]) -> bool:
     if record.get("IsRecurrence2Exception"):
         return True
     occ = _occurrence(record)
