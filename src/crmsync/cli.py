@@ -468,6 +468,63 @@ def demo(
     raise typer.Exit(run_demo(folder, _console()))
 
 
+@app.command("sandbox")
+def sandbox_command(
+    port: Annotated[int, typer.Option(
+        help="Port on 127.0.0.1 (0: any free port).")] = 8443,
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="SQLite file that keeps the sandbox's records, tokens and keys "
+        "between runs (default: in memory, gone at exit).", show_default=False)] = None,
+    daily_limit: Annotated[int, typer.Option(
+        help="API calls allowed per 24 hours (then REQUEST_LIMIT_EXCEEDED).")] = 15000,
+) -> None:
+    """Run a local Salesforce sandbox ("test mode") over HTTPS until Ctrl-C.
+
+    It answers the part of Salesforce's REST API that crmsync uses, with OAuth, limits
+    and Salesforce's errors. The connection details, secrets included, are written to a
+    file readable only by you; they are never printed.
+    """
+    import os
+
+    from crmsync.sandbox.server import Sandbox
+
+    if data is not None:
+        data.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        sandbox = Sandbox(db_path=data, daily_limit=daily_limit, port=port)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); "
+                          "choose another --port, or 0 for any free one") from None
+    sandbox.start()
+    details = Path(sandbox.files.ca_cert).with_name("connection.json")
+    details.write_text(json.dumps({
+        "instance_url": sandbox.url, "login_url": sandbox.login_url,
+        "ca_path": sandbox.ca_path, "client_id": sandbox.client_id,
+        "client_secret": sandbox.client_secret, "username": sandbox.username,
+        "refresh_token": sandbox.refresh_token,
+        "jwt_private_key_path": sandbox.jwt_private_key_path}, indent=2) + "\n")
+    os.chmod(details, 0o600)
+    console = _console()
+    console.print(f"Salesforce sandbox running at [bold]{sandbox.url}[/]", highlight=False)
+    console.print(f"  trust this CA:   {sandbox.ca_path}\n"
+                  f"  client id:       {sandbox.client_id}\n"
+                  f"  username:        {sandbox.username}\n"
+                  f"  JWT signing key: {sandbox.jwt_private_key_path}\n"
+                  f"  secrets (client secret, refresh token): {details}\n"
+                  f"  daily API limit: {daily_limit}", highlight=False, markup=False)
+    console.print("Connect a client with OAuth (refresh token, authorization code or JWT "
+                  f"bearer) at {sandbox.login_url}/services/oauth2/token, then call "
+                  f"{sandbox.url}/services/data/v62.0/. Press Ctrl-C to stop.",
+                  highlight=False, markup=False)
+    try:
+        sandbox.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sandbox.stop()
+    console.print("Sandbox stopped.")
+
+
 def main() -> None:
     # Every command lets its typed errors through to here: one place says what went wrong
     # and exits with the error's code (see the exit codes above).
