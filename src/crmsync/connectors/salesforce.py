@@ -258,8 +258,19 @@ def _seconds(stamp: str) -> float:
 
 def _version(records: Iterable[dict[str, Any]]) -> str:
     stamps = [r.get("SystemModstamp") or "" for r in records]
-    newest = max((sf.sf_datetime(s) or "" for s in stamps if s), default="")
+    newest = max((_stamp(s) for s in stamps if s), default="")
     return f"{newest}/{len(stamps)}"
+
+
+def _stamp(value: str) -> str:
+    """A SystemModstamp in one form, milliseconds kept: two writes in one second differ."""
+    text = value.replace("Z", "+00:00")
+    if re.search(r"[+-]\d{4}$", text):
+        text = text[:-2] + ":" + text[-2:]
+    when = datetime.fromisoformat(text)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:23] + "Z"
 
 
 def _clean(record: dict[str, Any]) -> dict[str, Any]:
@@ -1105,10 +1116,11 @@ def _best(people: list[dict[str, str]]) -> dict[str, str]:
 
 def _record_ids(item: Item) -> list[str]:
     doc = json.loads(item.raw)
-    occurrences = doc.get("Occurrences")
-    if occurrences:
-        return [o["Id"] for o in occurrences if o.get("Id")]
-    return [doc[next(iter(k for k in ("Event", "Task", "Contact") if k in doc))]["Id"]]
+    head = doc[next(iter(k for k in ("Event", "Task", "Contact") if k in doc))]
+    # A series' own record first: deleting it deletes its occurrences with it.
+    ids = [head["Id"]] if head.get("Id") else []
+    return ids + [o["Id"] for o in doc.get("Occurrences") or []
+                  if o.get("Id") and o["Id"] not in ids]
 
 
 def _series_head(members: list[dict[str, Any]]) -> dict[str, Any]:

@@ -282,7 +282,12 @@ def _match(event: Event, others: list[Mapping[str, Any]]
         return {}, []
     starts = {_when(r)[0]: r for r in records}
     last = max(s for s in [event.start, *starts] if s)
-    expected = slots(event, last)
+    if _bounded(event.rrule or ""):
+        # A series with an end: every slot up to Salesforce's horizon has (or had) a record.
+        assert event.start is not None
+        expected = slots(event, _shift_days(event.start, HORIZON_DAYS), MAX_OCCURRENCES)
+    else:
+        expected = slots(event, last)
     index: dict[str, Mapping[str, Any]] = {}
     moved: list[Mapping[str, Any]] = []
     for start, record in sorted(starts.items(), key=lambda kv: kv[0] or ""):
@@ -299,6 +304,23 @@ def _match(event: Event, others: list[Mapping[str, Any]]
         free.remove(slot)
         index[slot] = record
     return index, free
+
+
+# How far ahead Salesforce lays out a series' occurrences (and at most how many): slots
+# beyond are not missing, they are not there yet.
+HORIZON_DAYS = 365
+MAX_OCCURRENCES = 200
+
+
+def _bounded(rrule: str) -> bool:
+    return bool(re.search(r"(?:^|;)(?:COUNT|UNTIL)=", rrule.upper()))
+
+
+def _shift_days(m: str, days: int) -> str:
+    if "T" not in m:
+        return (date.fromisoformat(m) + timedelta(days=days)).isoformat()
+    return (datetime.fromisoformat(m.rstrip("Z")) + timedelta(days=days)).isoformat() + \
+        ("Z" if m.endswith("Z") else "")
 
 
 def occurrence_index(raw: str) -> dict[str, dict[str, Any]]:
