@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from crmsync.sandbox import collections, control, oauth, records, replication
+from crmsync.sandbox import collections, composite, control, oauth, records, replication
 from crmsync.sandbox.db import format_datetime, parse_datetime
 from crmsync.sandbox.errors import ApiError, RecordError
 from crmsync.sandbox.query import API, attributes, next_page, run_query
@@ -49,7 +49,8 @@ def _roll_window(state: State) -> None:
     org = state.org
     opened = org.meta("api_window")
     now = org.now()
-    if opened is None or now - parse_datetime(opened) >= timedelta(hours=24):
+    # A clock moved back (the control API) also opens a new window.
+    if opened is None or not timedelta(0) <= now - parse_datetime(opened) < timedelta(hours=24):
         org.set_meta("api_window", format_datetime(now))
         org.api_used = 0
 
@@ -81,6 +82,8 @@ def create_app(state: State) -> FastAPI:
         if state.org.token_user(_bearer(request), "access") is None:
             return _error(ApiError(401, "INVALID_SESSION_ID", "Session expired or invalid"),
                           state)
+        if request.headers.get(composite.SUBREQUEST_HEADER) == composite.SUBREQUEST_MARK:
+            return await call_next(request)  # part of a composite call, counted once
         with state.org.lock:
             _roll_window(state)
             if state.org.api_used >= state.org.daily_limit:
@@ -214,6 +217,7 @@ def _data_routes(app: FastAPI, state: State) -> None:  # noqa: C901 - one route 
                           methods=["GET"])
 
     collections.add_routes(app, state, base)
+    composite.add_routes(app, state, base)
 
 
 def _query_route(state: State, include_deleted: bool) -> Callable[..., Awaitable[Any]]:

@@ -8,7 +8,8 @@
     POST /_sandbox/validation  {"object", "field", "contains", "message"}
     POST /_sandbox/expire-tokens
     POST /_sandbox/reset       {"records": false} - drop faults, rules and clock offset;
-                               usage back to 0; with "records": true also every record but the user
+                               usage back to 0 of the configured daily limit; with
+                               "records": true also every record but the user
     GET  /_sandbox/stats       {"api_calls", "api_used", "daily_limit", "now", ...}
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from crmsync.sandbox.db import format_datetime
 from crmsync.sandbox.schema import sobject
 from crmsync.sandbox.state import (
     RECORD_ERROR_MESSAGES,
@@ -80,6 +82,7 @@ async def limits(request: Request) -> JSONResponse:
             org.daily_limit = int(body["daily"])
         if "used" in body:
             org.api_used = int(body["used"])
+            org.set_meta("api_window", format_datetime(org.now()))
     return JSONResponse({"daily": org.daily_limit, "used": org.api_used})
 
 
@@ -116,6 +119,8 @@ async def reset(request: Request) -> JSONResponse:
     state.controls.reset()
     state.org.clock_offset = timedelta(0)
     state.org.api_used = 0
+    state.org.daily_limit = state.org.configured_daily_limit
+    state.org.set_meta("api_window", format_datetime(state.org.now()))
     if body.get("records"):
         state.org.clear_records()
     return JSONResponse(state.stats())

@@ -88,7 +88,7 @@ class Org:
         self.conn.executescript(_SCHEMA)
         self.clock_offset = timedelta(0)
         self._last_stamp: datetime | None = None
-        self.daily_limit = daily_limit
+        self.daily_limit = self.configured_daily_limit = daily_limit
         self.api_calls = 0  # since start, for /_sandbox/stats
         if self.meta("org_id") is None:
             self.set_meta("org_id", id18("00D" + "RM" + "0" + "000000001"))

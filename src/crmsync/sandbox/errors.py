@@ -33,10 +33,10 @@ class RecordError(Exception):
     def __init__(self, code: str, message: str, fields: list[str] | None = None,
                  status: int = 400) -> None:
         super().__init__(message)
-        self.code, self.message, self.fields, self.status = code, message, fields or [], status
+        self.code, self.message, self.fields, self.status = code, message, fields, status
 
     def collection_error(self) -> dict[str, Any]:
-        return {"statusCode": self.code, "message": self.message, "fields": self.fields}
+        return {"statusCode": self.code, "message": self.message, "fields": self.fields or []}
 
     def api_error(self) -> ApiError:
         return ApiError(self.status, self.code, self.message, self.fields)

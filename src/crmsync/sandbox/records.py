@@ -135,8 +135,13 @@ def _check_reference(state: State, f: Field, value: str) -> str:
     return to_id18(value)
 
 
-def _derive_event(data: dict[str, Any], given: set[str]) -> None:
+def _derive_event(data: dict[str, Any], given: set[str], before: dict[str, Any]) -> None:
     """Keep an Event's start/end, dates and duration consistent (Object Reference)."""
+    if data.get("IsAllDayEvent") and "ActivityDate" in given and "EndDate" not in given \
+            and before.get("IsAllDayEvent") and before.get("EndDate"):
+        span = parse_date(before["EndDate"]) - parse_date(before["ActivityDate"])
+        data["EndDate"] = (parse_date(data["ActivityDate"]) + span).isoformat()  # moved
+        given = given | {"EndDate"}
     if data.get("IsAllDayEvent"):
         day = data.get("ActivityDate")
         if day is None and data.get("StartDateTime"):
@@ -191,9 +196,9 @@ def _derive_event(data: dict[str, Any], given: set[str]) -> None:
 
 
 def _derive(state: State, obj: SObject, data: dict[str, Any], given: set[str],
-            now: str) -> None:
+            now: str, before: dict[str, Any] | None = None) -> None:
     if obj.name == "Event":
-        _derive_event(data, given)
+        _derive_event(data, given, before or {})
     elif obj.name == "Task":
         closed = data.get("Status") in CLOSED_TASK_STATUS
         if closed and not data.get("IsClosed"):
@@ -280,7 +285,7 @@ def update(state: State, record_id: Any, values: dict[str, Any],
     state.controls.take_record_error("update", name)
     now = state.org.next_stamp()
     data = current | checked
-    _derive(state, obj, data, set(checked), now)
+    _derive(state, obj, data, set(checked), now, current)
     _check_required(obj, data)
     state.controls.validate(name, data)
     data.update(LastModifiedDate=now, SystemModstamp=now)
