@@ -598,3 +598,43 @@ def test_a_cursor_older_than_15_days_reconciles_in_full(sandbox: Sandbox,
     changes = later.list_changes("tasks", cursor)
     assert changes.complete
     assert task.item.id in {u[0] for u in changes.upserts}
+
+
+def test_a_sync_run_with_the_core(sandbox: Sandbox, make: Factory, sqlite_store,
+                                  tmp_path) -> None:
+    """Groupware folder -> Salesforce, an edit back, and a second run writing nothing."""
+    from crmsync.connectors.vdir import VdirConnector
+    from crmsync.sync import Syncer
+
+    from conftest import Sides, event, sync
+
+    sides = Sides(tmp_path / "sides")
+    uid = unique("core").replace(" ", "-")
+    sides.put("groupware", event(uid, unique("Core sync"), start=when(3), end=when(3, 10)))
+    sides.put("groupware", Task(uid=uid + "-t", summary=unique("Core task")))
+    profile = sqlite_store.add_profile("sf", f"salesforce:{sandbox.url}", f"vdir:{sides.gw}",
+                                       ("calendar", "tasks"), {})
+    crm = make()
+    syncer = Syncer(sqlite_store, profile, crm=crm,
+                    groupware=VdirConnector(sides.gw, "groupware"))
+    plans, report = sync(syncer)
+    assert report.status == "ok", report.to_dict()
+    assert [p.counts() for p in plans] == [{"create:crm": 1}, {"create:crm": 1}]
+    [pair] = sqlite_store.pairs(profile.id, "calendar")
+    crm_id = pair.id_on("crm")
+    assert crm_id is not None and crm_id.startswith("00U")
+
+    # Edited in Salesforce: the change reaches the groupware.
+    api(sandbox, "PATCH", f"sobjects/Event/{crm_id}", {"Location": "Board room"})
+    pass_a_minute(sandbox)
+    plans, report = sync(syncer)
+    assert report.status == "ok", report.to_dict()
+    assert sides.records("groupware", "calendar")[uid].location == "Board room"
+
+    # Nothing changed: no writes, at most 2 calls per object.
+    pass_a_minute(sandbox)
+    sync(syncer)
+    before = crm.stats()["api_calls"]
+    plans, report = sync(syncer)
+    assert all(not p.steps for p in plans)
+    assert crm.stats()["api_calls"] - before <= 2 * 2
