@@ -471,6 +471,9 @@ class SalesforceConnector(Connector):
             changes.upserts.append((item.id, item.version, item))
         changes.deleted = sorted(set(deleted) - items.keys())
         stamps = [r.get("SystemModstamp") for r in records if r.get("SystemModstamp")]
+        for stamp in [*stamps, new_since]:
+            if stamp:
+                self.client.saw(_seconds(stamp))
         if new_since is None:
             newest = max((sf.sf_datetime(s) or "" for s in stamps), default="")
             new_since = newest or (soql_datetime(now - 300) if since is None else since)

@@ -261,6 +261,13 @@ class Client:
             self._bearer()
         return self.user_id
 
+    def saw(self, server_seconds: float) -> None:
+        """A moment the server has reached (a SystemModstamp, latestDateCovered): our
+        estimate of its clock never stays behind what it has shown."""
+        ahead = server_seconds - time.time()
+        if self.skew is None or ahead > self.skew:
+            self.skew = ahead
+
     def server_now(self) -> float:
         """The server's clock, as far as we know it (ours when unknown)."""
         return time.time() + (self.skew or 0.0)
