@@ -477,6 +477,31 @@ def test_a_validation_rule_fails_the_item_with_its_message(sandbox: Sandbox,
     assert results[1].status == "ok"
 
 
+def test_a_locked_row_on_a_single_call_is_retried(sandbox: Sandbox, make: Factory,
+                                                sleeps: list[float]) -> None:
+    sf_side = make()
+    sf_side.list_changes("contacts", None)
+    control(sandbox, "faults", path_regex="/query$", method="GET", status=400, times=1,
+            body=[{"errorCode": "UNABLE_TO_LOCK_ROW",
+                   "message": "unable to obtain exclusive access to this record"}])
+    assert sf_side.list_changes("contacts", None).complete
+    assert len(sleeps) == 1
+
+
+def test_unavailable_and_throttled_answers_are_retried(sandbox: Sandbox, make: Factory,
+                                                      sleeps: list[float]) -> None:
+    sf_side = make()
+    sf_side.list_changes("tasks", None)
+    control(sandbox, "faults", path_regex="/query$", status=503, times=1)
+    control(sandbox, "faults", path_regex="/query$", status=429, times=1,
+            headers={"Retry-After": "2"})
+    assert sf_side.list_changes("tasks", None).complete
+    assert len(sleeps) == 2 and 2.0 in sleeps
+    control(sandbox, "faults", path_regex="/query$", status=503, times=10)
+    with pytest.raises(ConnectionFailed, match="503"):
+        sf_side.list_changes("tasks", None)
+
+
 def test_an_exhausted_org_stops_the_run(sandbox: Sandbox, make: Factory) -> None:
     sf_side = make()
     sf_side.list_changes("tasks", None)
