@@ -77,7 +77,8 @@ def create_app(state: State) -> FastAPI:
                 headers["Sforce-Limit-Info"] = _limit_header(state)
             return Response(body, status_code=fault.status, headers=headers,
                             media_type="application/json")
-        if not data_call:
+        if not data_call or path.rstrip("/") == DATA:
+            # The versions list needs no session and is not an API call (limits doc).
             return await call_next(request)
         if state.org.token_user(_bearer(request), "access") is None:
             return _error(ApiError(401, "INVALID_SESSION_ID", "Session expired or invalid"),
