@@ -475,8 +475,10 @@ class SalesforceConnector(Connector):
             if stamp:
                 self.client.saw(_seconds(stamp))
         if new_since is None:
+            # A full listing: from when it started (the server's clock, a little early),
+            # or its newest record if that is later; both are before the query ran.
             newest = max((sf.sf_datetime(s) or "" for s in stamps), default="")
-            new_since = newest or (soql_datetime(now - 300) if since is None else since)
+            new_since = max(newest, soql_datetime(now - 5))
         state.since = sf.sf_datetime(new_since)
         changes.cursor = state.encode()
         return changes
@@ -590,7 +592,10 @@ class SalesforceConnector(Connector):
               records: list[dict[str, Any]]) -> Item:
         main = doc[SOBJECT[kind]]
         modified = sf.sf_datetime(main.get("LastModifiedDate") or main.get("SystemModstamp"))
-        return Item(item_id, _version(records), sf.dump(doc), FORMAT, kind, modified=modified)
+        version = _version(records)
+        if version[0] != "/":
+            self.client.saw(_seconds(version.partition("/")[0]))
+        return Item(item_id, version, sf.dump(doc), FORMAT, kind, modified=modified)
 
     def _people_by_id(self, ids: set[str]) -> dict[str, dict[str, str]]:
         """Contact/Lead/User Id -> {"Email", "Name"}, one composite call."""
@@ -675,10 +680,7 @@ class SalesforceConnector(Connector):
         if kind == "calendar":
             self._write_invitees([(created[i], r, None) for i, r, _ in plain if i in created])
         done = dict(created)
-        for i, write, item, record in updates:
-            results[i] = self._update(kind, item, record)
-            if results[i].status == "ok" and results[i].item is None:  # type: ignore[union-attr]
-                done[i] = write.id
+        done.update(self._update_many(kind, updates, results))
         self._delete(deletes, results)
         self._read_back(kind, done, results)
         return [r if r is not None else Result("failed", error="not written") for r in results]
@@ -737,7 +739,7 @@ class SalesforceConnector(Connector):
         """Create records; index -> new Id. Failures go into ``results``."""
         obj = SOBJECT[kind]
         if kind == "contacts":
-            self._resolve_accounts([v for _, v in values], {})
+            self._resolve_accounts([(v, {}) for _, v in values])
         records = [(i, {"attributes": {"type": obj}, **self._writable(kind, v, True)})
                    for i, v in values]
         created: dict[int, str] = {}
@@ -803,33 +805,44 @@ class SalesforceConnector(Connector):
             results[i] = Result("failed", error=_failure("record", errors[0])) if errors \
                 else Result("ok")
 
-    def _update(self, kind: ObjectKind, item: Item, record: Record) -> Result:
-        """Write ``record`` over ``item`` (whose version was checked)."""
+    def _update_many(self, kind: ObjectKind, updates: list[tuple[int, Update, Item, Record]],
+                     results: list[Result | None]) -> dict[int, str]:
+        """Write each record over its item (versions checked): one PATCH collection for
+        all, then the invitees of all. Index -> Id to read back."""
         obj = SOBJECT[kind]
-        doc = json.loads(item.raw)
-        head = doc[obj]
-        if kind == "calendar" and (item.id.startswith(SERIES_PREFIX)
-                                   or getattr(record, "rrule", None)):
-            return self._update_series(item, record)  # type: ignore[arg-type]
-        try:
-            values = self._values(kind, record, head, ())
-        except ItemError as exc:
-            return Result("failed", error=str(exc))
+        planned: list[tuple[int, Item, Record, dict[str, Any], dict[str, Any]]] = []
+        for i, _write, item, record in updates:
+            doc = json.loads(item.raw)
+            if kind == "calendar" and (item.id.startswith(SERIES_PREFIX)
+                                       or getattr(record, "rrule", None)):
+                results[i] = self._update_series(item, record)  # type: ignore[arg-type]
+                continue
+            try:
+                values = self._values(kind, record, doc[obj], ())
+            except ItemError as exc:
+                results[i] = Result("failed", error=str(exc))
+                continue
+            planned.append((i, item, record, doc, values))
         if kind == "contacts":
-            self._resolve_accounts([values], head)
-        changed = self._writable(kind, values, False, before=head)
-        if changed:
-            answers = self._collection("PATCH", [(0, {"attributes": {"type": obj},
-                                                      "Id": head["Id"], **changed})])
-            answer = answers[0][1]
+            self._resolve_accounts([(values, doc[obj]) for _, _, _, doc, values in planned])
+        patches = []
+        for i, _item, _record, doc, values in planned:
+            changed = self._writable(kind, values, False, before=doc[obj])
+            if changed:
+                patches.append((i, {"attributes": {"type": obj}, "Id": doc[obj]["Id"],
+                                    **changed}))
+        for i, answer in self._collection("PATCH", patches) if patches else []:
             if not answer.get("success"):
-                return Result("failed", error=_failure(obj, answer))
+                results[i] = Result("failed", error=_failure(obj, answer))
+        written = [(i, item, record, doc) for i, item, record, doc, _ in planned
+                   if results[i] is None]
         if kind == "calendar":
-            assert isinstance(record, Event)
-            error = self._write_invitees([(head["Id"], record, doc.get("Invitees") or [])])
-            if error:
-                return Result("failed", error=error)
-        return Result("ok", None)  # read back by apply()
+            errors = self._write_invitees([(doc[obj]["Id"], record, doc.get("Invitees") or [])
+                                           for _, _, record, doc in written])
+            for i, _, _, doc in written:
+                if doc[obj]["Id"] in errors:
+                    results[i] = Result("failed", error=errors[doc[obj]["Id"]])
+        return {i: item.id for i, item, _, _ in written if results[i] is None}
 
     def _read_back(self, kind: ObjectKind, written: dict[int, str],
                    results: list[Result | None]) -> None:
@@ -845,19 +858,22 @@ class SalesforceConnector(Connector):
     # --- invitees ------------------------------------------------------------------------
 
     def _write_invitees(self, events: list[tuple[str, Event, list[dict[str, Any]] | None]]
-                        ) -> str | None:
+                        ) -> dict[str, str]:
         """Create/delete/update EventRelations so each event's invitees match its attendees.
 
         Only attendees whose email a Contact, Lead or User has can be invitees; the others
         stay in the groupware (and in the Description block when that is on).
         """
         if not self.settings.invitees or not events:
-            return None
-        emails = {a.email for _, e, _ in events for a in e.attendees}
+            return {}
+        known = {(o.get("Email") or "").lower() for _, _, old in events for o in old or []}
+        emails = {a.email for _, e, _ in events for a in e.attendees
+                  if a.email.lower() not in known}
         found = self.find_people(emails, ("Contact", "Lead", "User")) if emails else {}
+        owner: list[str] = []  # the event of each write below, by position
         creates: list[tuple[int, dict[str, Any]]] = []
         patches: list[tuple[int, dict[str, Any]]] = []
-        drops: list[str] = []
+        drops: dict[str, str] = {}
         for event_id, event, old in events:
             have = {(o.get("Email") or "").lower(): o for o in old or []}
             want: dict[str, Attendee] = {a.email.lower(): a for a in event.attendees}
@@ -865,25 +881,30 @@ class SalesforceConnector(Connector):
                 status = sf.invitee_status(attendee)
                 if email in have:
                     if have[email].get("Status") != status and have[email].get("Id"):
-                        patches.append((len(patches), {
+                        patches.append((len(owner), {
                             "attributes": {"type": "EventRelation"},
                             "Id": have[email]["Id"], "Status": status}))
+                        owner.append(event_id)
                     continue
                 people = found.get(email)
                 if not people:
                     continue
-                creates.append((len(creates), {
+                creates.append((len(owner), {
                     "attributes": {"type": "EventRelation"}, "EventId": event_id,
                     "RelationId": _best(people)["Id"], "IsInvitee": True, "Status": status}))
-            drops += [o["Id"] for email, o in have.items() if email not in want and o.get("Id")]
-        errors = []
+                owner.append(event_id)
+            drops.update({o["Id"]: event_id for email, o in have.items()
+                          if email not in want and o.get("Id")})
+        errors: dict[str, str] = {}
         for method, batch in (("POST", creates), ("PATCH", patches)):
-            if batch:
-                errors += [a for _, a in self._collection(method, batch) if not a.get("success")]
-        if drops:
-            errors += [a for a in self._delete_ids(drops).values() if not a.get("success")
-                       and _code(a.get("errors")) != "ENTITY_IS_DELETED"]
-        return _failure("EventRelation", errors[0]) if errors else None
+            for n, answer in self._collection(method, batch) if batch else []:
+                if not answer.get("success"):
+                    errors.setdefault(owner[n], _failure("EventRelation", answer))
+        for rid, answer in (self._delete_ids(list(drops)) if drops else {}).items():
+            if not answer.get("success") and _code(answer.get("errors")) not in (
+                    "ENTITY_IS_DELETED", "NOT_FOUND"):
+                errors.setdefault(drops[rid], _failure("EventRelation", answer))
+        return errors
 
     # --- series --------------------------------------------------------------------------
 
@@ -1041,24 +1062,28 @@ class SalesforceConnector(Connector):
 
     # --- contacts ------------------------------------------------------------------------
 
-    def _resolve_accounts(self, values: list[dict[str, Any]], before: dict[str, Any]) -> None:
-        """Set AccountId from the company name where an Account has it (none is created)."""
-        names = {v["Account"]["Name"] for v in values if isinstance(v.get("Account"), dict)}
-        old = (before.get("Account") or {}).get("Name") if isinstance(
-            before.get("Account"), dict) else None
-        names.discard(old)
+    def _resolve_accounts(self, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+        """Set AccountId from the company name where an Account has it (none is created).
+
+        ``pairs``: (values to write, the record as it is; {} for a new one).
+        """
+        def name_of(values: dict[str, Any]) -> str | None:
+            account = values.get("Account")
+            return account.get("Name") if isinstance(account, dict) else None
+
+        names = {n for v, before in pairs if (n := name_of(v)) and n != name_of(before)}
         found: dict[str, str] = {}
-        for chunk in _chunks(sorted(n for n in names if n), CHUNK_IDS):
+        for chunk in _chunks(sorted(names), CHUNK_IDS):
             for r in self.client.query(f"SELECT Id, Name FROM Account WHERE Name IN "
                                        f"{soql_list(chunk)}"):
                 found.setdefault(r["Name"], r["Id"])
-        for v in values:
-            account = v.pop("Account", None)
-            name = account.get("Name") if isinstance(account, dict) else None
-            if name and name in found:
-                v["AccountId"] = found[name]
+        for values, before in pairs:
+            name, old = name_of(values), name_of(before)
+            values.pop("Account", None)
+            if name and name != old and name in found:
+                values["AccountId"] = found[name]
             elif not name and old:
-                v["AccountId"] = None
+                values["AccountId"] = None
 
 
 # --- helpers -----------------------------------------------------------------------------
