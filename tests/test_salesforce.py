@@ -302,15 +302,24 @@ def test_without_recurrence2_a_series_is_written_as_single_events(sandbox: Sandb
                                   settings=Settings(recurrence="expand"),
                                   time_range=(start, start + timedelta(days=20)))
     try:
+        cursor = sf_side.list_changes("calendar", None).cursor
         summary = unique("Expanded")
         event = Event(summary=summary, start=when(1), end=when(1, 10), tz="UTC",
                       rrule="FREQ=WEEKLY", exdates=[when(8)])
         [result] = sf_side.apply("calendar", [Create(ical(event))])
         assert result.status == "ok", result.error
-        found = api(sandbox, "GET", "query?q=" + f"SELECT StartDateTime FROM Event WHERE "
+        assert result.item is not None
+        found = api(sandbox, "GET", "query?q=" + f"SELECT Id, StartDateTime FROM Event WHERE "
                     f"Subject = '{summary}'").json()["records"]
         # Inside 20 days: days 1, 8 (excluded) and 15.
         assert sorted(sf.sf_datetime(r["StartDateTime"]) for r in found) == [when(1), when(15)]
+        # Read back as one item (the first occurrence's), never as strangers.
+        changes = sf_side.list_changes("calendar", sf_side.cursor("calendar", cursor))
+        mine = [u for u in changes.upserts if u[2] and u[2].record().summary == summary]
+        assert [u[0] for u in mine] == [result.item.id]
+        assert sf_side.apply("calendar", [Delete(result.item.id, mine[0][1])])[0].status == "ok"
+        assert api(sandbox, "GET", "query?q=" + f"SELECT Id FROM Event WHERE Subject = "
+                   f"'{summary}'").json()["records"] == []
     finally:
         sf_side.close()
 

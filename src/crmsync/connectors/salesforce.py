@@ -18,8 +18,11 @@ VERSION
 CURSOR
     JSON: ``since`` (server time the next listing starts from), ``describe`` (field lengths
     and flags learned from ``describe``, with the time they were read: refreshed after 24 h,
-    so a run costs no describe call) and ``series`` (each series' occurrence Ids, to tell
-    which series a deleted occurrence belonged to).
+    inside the listing's composite call, so it costs no call of its own), ``series`` (each
+    series' occurrence Ids, to tell which series a deleted occurrence belonged to) and
+    ``expanded`` (see the fallback below). The describe lives there rather than in a file
+    or the store because the cursor is already per object, per org, saved atomically with
+    the run's progress, and dropped when the profile is: no cache to invalidate.
 
 Listing. One ``composite`` call per object (composite counts as one API call): the
 deleted records since the cursor (``sobjects/X/deleted``), the records with a newer
@@ -54,9 +57,12 @@ times, or an EXDATE taken back, re-creates the series (Salesforce cannot add an
 occurrence back); other changes update the occurrences in place.
 Fallback, for orgs without the Recurrence2 fields (describe does not list them, or
 ``recurrence=expand``): a series is written as separate Events, one per occurrence inside
-the connector's ``time_range`` (default: 30 days back, 365 ahead, as SPEC section 3), and
-read back as those separate events. That is one-way for recurrence: the groupware keeps the
-series, Salesforce shows its occurrences.
+the connector's ``time_range`` (default: 30 days back, 365 ahead, as SPEC section 3). The
+CURSOR remembers which Events were written for which series (``expanded``), so they are
+read back as one item, the first occurrence's (its document lists the others under
+``Expanded``), never as strangers to copy back; deleting or re-writing the series takes
+them all. Recurrence is one-way there: Salesforce shows occurrences, a change made to one
+of them in Salesforce does not reach the groupware's series.
 
 Settings (the endpoint's query string, e.g.
 ``salesforce:https://x.my.salesforce.com?event_type=Meeting&invitees_in_description=1``):
@@ -231,10 +237,13 @@ class _Cursor:
     described: float | None = None
     describe: dict[str, dict[str, Any]] = field(default_factory=dict)
     series: dict[str, list[str]] = field(default_factory=dict)
+    # The expand fallback: first occurrence's Id -> the other occurrences' Ids.
+    expanded: dict[str, list[str]] = field(default_factory=dict)
 
     def encode(self) -> str:
         return json.dumps({"v": 1, "since": self.since, "described": self.described,
-                           "describe": self.describe, "series": self.series},
+                           "describe": self.describe, "series": self.series,
+                           "expanded": self.expanded},
                           separators=(",", ":"), sort_keys=True)
 
     @classmethod
@@ -248,7 +257,7 @@ class _Cursor:
         if not isinstance(data, dict) or data.get("v") != 1:
             return None
         return cls(data.get("since"), data.get("described"), data.get("describe") or {},
-                   data.get("series") or {})
+                   data.get("series") or {}, data.get("expanded") or {})
 
 
 def _seconds(stamp: str) -> float:
@@ -402,6 +411,7 @@ class SalesforceConnector(Connector):
             state.describe = state.describe or old.describe
             state.described = state.described or old.described
             state.series = dict(old.series)
+            state.expanded = dict(old.expanded)
         self._describe(kind)  # a first listing learns the fields before it asks for them
         now = self.client.server_now()
         since = old.since if old is not None else None
@@ -459,7 +469,8 @@ class SalesforceConnector(Connector):
         changes = Changes(complete=since is None)
         if kind == "calendar":
             # A deleted occurrence changes its series; a series with none left is deleted.
-            members = {m: s for s, ms in state.series.items() for m in ms}
+            members = {m: s for s, ms in [*state.series.items(), *state.expanded.items()]
+                       for m in ms}
             touched = {members[d] for d in deleted if d in members}
             missing = touched - items.keys()
             if missing:
@@ -534,6 +545,14 @@ class SalesforceConnector(Connector):
                     for r in records}
         if more_events:
             records = records + self._query_events("Id", sorted(more_events))
+        # The expand fallback's occurrences belong to the item of their first one.
+        expanded = self._state("calendar").expanded
+        member_of = {m: h for h, ms in expanded.items() for m in ms}
+        have = {r["Id"] for r in records}
+        heads = {member_of[i] for i in have if i in member_of} | (have & expanded.keys())
+        wanted = (heads | {m for h in heads for m in expanded[h]}) - have
+        if wanted:
+            records = records + self._query_events("Id", sorted(wanted))
         # Occurrences of a series listed as changed: read the whole series.
         series_ids = {r["ActivityRecurrence2Id"] for r in records
                       if r.get("ActivityRecurrence2Id")}
@@ -545,12 +564,17 @@ class SalesforceConnector(Connector):
                                      for rel in _children(r) if rel.get("RelationId")})
         items: dict[str, Item] = {}
         groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        folded: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for record in records:
+            if record["Id"] in member_of:
+                folded[member_of[record["Id"]]].append(record)
         for record in records:
             series = record.get("ActivityRecurrence2Id")
             if series:
                 groups[series].append(record)
-            else:
-                items[record["Id"]] = self._event_item(record["Id"], record, [record], people)
+            elif record["Id"] not in member_of:
+                items[record["Id"]] = self._event_item(record["Id"], record, [record], people,
+                                                       expanded=folded.get(record["Id"]))
         state = self._state("calendar")
         for series, members in groups.items():
             members.sort(key=lambda r: sf._when(r)[0] or "")
@@ -573,7 +597,8 @@ class SalesforceConnector(Connector):
 
     def _event_item(self, item_id: str, head: dict[str, Any], members: list[dict[str, Any]],
                     people: dict[str, dict[str, str]],
-                    everything: list[dict[str, Any]] | None = None) -> Item:
+                    everything: list[dict[str, Any]] | None = None,
+                    expanded: list[dict[str, Any]] | None = None) -> Item:
         relations = _children(head)
         invitees = []
         for rel in relations:
@@ -586,7 +611,12 @@ class SalesforceConnector(Connector):
         doc: dict[str, Any] = {"Event": _clean(head), "Invitees": invitees}
         if everything is not None:
             doc["Occurrences"] = [_clean(r) for r in members]
-        return self._item("calendar", item_id, doc, [*(everything or members), *relations])
+        if expanded:
+            # Written by the expand fallback: kept as Ids (parse ignores them) so that the
+            # item's version and deletion cover every occurrence written for it.
+            doc["Expanded"] = sorted(r["Id"] for r in expanded)
+        return self._item("calendar", item_id, doc,
+                          [*(everything or members), *(expanded or []), *relations])
 
     def _item(self, kind: ObjectKind, item_id: str, doc: dict[str, Any],
               records: list[dict[str, Any]]) -> Item:
@@ -1028,6 +1058,7 @@ class SalesforceConnector(Connector):
         if result.status == "ok":
             self._delete_ids(_record_ids(item))
             self._state("calendar").series.pop(item.id, None)
+            self._state("calendar").expanded.pop(item.id, None)
         return result
 
     def _create_expanded(self, event: Event, values: dict[str, Any]) -> Result:
@@ -1058,6 +1089,8 @@ class SalesforceConnector(Connector):
             return Result("failed", error=next((r.error for r in results if r), None)
                           or "no occurrence inside the sync range")
         first = created[min(created)]
+        self._state("calendar").expanded[first] = [created[i] for i in sorted(created)
+                                                   if created[i] != first]
         return Result("ok", self.fetch("calendar", [first]).get(first))
 
     # --- contacts ------------------------------------------------------------------------
@@ -1148,7 +1181,7 @@ def _record_ids(item: Item) -> list[str]:
     # A series' own record first: deleting it deletes its occurrences with it.
     ids = [head["Id"]] if head.get("Id") else []
     return ids + [o["Id"] for o in doc.get("Occurrences") or []
-                  if o.get("Id") and o["Id"] not in ids]
+                  if o.get("Id") and o["Id"] not in ids] + list(doc.get("Expanded") or [])
 
 
 def _series_head(members: list[dict[str, Any]]) -> dict[str, Any]:
