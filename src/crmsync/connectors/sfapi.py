@@ -1,15 +1,16 @@
 """The Salesforce REST API as crmsync uses it: OAuth 2.0, calls, limits and errors.
 
-Why httpx and not simple-salesforce. simple-salesforce was tried first: it fits the
-happy path (it accepts a ``requests.Session`` whose ``verify`` names the sandbox's CA), but
-it retries nothing (a 503 or a lost connection is an exception), re-authenticates nothing
-(an expired session is ``SalesforceExpiredSession`` with no refresh-token or JWT renewal),
-does not expose ``Sforce-Limit-Info`` per call, and its composite and collections helpers
-hide the per-record errors crmsync maps to item results. What remained of it would be URL
+Why httpx and not simple-salesforce. simple-salesforce 1.12 was tried against the
+sandbox: it takes a ``requests.Session`` for TLS, but a session's ``verify`` (the sandbox's
+CA) is silently overridden by ``REQUESTS_CA_BUNDLE`` from the environment unless
+``trust_env`` is turned off; a 503 surfaces as ``SalesforceGeneralError`` (no retry, no
+Retry-After); an expired session as ``SalesforceExpiredSession`` (no renewal by refresh token
+or JWT); and its collections/composite helpers hand back raw lists crmsync would still map
+record by record. It does read ``Sforce-Limit-Info``. What would remain of it is URL
 building. crmsync already has one HTTP stack, :class:`crmsync.connectors.dav.Http` (a
 keep-alive httpx client with timeouts, retries with jittered backoff on 5xx/429 and lost
 connections, TLS verification with a CA bundle, request counting): this module uses it, so
-both connectors behave and report alike, and tests need one kind of fake.
+both connectors behave and report alike, and tests swap one kind of transport.
 
 Token calls (``/services/oauth2/token``) are requests but not API calls; every
 ``/services/data`` call is both, and its ``Sforce-Limit-Info: api-usage=USED/MAX`` header
