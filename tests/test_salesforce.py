@@ -642,6 +642,9 @@ def test_a_sync_run_with_the_core(sandbox: Sandbox, make: Factory, sqlite_store,
                     groupware=VdirConnector(sides.gw, "groupware"))
     plans, report = sync(syncer)
     assert report.status == "ok", report.to_dict()
+    # The run report shows the calls used and the org's allowance.
+    api_report = report.to_dict()["api"]["crm"]
+    assert api_report["api_calls"] > 0 and api_report["api_limit"] > 0
     # Ours go to Salesforce; what earlier tests left there comes to the groupware.
     assert [p.counts().get("create:crm") for p in plans] == [1, 1]
     assert not any("failed" in p.counts() for p in plans)
