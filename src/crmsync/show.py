@@ -107,13 +107,14 @@ def report_table(report) -> Any:
         counts = ", ".join(f"{n} {code}" for code, n in sorted(obj.counts.items())) or "in step"
         table.add_row(kind, counts)
     notes = []
-    for side, n in getattr(report, "usage", {}).items():
-        if "api_calls" in n:
-            org = f"; the org has used {n['api_usage']} of {n['api_limit']} today" \
-                if n.get("api_limit") else ""
-            notes.append(f"{SIDE_NAME.get(side, side)}: {n['api_calls']} API calls{org}")
-        elif n.get("requests"):
-            notes.append(f"{SIDE_NAME.get(side, side)}: {n['requests']} requests")
+    for side in ("crm", "groupware"):
+        api, requests = report.api.get(side, {}), report.requests.get(side)
+        if "api_calls" in api:
+            org = f" (the org has used {api['api_usage']} of {api['api_limit']} today)" \
+                if api.get("api_limit") else ""
+            notes.append(f"{SIDE_NAME[side]}: {api['api_calls']} API calls{org}")
+        elif requests:
+            notes.append(f"{SIDE_NAME[side]}: {requests} requests")
     if notes:
         table.caption = "; ".join(notes)
         table.caption_justify = "left"

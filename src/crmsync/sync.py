@@ -74,9 +74,9 @@ class Report:
     error: str | None = None
     # Requests each side's servers were sent (planning included): {"groupware": 3}
     requests: dict[str, int] = field(default_factory=dict)
-    # Every counter the connectors keep, per side, e.g. a CRM's API calls and its
-    # daily allowance: {"crm": {"requests": 4, "api_calls": 3, "api_limit": 15000}}
-    usage: dict[str, dict[str, int]] = field(default_factory=dict)
+    # A side's other counters, e.g. a CRM's API calls and daily allowance:
+    # {"crm": {"api_calls": 4, "api_usage": 812, "api_limit": 15000}}
+    api: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def failed(self) -> int:
@@ -95,7 +95,7 @@ class Report:
             "finished": self.finished,
             "error": self.error,
             "requests": self.requests,
-            "usage": self.usage,
+            **({"api": self.api} if self.api else {}),
             "objects": {
                 kind: {
                     "counts": dict(sorted(r.counts.items())),
@@ -302,14 +302,15 @@ class Syncer:
 
     def _finish(self, report: Report) -> None:
         report.finished = now()
-        report.usage = self.stats()
-        report.requests = {side: n["requests"] for side, n in report.usage.items()
-                           if "requests" in n}
+        stats = self.stats()
+        report.requests = {side: n["requests"] for side, n in stats.items() if "requests" in n}
+        report.api = {side: {k: v for k, v in n.items() if k != "requests"}
+                      for side, n in stats.items() if set(n) - {"requests"}}
         counts: dict[str, Any] = {k: dict(r.counts) for k, r in report.objects.items()}
         if report.requests:
             counts["requests"] = report.requests
-        if any(set(n) - {"requests"} for n in report.usage.values()):
-            counts["usage"] = report.usage
+        if report.api:
+            counts["api"] = report.api
         assert report.run_id is not None
         try:
             self.store.finish_run(report.run_id, report.status, counts, report.error)
