@@ -35,3 +35,10 @@ class ConnectionFailed(CrmsyncError):
 
 class PreconditionFailed(ItemError):
     """The item changed on its side since it was planned (etag/modstamp mismatch)."""
+
+
+class ApiLimitReached(ConnectionFailed):
+    """A side's API allowance (or the share of it crmsync may use) is spent: the run stops.
+
+    Nothing is lost: what was written is recorded, the rest waits for the next run.
+    """

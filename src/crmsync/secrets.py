@@ -118,7 +118,8 @@ def credentials_for(paths: Paths, profile: str, side: Side) -> Credentials | Non
     stored = SecretStore(paths).get(_name(profile, side)) if _has_store(paths) else None
     values = json.loads(stored) if stored else {}
     prefix = f"CRMSYNC_{side.upper()}_"
-    for field in ("username", "password", "token", "ca_bundle"):
+    for field in ("username", "password", "token", "ca_bundle", "client_id", "client_secret",
+                  "refresh_token", "private_key", "login_url"):
         env = os.environ.get(prefix + field.upper())
         if env:
             values[field] = env

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from crmsync.plan import Action, Plan, Step
+from crmsync.plan import SIDE_NAME, Action, Plan, Step
 
 ARROWS = {
     "create:crm": "◀ create",
@@ -106,4 +106,16 @@ def report_table(report) -> Any:
     for kind, obj in report.objects.items():
         counts = ", ".join(f"{n} {code}" for code, n in sorted(obj.counts.items())) or "in step"
         table.add_row(kind, counts)
+    notes = []
+    for side in ("crm", "groupware"):
+        api, requests = report.api.get(side, {}), report.requests.get(side)
+        if "api_calls" in api:
+            org = f" (the org has used {api['api_usage']} of {api['api_limit']} today)" \
+                if api.get("api_limit") else ""
+            notes.append(f"{SIDE_NAME[side]}: {api['api_calls']} API calls{org}")
+        elif requests:
+            notes.append(f"{SIDE_NAME[side]}: {requests} requests")
+    if notes:
+        table.caption = "; ".join(notes)
+        table.caption_justify = "left"
     return table

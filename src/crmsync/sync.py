@@ -74,6 +74,9 @@ class Report:
     error: str | None = None
     # Requests each side's servers were sent (planning included): {"groupware": 3}
     requests: dict[str, int] = field(default_factory=dict)
+    # A side's other counters, e.g. a CRM's API calls and daily allowance:
+    # {"crm": {"api_calls": 4, "api_usage": 812, "api_limit": 15000}}
+    api: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def failed(self) -> int:
@@ -92,6 +95,7 @@ class Report:
             "finished": self.finished,
             "error": self.error,
             "requests": self.requests,
+            **({"api": self.api} if self.api else {}),
             "objects": {
                 kind: {
                     "counts": dict(sorted(r.counts.items())),
@@ -298,11 +302,15 @@ class Syncer:
 
     def _finish(self, report: Report) -> None:
         report.finished = now()
-        report.requests = {side: n["requests"] for side, n in self.stats().items()
-                           if "requests" in n}
+        stats = self.stats()
+        report.requests = {side: n["requests"] for side, n in stats.items() if "requests" in n}
+        report.api = {side: {k: v for k, v in n.items() if k != "requests"}
+                      for side, n in stats.items() if set(n) - {"requests"}}
         counts: dict[str, Any] = {k: dict(r.counts) for k, r in report.objects.items()}
         if report.requests:
             counts["requests"] = report.requests
+        if report.api:
+            counts["api"] = report.api
         assert report.run_id is not None
         try:
             self.store.finish_run(report.run_id, report.status, counts, report.error)

@@ -7,7 +7,7 @@ import os
 from crmsync.connectors.base import Connector, Credentials, Side
 from crmsync.errors import ConfigError
 
-SCHEMES = ("vdir", "caldav", "carddav")
+SCHEMES = ("vdir", "caldav", "carddav", "salesforce")
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, str]:
@@ -28,6 +28,12 @@ def connect(endpoint: str, side: Side, credentials: Credentials | None = None) -
         from crmsync.connectors.vdir import VdirConnector
 
         return VdirConnector(location, side)
+    if scheme == "salesforce":
+        # Settings come from the query string; see crmsync.connectors.salesforce.
+        from crmsync.connectors.salesforce import SalesforceConnector, split_endpoint
+
+        instance, settings = split_endpoint(location)
+        return SalesforceConnector(instance, side, credentials=credentials, settings=settings)
     from crmsync.connectors.dav import DavConnector
 
     return DavConnector(location, side, protocol=scheme,  # type: ignore[arg-type]

@@ -187,6 +187,14 @@ class Credentials:
     # TLS: verification is on unless turned off; ca_bundle names a PEM file to trust.
     verify: bool = True
     ca_bundle: str | None = None
+    # OAuth 2.0 (Salesforce): the connected app, and a refresh token (web-server flow) or
+    # a private key, PEM text or a file name (JWT bearer flow, with ``username``).
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    refresh_token: str | None = field(default=None, repr=False)
+    private_key: str | None = field(default=None, repr=False)
+    # Where to log in; the instance itself when unset.
+    login_url: str | None = None
 
 
 @dataclass(frozen=True)

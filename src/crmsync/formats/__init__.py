@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 ICALENDAR = "text/calendar"
 VCARD = "text/vcard"
+SALESFORCE = "application/vnd.crmsync.salesforce+json"
 
 Parser = Callable[[str], "Record"]
 Renderer = Callable[["Record", "str | None"], str]
@@ -48,6 +49,13 @@ def _load_builtin(fmt: str) -> None:
         from crmsync.formats import vcard
 
         register(VCARD, "contacts", vcard.parse_contact, vcard.render_contact)  # type: ignore[arg-type]
+    elif fmt == SALESFORCE:
+        from crmsync.formats import salesforce
+
+        register(SALESFORCE, "calendar", salesforce.parse_event, salesforce.render_event)  # type: ignore[arg-type]
+        register(SALESFORCE, "tasks", salesforce.parse_task, salesforce.render_task)  # type: ignore[arg-type]
+        register(SALESFORCE, "contacts", salesforce.parse_contact,  # type: ignore[arg-type]
+                 salesforce.render_contact)  # type: ignore[arg-type]
 
 
 _ENVELOPE = {ICALENDAR: ("BEGIN:VCALENDAR", "END:VCALENDAR"), VCARD: ("BEGIN:VCARD", "END:VCARD")}
