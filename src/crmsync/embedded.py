@@ -100,6 +100,8 @@ class Radicale:
         else:
             method, body = "MKCOL", _MKCOL_ADDRESSBOOK.format(name=name)
         with httpx.Client(timeout=10.0) as client:
+            # The user's own folder first (405: it is there already).
+            client.request("MKCOL", f"{self.url}{quote(user)}/")
             response = client.request(method, url, content=body.encode(),
                                       headers={"Content-Type": "application/xml"})
         if response.status_code != 201:

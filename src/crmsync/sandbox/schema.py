@@ -201,7 +201,7 @@ OBJECTS: dict[str, SObject] = {
         _s("FirstName", 40), _s("LastName", 80, nillable=False), _ro("Name", "string", 121),
         Field("Email", "email", 80), _s("Company", 255, nillable=False), _s("Title", 128),
         Field("Phone", "phone", 40), _ro("IsConverted", "boolean", nillable=False),
-    ], createable=False),
+    ]),
     "Account": _build("Account", [*_common(), _owner(), _s("Name", 255, nillable=False)]),
     "User": _build("User", [
         *_common(), _ro("Name", "string", 121), _ro("Email", "email", 128),
@@ -210,7 +210,7 @@ OBJECTS: dict[str, SObject] = {
 }
 
 REQUIRED = {
-    "Contact": ("LastName",), "Account": ("Name",),
+    "Contact": ("LastName",), "Lead": ("LastName", "Company"), "Account": ("Name",),
     "EventRelation": ("EventId", "RelationId"),
 }
 
