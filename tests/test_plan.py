@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from crmsync.connectors.vdir import VdirConnector
-from crmsync.model import Contact, Occurrence, Task
+from crmsync.model import Contact, Occurrence, Phone, Task
 from crmsync.plan import Pair, View, make_plan, pair_up
 from crmsync.policy import Policy
 
@@ -180,6 +180,22 @@ def test_identical_items_found_on_both_sides_are_linked_not_copied():
     plan = plan_of(unpaired={"crm": [item(event("a"), "a.ics")],
                              "groupware": [item(event("a"), "a2.ics")]})
     assert ops(plan) == [("link", None)]
+
+
+def test_pairing_without_a_base_fills_empty_fields_instead_of_wiping_them():
+    # The CRM knows the phone, the address book the company; newest wins only where both
+    # hold a value. Neither side loses what only it knew.
+    crm = Contact(uid="sam", full_name="Sam Initech", emails=["sam@initech.example"],
+                  title="CTO", phones=[Phone("+1 555 0100", "work")])
+    gw = Contact(uid="sam", full_name="Sam Initech", emails=["sam@initech.example"],
+                 title="Chief Technology Officer", company="Initech")
+    plan = make_plan("contacts", [], Policy(), frozenset(Contact().fields()), unpaired={
+        "crm": [item(crm, "c.vcf", modified="2026-01-02T00:00:00Z")],
+        "groupware": [item(gw, "g.vcf", modified="2026-01-01T00:00:00Z")]})
+    writes = {a.side: a.changes for _, a in plan.actions()}
+    assert writes["crm"] == {"company": "Initech"}
+    assert set(writes["groupware"]) == {"title", "phones"}
+    assert writes["groupware"]["title"] == "CTO"  # the newer side wins a real clash
 
 
 def test_mass_delete_guard_trips_over_share_and_minimum():

@@ -29,6 +29,8 @@ Op = Literal["create", "update", "delete", "conflict", "skip", "link"]
 WRITES: frozenset[Op] = frozenset({"create", "update", "delete"})
 _RANK = {"delete": 0, "conflict": 1, "update": 2, "create": 3, "link": 4, "skip": 5}
 SIDE_NAME = {"crm": "CRM", "groupware": "groupware"}
+# Field values that say "nothing here" (see _Planner._merge).
+_EMPTY: tuple[Any, ...] = (None, "", [], {})
 
 # After a step: "record" stores the pair's new state once its writes succeed; "settle"
 # stores nothing but the change is handled; "retry" leaves it to be presented again on
@@ -393,9 +395,12 @@ class _Planner:
                 changed[side] = diff(base, now[side])
         else:
             # No base (re-paired after the store was lost, or first sync of items that
-            # exist on both sides): every difference counts as changed on both sides.
-            changed["crm"] = diff(now["groupware"], now["crm"])
-            changed["groupware"] = diff(now["crm"], now["groupware"])
+            # exist on both sides): every difference counts as changed on both sides,
+            # except that a side lacking a value never wipes the other side's: it is
+            # filled from it instead.
+            for side in SIDES:
+                changed[side] = {k: v for k, v in diff(now[other(side)], now[side]).items()
+                                 if v not in _EMPTY}
         clash = sorted(k for k in changed["crm"].keys() & changed["groupware"].keys()
                        if changed["crm"][k] != changed["groupware"][k])
         note = ""
