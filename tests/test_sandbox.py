@@ -793,3 +793,19 @@ def test_the_command_line_serves_until_ctrl_c(tmp_path: Path) -> None:
         proc.kill()
     assert proc.returncode == 0, err
     assert "Sandbox stopped." in out and secrets["client_secret"] not in out + first
+
+
+def test_a_zoned_series_takes_its_until_in_utc(sf_client: httpx.Client) -> None:
+    # RFC 5545 3.3.10: with a zoned start, UNTIL is given in UTC. 09:00 Berlin until the
+    # third Monday's 08:00 UTC (= 09:00 CET): three occurrences, the DST change between.
+    tag = _unique("Until")
+    _create(sf_client, "Event", Subject=tag, StartDateTime="2026-10-19T07:00:00Z",
+            EndDateTime="2026-10-19T08:00:00Z", IsRecurrence2=True,
+            Recurrence2PatternText="RRULE:FREQ=WEEKLY;UNTIL=20261102T080000Z",
+            Recurrence2PatternTimeZone="Europe/Berlin")
+    rows = _query(sf_client, f"SELECT StartDateTime FROM Event WHERE Subject = '{tag}' "
+                             "AND Recurrence2PatternText = null ORDER BY StartDateTime"
+                  ).json()["records"]
+    assert [r["StartDateTime"] for r in rows] == [
+        "2026-10-19T07:00:00.000+0000", "2026-10-26T08:00:00.000+0000",
+        "2026-11-02T08:00:00.000+0000"]

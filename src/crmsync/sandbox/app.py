@@ -92,6 +92,8 @@ def create_app(state: State) -> FastAPI:
                                        "TotalRequests Limit exceeded."), state)
             state.org.api_used += 1
             state.org.api_calls += 1
+            kind = _call_kind(request.method, path)
+            state.org.api_calls_by[kind] = state.org.api_calls_by.get(kind, 0) + 1
             state.org.purge_deleted(format_datetime(state.org.now() - RETENTION))
         response = await call_next(request)
         response.headers["Sforce-Limit-Info"] = _limit_header(state)
@@ -247,3 +249,11 @@ def _replication_route(state: State, kind: str) -> Callable[..., Awaitable[Any]]
         return replication.deleted(state, obj.name, start, end)
 
     return replicate
+
+
+def _call_kind(method: str, path: str) -> str:
+    """``POST composite/sobjects``, ``GET query``, ``GET sobjects/Event``: what a call did,
+    for the ledger in /_sandbox/stats (record Ids and query locators left out)."""
+    rest = path.split("/services/data/", 1)[-1].split("/")[1:]
+    head = rest[:2] if rest[:1] == ["sobjects"] or rest[:1] == ["composite"] else rest[:1]
+    return f"{method} {'/'.join(p for p in head if p)}"

@@ -90,6 +90,7 @@ class Org:
         self._last_stamp: datetime | None = None
         self.daily_limit = self.configured_daily_limit = daily_limit
         self.api_calls = 0  # since start, for /_sandbox/stats
+        self.api_calls_by: dict[str, int] = {}  # the same, per kind of call
         if self.meta("org_id") is None:
             self.set_meta("org_id", id18("00D" + "RM" + "0" + "000000001"))
             # Whole minutes, as replication reads them.

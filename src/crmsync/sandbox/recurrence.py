@@ -79,7 +79,9 @@ def _starts(data: dict[str, Any]) -> list[datetime]:
                           f"{data['Recurrence2PatternTimeZone']}",
                           ["Recurrence2PatternTimeZone"]) from None
     first = parse_datetime(data["StartDateTime"])
-    local = first.astimezone(zone).replace(tzinfo=None)
+    # Aware in the pattern's zone: wall-clock times hold across DST, and an UNTIL in UTC
+    # (as RFC 5545 requires with a zoned start) compares correctly.
+    local = first.astimezone(zone)
     try:
         rule = rrulestr(pattern, dtstart=local, forceset=True)
     except (ValueError, TypeError) as exc:
@@ -87,7 +89,7 @@ def _starts(data: dict[str, Any]) -> list[datetime]:
                           ["Recurrence2PatternText"]) from None
     starts = []
     for occurrence in rule:
-        moment = occurrence.replace(tzinfo=zone).astimezone(first.tzinfo)
+        moment = occurrence.astimezone(first.tzinfo)
         if moment - first > HORIZON or len(starts) >= MAX_OCCURRENCES:
             break
         starts.append(moment)

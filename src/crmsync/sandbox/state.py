@@ -152,7 +152,8 @@ class State:
         return token
 
     def stats(self) -> dict[str, Any]:
-        return {"api_calls": self.org.api_calls, "api_used": self.org.api_used,
+        return {"api_calls": self.org.api_calls, "api_calls_by": dict(self.org.api_calls_by),
+                "api_used": self.org.api_used,
                 "daily_limit": self.org.daily_limit,
                 "now": format_datetime(self.org.now()),
                 "clock_offset_days": self.org.clock_offset.total_seconds() / 86400}
