@@ -809,3 +809,15 @@ def test_a_zoned_series_takes_its_until_in_utc(sf_client: httpx.Client) -> None:
     assert [r["StartDateTime"] for r in rows] == [
         "2026-10-19T07:00:00.000+0000", "2026-10-26T08:00:00.000+0000",
         "2026-11-02T08:00:00.000+0000"]
+
+
+def test_an_all_day_series_takes_a_date_until(sf_client: httpx.Client) -> None:
+    tag = _unique("Daily")
+    _create(sf_client, "Event", Subject=tag, IsAllDayEvent=True, ActivityDate="2026-12-01",
+            EndDate="2026-12-01", IsRecurrence2=True,
+            Recurrence2PatternText="RRULE:FREQ=DAILY;UNTIL=20261203",
+            Recurrence2PatternTimeZone="Europe/Berlin")
+    rows = _query(sf_client, f"SELECT ActivityDate FROM Event WHERE Subject = '{tag}' "
+                             "AND Recurrence2PatternText = null ORDER BY ActivityDate"
+                  ).json()["records"]
+    assert [r["ActivityDate"] for r in rows] == ["2026-12-01", "2026-12-02", "2026-12-03"]

@@ -32,6 +32,7 @@ The sandbox's model (written down in /work/notes/sf-contract.md, "Sandbox notes"
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -79,9 +80,13 @@ def _starts(data: dict[str, Any]) -> list[datetime]:
                           f"{data['Recurrence2PatternTimeZone']}",
                           ["Recurrence2PatternTimeZone"]) from None
     first = parse_datetime(data["StartDateTime"])
-    # Aware in the pattern's zone: wall-clock times hold across DST, and an UNTIL in UTC
-    # (as RFC 5545 requires with a zoned start) compares correctly.
+    # In the pattern's zone, so wall-clock times hold across DST. Aware when UNTIL is in
+    # UTC (as RFC 5545 requires with a zoned start), naive for a date-only UNTIL (all-day).
+    if data.get("IsAllDayEvent"):
+        zone = ZoneInfo("UTC")  # all-day times are midnight UTC: days stay days
     local = first.astimezone(zone)
+    if not re.search(r"UNTIL=\d{8}T\d{6}Z", pattern.upper()):
+        local = local.replace(tzinfo=None)
     try:
         rule = rrulestr(pattern, dtstart=local, forceset=True)
     except (ValueError, TypeError) as exc:
@@ -89,7 +94,8 @@ def _starts(data: dict[str, Any]) -> list[datetime]:
                           ["Recurrence2PatternText"]) from None
     starts = []
     for occurrence in rule:
-        moment = occurrence.astimezone(first.tzinfo)
+        moment = (occurrence if occurrence.tzinfo else occurrence.replace(tzinfo=zone)
+                  ).astimezone(first.tzinfo)
         if moment - first > HORIZON or len(starts) >= MAX_OCCURRENCES:
             break
         starts.append(moment)
