@@ -373,7 +373,8 @@ def history(
 def login(
     name: Annotated[str, typer.Argument(help="The profile.")],
     side: Annotated[str, typer.Option(help="crm or groupware.")] = "groupware",
-    username: Annotated[str | None, typer.Option(help="User name (basic auth).")] = None,
+    username: Annotated[str | None, typer.Option(
+        help="User name (basic auth; the Salesforce user with --jwt-key).")] = None,
     password_stdin: Annotated[bool, typer.Option(
         "--password-stdin", help="Read the password from standard input.")] = False,
     token_stdin: Annotated[bool, typer.Option(
@@ -382,13 +383,64 @@ def login(
         help="A PEM file of CA certificates to trust.")] = None,
     insecure: Annotated[bool, typer.Option(
         "--insecure", help="Do not verify TLS certificates (not recommended).")] = False,
+    client_id: Annotated[str | None, typer.Option(
+        help="Salesforce: the connected app's consumer key (OAuth 2.0).")] = None,
+    client_secret_stdin: Annotated[bool, typer.Option(
+        "--client-secret-stdin", help="Salesforce: read the consumer secret from standard "
+        "input (first line), else $CRMSYNC_CRM_CLIENT_SECRET, else it is asked for.")] = False,
+    login_url: Annotated[str | None, typer.Option(
+        help="Salesforce: where to log in (default https://login.salesforce.com), e.g. "
+        "https://test.salesforce.com, or the crmsync sandbox's own URL.",
+        show_default=False)] = None,
+    jwt_key: Annotated[Path | None, typer.Option(
+        help="Salesforce JWT bearer flow (server edition): the private key (PEM) of the "
+        "connected app's certificate; with --client-id and --username.")] = None,
+    redirect_port: Annotated[int, typer.Option(
+        help="Salesforce web server flow: port of the redirect listener on 127.0.0.1 "
+        "(0: any free one).")] = 0,
+    redirect_uri: Annotated[str | None, typer.Option(
+        help="Salesforce web server flow: the callback URL registered for the app "
+        "(http://localhost:PORT/PATH is listened on; required with --code-stdin).")] = None,
+    code_stdin: Annotated[bool, typer.Option(
+        "--code-stdin", help="Salesforce web server flow: read the authorization code (or "
+        "the address redirected to) from standard input instead of listening.")] = False,
+    no_browser: Annotated[bool, typer.Option(
+        "--no-browser", help="Only print the authorize address; do not open a browser.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(
+        help="Salesforce web server flow: seconds to wait for the authorization.")] = 300,
 ) -> None:
-    """Store a side's credentials, encrypted. The password is asked for, never an argument."""
+    """Store a side's credentials, encrypted. Secrets are asked for, never arguments.
+
+    For a salesforce: endpoint, authorize crmsync with OAuth 2.0: --client-id for the
+    web server flow (a browser approves; a refresh token is saved), or --jwt-key,
+    --client-id and --username for the JWT bearer flow.
+    """
     from crmsync.connectors.base import Credentials
     from crmsync.secrets import SecretStore, save_credentials
 
     if side not in ("crm", "groupware"):
         raise ConfigError("--side must be crm or groupware")
+    profile = _store().profile(name)
+    oauth = {"--client-id": client_id, "--client-secret-stdin": client_secret_stdin,
+             "--login-url": login_url, "--jwt-key": jwt_key, "--code-stdin": code_stdin,
+             "--redirect-uri": redirect_uri, "--redirect-port": redirect_port}
+    tls = Credentials(verify=not insecure,
+                      ca_bundle=str(ca_bundle.expanduser().resolve()) if ca_bundle else None)
+    if _is_salesforce(profile, side) and not token_stdin:
+        saved, what = _salesforce_login(
+            name, side, tls, username=username, client_id=client_id,
+            client_secret_stdin=client_secret_stdin, login_url=login_url, jwt_key=jwt_key,
+            redirect_port=redirect_port, redirect_uri=redirect_uri, code_stdin=code_stdin,
+            browser=not no_browser, timeout=timeout)
+        save_credentials(SecretStore(_paths()), name, side, saved)  # type: ignore[arg-type]
+        _console().print(f"Saved the {side} credentials of {name} (encrypted): {what}.",
+                         highlight=False)
+        return
+    if any(oauth.values()):
+        raise ConfigError(f"{', '.join(k for k, v in oauth.items() if v)}: OAuth options are "
+                          f"for a salesforce: endpoint, and the {side} side of {name} is not "
+                          "one" + ("" if side == "crm" else " (pass --side crm)"))
     password = token = None
     if token_stdin:
         token = sys.stdin.readline().strip()
@@ -396,11 +448,76 @@ def login(
         password = sys.stdin.readline().rstrip("\n")
     elif username:
         password = typer.prompt(f"Password for {username}", hide_input=True)
-    _store().profile(name)
     save_credentials(SecretStore(_paths()), name, side,  # type: ignore[arg-type]
-                     Credentials(username, password, token, not insecure,
-                                 str(ca_bundle) if ca_bundle else None))
+                     Credentials(username, password, token, tls.verify, tls.ca_bundle))
     _console().print(f"Saved the {side} credentials of {name} (encrypted).")
+
+
+def _is_salesforce(profile, side: str) -> bool:
+    return any(profile.endpoint(side, kind).startswith("salesforce:")
+               for kind in profile.objects)
+
+
+def _salesforce_login(name: str, side: str, tls, *, username: str | None,
+                      client_id: str | None, client_secret_stdin: bool,
+                      login_url: str | None, jwt_key: Path | None, redirect_port: int,
+                      redirect_uri: str | None, code_stdin: bool, browser: bool,
+                      timeout: float):
+    """OAuth 2.0 at Salesforce (see crmsync.oauth_login): the credentials and a note of
+    what they hold (names, never values)."""
+    import os
+
+    from crmsync import oauth_login
+    from crmsync.connectors.sfapi import LOGIN_URL
+
+    login_url = (login_url or LOGIN_URL).rstrip("/")
+    if not client_id:
+        raise ConfigError(f"the {side} side of {name} is Salesforce: give --client-id (the "
+                          "connected app's consumer key) for the web server flow, or "
+                          "--jwt-key, --client-id and --username for the JWT bearer flow")
+    if jwt_key is not None:
+        if not username:
+            raise ConfigError("the JWT bearer flow needs --username (the Salesforce user)")
+        pem = oauth_login.read_private_key(str(jwt_key))
+        creds, _token = oauth_login.jwt_login(client_id=client_id, username=username,
+                                              private_key=pem, login_url=login_url, tls=tls)
+        return creds, ("client id, user name, private key, login URL"
+                       + (", CA bundle" if tls.ca_bundle else "") + " (JWT bearer flow)")
+    if code_stdin and not redirect_uri:
+        raise ConfigError("--code-stdin needs --redirect-uri: the callback URL the code "
+                          "was issued for")
+    if client_secret_stdin:
+        secret = sys.stdin.readline().rstrip("\r\n")
+    else:
+        secret = os.environ.get(f"CRMSYNC_{side.upper()}_CLIENT_SECRET") or typer.prompt(
+            "Consumer secret of the connected app", hide_input=True, err=True)
+    if not secret:
+        raise ConfigError("the consumer secret is empty")
+
+    def show(url: str) -> None:
+        sys.stdout.write(("Open this address, approve, then paste the code (or the address "
+                          "you were sent to):" if code_stdin else
+                          f"Open this address to let crmsync in (waiting up to {timeout:g} "
+                          "s):") + f"\n{url}\n")
+        sys.stdout.flush()
+
+    if code_stdin:
+        assert redirect_uri is not None
+        uri = redirect_uri
+        code = oauth_login.pasted_login(client_id=client_id, redirect_uri=uri,
+                                        login_url=login_url, show=show,
+                                        read=sys.stdin.readline)
+    else:
+        with oauth_login.Listener(redirect_port, redirect_uri) as listener:
+            uri = listener.redirect_uri
+            code = oauth_login.browser_login(listener, client_id=client_id,
+                                             login_url=login_url, timeout=timeout,
+                                             show=show, browser=browser)
+    creds, _token = oauth_login.finish_web_login(
+        code, client_id=client_id, client_secret=secret, redirect_uri=uri,
+        login_url=login_url, tls=tls)
+    return creds, ("client id, client secret, refresh token, login URL"
+                   + (", CA bundle" if tls.ca_bundle else "") + " (web server flow)")
 
 
 @app.command()

@@ -23,7 +23,7 @@ OAuth flows:
   :func:`exchange_code`; https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_web_server_flow.htm
 * refresh token flow: https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_refresh_token_flow.htm
 * JWT bearer flow (server edition: a connected app with a certificate, no user
-  interaction): :func:`jwt_assertion`; https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_jwt_flow.htm
+  interaction): :func:`jwt_assertion`, :func:`jwt_token`; https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_jwt_flow.htm
 
 An access token that expires mid-run (401 INVALID_SESSION_ID) is renewed by the flow the
 credentials allow and the call is sent once more. Secrets never appear in repr() or in
@@ -123,6 +123,19 @@ def exchange_code(code: str, *, client_id: str, client_secret: str | None, redir
                 "redirect_uri": redirect_uri}
         if client_secret:
             form["client_secret"] = client_secret
+        return token_request(http, login_url, form)
+    finally:
+        http.close()
+
+
+def jwt_token(*, client_id: str, username: str, private_key: str,
+              login_url: str = LOGIN_URL, credentials: Credentials | None = None,
+              transport: httpx.BaseTransport | None = None) -> Token:
+    """An access token by the JWT bearer flow (``private_key``: PEM text or a file)."""
+    http = _http(credentials, transport)
+    try:
+        form = {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+                "assertion": jwt_assertion(client_id, username, login_url, private_key)}
         return token_request(http, login_url, form)
     finally:
         http.close()
