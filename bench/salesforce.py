@@ -34,8 +34,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from crmsync.config import Paths
 from crmsync.connectors.base import Credentials
 from crmsync.sandbox.server import Sandbox
@@ -52,13 +50,7 @@ class Org:
 
     def __init__(self, sandbox: Sandbox) -> None:
         self.sandbox = sandbox
-        self.http = httpx.Client(base_url=sandbox.url, verify=sandbox.ssl_context(),
-                                 timeout=120)
-        token = self.http.post("/services/oauth2/token", data={
-            "grant_type": "refresh_token", "refresh_token": sandbox.refresh_token,
-            "client_id": sandbox.client_id, "client_secret": sandbox.client_secret})
-        token.raise_for_status()
-        self.http.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+        self.http = sandbox.client(timeout=120)
 
     def calls(self) -> dict[str, int]:
         """The sandbox's ledger: every API call so far, by kind ("POST composite/sobjects")."""

@@ -37,6 +37,8 @@ from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 import httpx
 import pytest
 
+from crmsync.embedded import free_port
+
 from conftest import require_service
 
 USERNAME = "ana"
@@ -120,12 +122,6 @@ class DavServer:
 
 
 # --- server processes -------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _tail(path: Path, lines: int = 30) -> str:

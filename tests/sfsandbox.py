@@ -49,7 +49,5 @@ def sandbox() -> Iterator[Sandbox]:
 @pytest.fixture
 def sf_client(sandbox: Sandbox) -> Iterator[httpx.Client]:
     control(sandbox, "reset")
-    headers = {"Authorization": f"Bearer {access_token(sandbox)}"}
-    with httpx.Client(base_url=sandbox.url, verify=sandbox.ssl_context(), headers=headers,
-                      timeout=10) as client:
+    with sandbox.client(timeout=10) as client:
         yield client

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
-
 from crmsync.demo import MARKER
 from crmsync.sandbox.server import Sandbox
 
-from sfsandbox import API, access_token
+from sfsandbox import API
 from test_cli import crmsync
 
 
@@ -21,10 +19,8 @@ def _calendar_files(demo: Path) -> dict[str, str]:
 
 def _crm(demo: Path, soql: str) -> list[dict]:
     """Query the demo's CRM data, kept on disk after the demo stopped its sandbox."""
-    with Sandbox(db_path=demo / "sandbox.db") as sandbox:
-        headers = {"Authorization": f"Bearer {access_token(sandbox)}"}
-        answer = httpx.get(f"{sandbox.url}{API}/query", params={"q": soql}, headers=headers,
-                           verify=sandbox.ssl_context())
+    with Sandbox(db_path=demo / "sandbox.db") as sandbox, sandbox.client() as http:
+        answer = http.get(f"{API}/query", params={"q": soql})
     answer.raise_for_status()
     return answer.json()["records"]
 

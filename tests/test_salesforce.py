@@ -113,12 +113,8 @@ def when(days: int, hour: int = 9) -> str:
 
 
 def api(sandbox: Sandbox, method: str, path: str, body: object = None) -> httpx.Response:
-    token = httpx.post(sandbox.url + "/services/oauth2/token", verify=sandbox.ssl_context(),
-                       data={"grant_type": "refresh_token", "client_id": sandbox.client_id,
-                             "refresh_token": sandbox.refresh_token}).json()["access_token"]
-    return httpx.request(method, sandbox.url + API + "/" + path, json=body,
-                         verify=sandbox.ssl_context(),
-                         headers={"Authorization": f"Bearer {token}"})
+    with sandbox.client() as http:
+        return http.request(method, API + "/" + path, json=body)
 
 
 def create_contact(sandbox: Sandbox, email: str, last: str = "Person") -> str:

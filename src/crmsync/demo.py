@@ -140,12 +140,7 @@ def _seed_groupware(radicale: Any, now: datetime) -> dict[str, str]:
 
 def _seed_crm(sandbox: Any, now: datetime) -> None:
     """Enter the CRM's records through the sandbox's REST API, as a CRM user would."""
-    with httpx.Client(base_url=sandbox.url, verify=str(sandbox.ca_path), timeout=30) as http:
-        token = http.post("/services/oauth2/token", data={
-            "grant_type": "refresh_token", "refresh_token": sandbox.refresh_token,
-            "client_id": sandbox.client_id, "client_secret": sandbox.client_secret})
-        _check(token, "token")
-        http.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+    with sandbox.client() as http:
         ids: dict[str, list[str]] = {}
         for obj, rows in crm_samples(now).items():
             answer = http.post(f"{API}/composite/sobjects", json={"allOrNone": True, "records": [

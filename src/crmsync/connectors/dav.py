@@ -236,6 +236,9 @@ LISTING_PROPS = ("D:resourcetype", "D:displayname", "C:supported-calendar-compon
 DISCOVERY_PROPS = (*LISTING_PROPS, "D:current-user-principal", "C:calendar-home-set",
                    "CR:addressbook-home-set")
 _DATA = {"caldav": "C:calendar-data", "carddav": "CR:address-data"}
+# How servers refuse a REPORT they do not support (multiget, time-range query): the
+# connector then reads another way.
+NO_SUCH_REPORT = (400, 403, 405, 415, 501)
 
 
 def _xml(root: str, inner: str) -> bytes:
@@ -966,7 +969,7 @@ class DavConnector(Connector):
         """
         start, end = window
         response = self._report(time_range_query_body(COMPONENT[kind], start, end), "1")
-        if response.status_code in (400, 403, 405, 415, 501):
+        if response.status_code in NO_SUCH_REPORT:
             return None
         if response.status_code != 207:
             raise self._collection_error(response, "calendar-query")
@@ -1045,7 +1048,7 @@ class DavConnector(Connector):
             response = self._report(multiget_body(self.protocol, batch))
             if response.status_code == 207:
                 answered = self._items(response, set(batch), out)
-            elif response.status_code in (400, 403, 405, 415, 501):
+            elif response.status_code in NO_SUCH_REPORT:
                 answered = set()  # no multiget here: each item is fetched on its own
             else:
                 raise self._collection_error(response, "multiget")

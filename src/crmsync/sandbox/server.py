@@ -1,9 +1,10 @@
 """Run the sandbox: uvicorn with TLS on a loopback port, in a background thread.
 
-    with Sandbox() as sf:
-        httpx.post(sf.url + "/services/oauth2/token", verify=sf.ca_path, data={
-            "grant_type": "refresh_token", "refresh_token": sf.refresh_token,
-            "client_id": sf.client_id})
+    with Sandbox() as sf, sf.client() as http:
+        http.get("/services/data/v62.0/query", params={"q": "SELECT Id FROM Contact"})
+
+A connector is given ``sf.url``, ``sf.ca_path``, ``sf.client_id``, ``sf.client_secret``
+and ``sf.refresh_token`` (or the JWT key) instead.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -23,6 +25,9 @@ from crmsync.sandbox import tls
 from crmsync.sandbox.app import create_app
 from crmsync.sandbox.db import Org
 from crmsync.sandbox.state import State
+
+if TYPE_CHECKING:
+    import httpx
 
 STARTUP_TIMEOUT = 15.0
 
@@ -84,6 +89,20 @@ class Sandbox:
     def ssl_context(self) -> ssl.SSLContext:
         """A client context that trusts the sandbox's CA (for ``httpx``'s ``verify=``)."""
         return ssl.create_default_context(cafile=self.ca_path)
+
+    def client(self, timeout: float = 30.0) -> httpx.Client:
+        """An httpx client on the sandbox, logged in as its user (by the refresh token):
+        what a CRM user or a test needs to enter and inspect records."""
+        import httpx
+
+        verify = self.ssl_context()
+        token = httpx.post(self.url + "/services/oauth2/token", verify=verify, timeout=timeout,
+                           data={"grant_type": "refresh_token", "client_id": self.client_id,
+                                 "client_secret": self.client_secret,
+                                 "refresh_token": self.refresh_token})
+        token.raise_for_status()
+        return httpx.Client(base_url=self.url, verify=verify, timeout=timeout, headers={
+            "Authorization": f"Bearer {token.json()['access_token']}"})
 
     @property
     def login_url(self) -> str:

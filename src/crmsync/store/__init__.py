@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    Connection,
     Engine,
     bindparam,
     create_engine,
@@ -281,11 +282,7 @@ class Store:
         stamp = now()
         with self.engine.begin() as conn:
             for side, value in new_cursors.items():
-                where = (cursors.c.profile_id == profile_id, cursors.c.kind == kind,
-                         cursors.c.side == side)
-                conn.execute(delete(cursors).where(*where))
-                conn.execute(insert(cursors).values(profile_id=profile_id, kind=kind,
-                                                    side=side, value=value, updated_at=stamp))
+                _set_cursor(conn, profile_id, kind, side, value, stamp)
             conn.execute(delete(pending).where(pending.c.profile_id == profile_id,
                                                pending.c.kind == kind))
             rows = [{"profile_id": profile_id, "kind": kind, "side": side, "item_id": i}
@@ -300,10 +297,7 @@ class Store:
         ``cursor`` and still looks at those ids."""
         c = pending.c
         with self.engine.begin() as conn:
-            conn.execute(delete(cursors).where(cursors.c.profile_id == profile_id,
-                                               cursors.c.kind == kind, cursors.c.side == side))
-            conn.execute(insert(cursors).values(profile_id=profile_id, kind=kind, side=side,
-                                                value=cursor, updated_at=now()))
+            _set_cursor(conn, profile_id, kind, side, cursor, now())
             known = set(conn.execute(select(c.item_id).where(
                 c.profile_id == profile_id, c.kind == kind, c.side == side)).scalars())
             rows = [{"profile_id": profile_id, "kind": kind, "side": side, "item_id": i}
@@ -409,3 +403,11 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=10000")
     cur.close()
+
+
+def _set_cursor(conn: Connection, profile_id: int, kind: ObjectKind, side: Side,
+                value: str | None, stamp: str) -> None:
+    conn.execute(delete(cursors).where(cursors.c.profile_id == profile_id,
+                                       cursors.c.kind == kind, cursors.c.side == side))
+    conn.execute(insert(cursors).values(profile_id=profile_id, kind=kind, side=side,
+                                        value=value, updated_at=stamp))
