@@ -450,6 +450,56 @@ def test_creates_go_in_collections_of_200(sandbox: Sandbox, make: Factory) -> No
     assert counting.count("DELETE", "/composite/sobjects") - before == 2
 
 
+def _series(n: int) -> list[Event]:
+    out = []
+    for k in range(n):
+        slots = [when(3 + 7 * w, 8 + k % 8) for w in range(5)]
+        out.append(Event(summary=unique("Weekly"), start=slots[0], end=when(3, 9 + k % 8),
+                         tz="UTC", rrule="FREQ=WEEKLY;COUNT=5", exdates=[slots[2]],
+                         overrides={slots[1]: Occurrence(summary="Moved", start=when(11, 17),
+                                                         end=when(11, 18))}))
+    return out
+
+
+def test_series_writes_cost_the_same_calls_for_3_or_30_series(sandbox: Sandbox,
+                                                              make: Factory) -> None:
+    """Series with exceptions are written in batches across series: the calls a write
+    costs do not grow with the number of series (each used to cost six or more)."""
+    used = {}
+    for n in (3, 30):
+        sf_side = make()
+        before = api_calls(sandbox)
+        created = sf_side.apply("calendar", [Create(ical(e)) for e in _series(n)])
+        assert [r.status for r in created] == ["ok"] * n, [r.error for r in created]
+        made = api_calls(sandbox) - before
+        for result in created:
+            stored = result.item.record()  # type: ignore[union-attr]
+            assert len(stored.exdates) == 1 and list(stored.overrides.values())[0].summary \
+                == "Moved"
+        before = api_calls(sandbox)
+        updates = []
+        for result in created:
+            item = result.item
+            assert item is not None
+            stored = item.record()
+            stored.summary += " (renamed)"
+            stored.exdates = sorted([*stored.exdates, stored.start])  # cancel the first one
+            updates.append(Update(item.id, item.version, {"summary": stored.summary,
+                                                           "exdates": stored.exdates},
+                                  planned=item))
+        updated = sf_side.apply("calendar", updates)
+        assert [r.status for r in updated] == ["ok"] * n, [r.error for r in updated]
+        for result in updated:
+            stored = result.item.record()  # type: ignore[union-attr]
+            assert stored.summary.endswith("(renamed)") and len(stored.exdates) == 2
+        used[n] = (made, api_calls(sandbox) - before)
+    assert used[30] == used[3], used
+    # Create: describe, the records, their series Ids, the series' occurrences, the
+    # exceptions (one PATCH, one DELETE), the read-back. Update: the version check, the
+    # PATCH, the DELETE, the read-back.
+    assert used[30] == (7, 4), used
+
+
 # --- errors ------------------------------------------------------------------------------
 
 

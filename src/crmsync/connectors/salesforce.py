@@ -176,6 +176,20 @@ CAPABILITY_FIELDS: dict[ObjectKind, frozenset[str]] = {
 
 
 @dataclass(frozen=True)
+class _Shape:
+    """The occurrence work of one series written: delete the occurrences of ``exdates``,
+    write ``overrides`` over theirs. ``record_id`` is the series Id, or the record just
+    inserted for a new series; ``item`` the series as read, when its occurrences are
+    known and stay where they are."""
+
+    index: int
+    record_id: str
+    exdates: list[str]
+    overrides: dict[str, Occurrence]
+    item: Item | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     """The endpoint's options; see the module docstring."""
 
@@ -541,11 +555,13 @@ class SalesforceConnector(Connector):
         records: list[dict[str, Any]] = []
         for status, body in self.client.composite(requests):
             records += self.client.more(_ok(body, status, "the Event query"))
-        items = self._items("calendar", records, set())
+        items = self._items("calendar", records, set(), whole=series)
         return {i: items[i] for i in ids if i in items}
 
     def _items(self, kind: ObjectKind, records: list[dict[str, Any]],
-               more_events: set[str]) -> dict[str, Item]:
+               more_events: set[str], whole: Iterable[str] = ()) -> dict[str, Item]:
+        """Items from records as queried; ``whole``: series all of whose records are
+        among them already."""
         if kind != "calendar":
             return {r["Id"]: self._item(kind, r["Id"], {SOBJECT[kind]: _clean(r)}, [r])
                     for r in records}
@@ -561,7 +577,7 @@ class SalesforceConnector(Connector):
             records = records + self._query_events("Id", sorted(wanted))
         # Occurrences of a series listed as changed: read the whole series.
         series_ids = {r["ActivityRecurrence2Id"] for r in records
-                      if r.get("ActivityRecurrence2Id")}
+                      if r.get("ActivityRecurrence2Id")} - set(whole)
         if series_ids:
             have = {r["Id"] for r in records}
             records += [r for r in self._query_events("ActivityRecurrence2Id", sorted(series_ids))
@@ -708,18 +724,31 @@ class SalesforceConnector(Connector):
                     deletes.append((i, _record_ids(current[write.id])))
             except CrmsyncError as exc:
                 results[i] = Result("failed", error=str(exc))
-        for i, record, values, _files in creates:
-            if kind == "calendar" and isinstance(record, Event) and record.rrule:
-                results[i] = self._create_series(record, values)
-        plain = [(i, r, v) for i, r, v, _ in creates if results[i] is None]
-        created = self._insert(kind, [(i, v) for i, _, v in plain], results)
-        if kind == "calendar":
-            self._write_invitees([(created[i], r, None) for i, r, _ in plain if i in created])
-        done = dict(created)
+        done = self._create(kind, [(i, r, v) for i, r, v, _ in creates], results)
         done.update(self._update_many(kind, updates, results))
         self._delete(deletes, results)
         self._read_back(kind, done, results)
         return [r if r is not None else Result("failed", error="not written") for r in results]
+
+    def _create(self, kind: ObjectKind, creates: list[tuple[int, Record, dict[str, Any]]],
+                results: list[Result | None]) -> dict[int, str]:
+        """Insert records, series too, with their invitees, all in one batch: a series'
+        own record, then one more batch for the occurrences its exceptions delete or
+        change. Index -> Id to read back."""
+        if kind == "calendar" and not self.recurrence2():
+            for i, record, values in creates:
+                if _is_series(record):
+                    results[i] = self._create_expanded(record, values)  # type: ignore[arg-type]
+        todo = [(i, r, v) for i, r, v in creates if results[i] is None]
+        created = self._insert(kind, [(i, v) for i, _, v in todo], results)
+        todo = [(i, r) for i, r, _ in todo if i in created]
+        if kind == "calendar":
+            self._write_invitees([(created[i], r, None) for i, r in todo])  # type: ignore[misc]
+        shapes = [_Shape(i, created[i], list(r.exdates), dict(r.overrides))  # type: ignore[attr-defined]
+                  for i, r in todo if _is_series(r)]
+        done = {i: created[i] for i, r in todo if not _is_series(r)}
+        done.update(self._shape(shapes, results))
+        return done
 
     def _values(self, kind: ObjectKind, record: Record, template: dict[str, Any] | None,
                 files: Sequence[str]) -> dict[str, Any]:
@@ -844,52 +873,69 @@ class SalesforceConnector(Connector):
     def _update_many(self, kind: ObjectKind, updates: list[tuple[int, Update, Item, Record]],
                      results: list[Result | None]) -> dict[int, str]:
         """Write each record over its item (versions checked): one PATCH collection for
-        all, then the invitees of all. Index -> Id to read back."""
+        all (series' records too), then the invitees of all, then the occurrences the
+        series' new exceptions delete or change. Index -> Id to read back."""
         obj = SOBJECT[kind]
-        planned: list[tuple[int, Item, Record, dict[str, Any], dict[str, Any]]] = []
+        planned: list[tuple[int, Record, dict[str, Any], dict[str, Any]]] = []
+        patches: list[tuple[int, dict[str, Any]]] = []
+        shapes: list[_Shape] = []
         for i, _write, item, record in updates:
             doc = json.loads(item.raw)
-            if kind == "calendar" and (item.id.startswith(SERIES_PREFIX)
-                                       or getattr(record, "rrule", None)):
-                results[i] = self._update_series(item, record)  # type: ignore[arg-type]
-                continue
             try:
+                if kind == "calendar" and (item.id.startswith(SERIES_PREFIX)
+                                           or _is_series(record)):
+                    work = self._update_series(item, record, doc)  # type: ignore[arg-type]
+                    if isinstance(work, Result):
+                        results[i] = work
+                        continue
+                    patches += [(i, patch) for patch in work[0]]
+                    shapes.append(replace(work[1], index=i))
+                    planned.append((i, record, doc, {}))
+                    continue
                 values = self._values(kind, record, doc[obj], ())
             except ItemError as exc:
                 results[i] = Result("failed", error=str(exc))
                 continue
-            planned.append((i, item, record, doc, values))
+            planned.append((i, record, doc, values))
         if kind == "contacts":
-            self._resolve_accounts([(values, doc[obj]) for _, _, _, doc, values in planned])
-        patches = []
-        for i, _item, _record, doc, values in planned:
+            self._resolve_accounts([(values, doc[obj]) for _, _, doc, values in planned])
+        for i, _record, doc, values in planned:
             changed = self._writable(kind, values, False, before=doc[obj])
             if changed:
                 patches.append((i, {"attributes": {"type": obj}, "Id": doc[obj]["Id"],
                                     **changed}))
         for i, answer in self._collection("PATCH", patches) if patches else []:
-            if not answer.get("success"):
+            if not answer.get("success") and results[i] is None:
                 results[i] = Result("failed", error=_failure(obj, answer))
-        written = [(i, item, record, doc) for i, item, record, doc, _ in planned
-                   if results[i] is None]
+        written = [(i, record, doc) for i, record, doc, _ in planned if results[i] is None]
         if kind == "calendar":
             errors = self._write_invitees([(doc[obj]["Id"], record, doc.get("Invitees") or [])
-                                           for _, _, record, doc in written])
-            for i, _, _, doc in written:
+                                           for _, record, doc in written])  # type: ignore[misc]
+            for i, _, doc in written:
                 if doc[obj]["Id"] in errors:
                     results[i] = Result("failed", error=errors[doc[obj]["Id"]])
-        return {i: item.id for i, item, _, _ in written if results[i] is None}
+        ids = {i: item.id for i, _, item, _ in updates}
+        series = {s.index for s in shapes}
+        done = {i: ids[i] for i, _, _ in written if results[i] is None and i not in series}
+        done.update(self._shape([s for s in shapes if results[s.index] is None], results))
+        return done
 
     def _read_back(self, kind: ObjectKind, written: dict[int, str],
                    results: list[Result | None]) -> None:
-        """Give the writes done the items as now stored (one query per 200)."""
+        """Give the writes done the items as now stored (one query per 200). A write that
+        failed part-way (a series whose exception was refused) gets its item too, so the
+        core knows it is there."""
         if not written:
             return
         items = self.fetch(kind, sorted(set(written.values())))
         for i, rid in written.items():
             item = items.get(rid)
-            results[i] = Result("ok", item) if item is not None else Result(
-                "failed", error="written, but Salesforce did not return it when read back")
+            result = results[i]
+            if result is not None:
+                results[i] = replace(result, item=item)
+            else:
+                results[i] = Result("ok", item) if item is not None else Result(
+                    "failed", error="written, but Salesforce did not return it when read back")
 
     # --- invitees ------------------------------------------------------------------------
 
@@ -944,30 +990,64 @@ class SalesforceConnector(Connector):
 
     # --- series --------------------------------------------------------------------------
 
-    def _create_series(self, event: Event, values: dict[str, Any]) -> Result:
-        if not self.recurrence2():
-            return self._create_expanded(event, values)
-        results: list[Result | None] = [None]
-        created = self._insert("calendar", [(0, values)], results)
-        if 0 not in created:
-            return results[0] or Result("failed", error="the series was not created")
-        self._write_invitees([(created[0], event, None)])
-        head = self._query_events("Id", [created[0]])
-        series_id = head[0].get("ActivityRecurrence2Id") if head else None
-        if not series_id:
-            return Result("ok", self.fetch("calendar", [created[0]]).get(created[0]))
-        return self._shape_series(series_id, event.exdates, event.overrides)
+    def _shape(self, shapes: list[_Shape], results: list[Result | None]) -> dict[int, str]:
+        """For every series written, delete the occurrences of its new EXDATEs and write
+        its changed overrides over theirs, all series in one batch of each. Index -> the
+        series Id to read back; a series read here already and left as it was gets its
+        result at once."""
+        found = self._series_of([s.record_id for s in shapes if s.item is None])
+        done: dict[int, str] = {}
+        drops: dict[str, int] = {}
+        patches: list[tuple[int, dict[str, Any]]] = []
+        for s in shapes:
+            item = s.item or found.get(s.record_id)
+            if item is None:
+                results[s.index] = Result("failed", error="the series vanished while it "
+                                                          "was written")
+                continue
+            try:
+                gone, changed = self._occurrence_writes(item, s.exdates, s.overrides)
+            except ItemError as exc:
+                results[s.index] = Result("failed", error=str(exc))
+                done[s.index] = item.id
+                continue
+            if s.item is None and not gone and not changed:
+                results[s.index] = Result("ok", item)
+                continue
+            done[s.index] = item.id
+            drops.update(dict.fromkeys(gone, s.index))
+            patches += [(s.index, patch) for patch in changed]
+        for i, answer in self._collection("PATCH", patches) if patches else []:
+            if not answer.get("success") and results[i] is None:
+                results[i] = Result("failed", error=_failure("Event occurrence", answer))
+        for rid, answer in (self._delete_ids(list(drops)) if drops else {}).items():
+            if not answer.get("success") and _code(answer.get("errors")) not in (
+                    "ENTITY_IS_DELETED", "NOT_FOUND") and results[drops[rid]] is None:
+                results[drops[rid]] = Result("failed",
+                                             error=_failure("Event occurrence", answer))
+        return done
 
-    def _shape_series(self, series_id: str, exdates: Iterable[str],
-                      overrides: dict[str, Occurrence]) -> Result:
-        """Delete the occurrences of ``exdates``, write ``overrides`` over theirs; the
-        series as it is then."""
-        item = self.fetch("calendar", [series_id]).get(series_id)
-        if item is None:
-            return Result("failed", error="the series vanished while it was written")
+    def _series_of(self, ids: list[str]) -> dict[str, Item]:
+        """The series items of series Ids or of their own records (a series just created
+        is known by the record inserted), keyed by what was asked."""
+        if not ids:
+            return {}
+        records = [i for i in ids if not i.startswith(SERIES_PREFIX)]
+        found = self.fetch("calendar", [i for i in ids if i.startswith(SERIES_PREFIX)])
+        heads = self._query_events("Id", records) if records else []
+        items = self._items("calendar", heads, set()) if heads else {}
+        for head in heads:
+            series = head.get("ActivityRecurrence2Id") or head["Id"]
+            if series in items:
+                found[head["Id"]] = items[series]
+        return found
+
+    def _occurrence_writes(self, item: Item, exdates: Iterable[str],
+                           overrides: dict[str, Occurrence]
+                           ) -> tuple[list[str], list[dict[str, Any]]]:
+        """The occurrence records to delete and the patches to write for a series'
+        EXDATEs and overrides (matched to the occurrences of ``item``)."""
         index = sf.occurrence_index(item.raw)
-        series = item.record()
-        assert isinstance(series, Event)
         drops = [index[d]["Id"] for d in exdates if d in index]
         patches = []
         for slot, occurrence in overrides.items():
@@ -985,23 +1065,15 @@ class SalesforceConnector(Connector):
                                              "Location", "Description") if k in values}
             sf.fit("Event", fields, self.lengths("calendar"),
                    truncate_body=self.settings.truncate_body)
-            patches.append((len(patches), {"attributes": {"type": "Event"},
-                                           "Id": record["Id"], **fields}))
-        if not drops and not patches:
-            return Result("ok", item)
-        errors = [a for _, a in self._collection("PATCH", patches) if not a.get("success")] \
-            if patches else []
-        if drops:
-            errors += [a for a in self._delete_ids(drops).values() if not a.get("success")]
-        now = self.fetch("calendar", [series_id]).get(series_id)
-        if errors:
-            return Result("failed", now, error=_failure("Event occurrence", errors[0]))
-        return Result("ok", now)
+            patches.append({"attributes": {"type": "Event"}, "Id": record["Id"], **fields})
+        return drops, patches
 
-    def _update_series(self, item: Item, record: Event) -> Result:
+    def _update_series(self, item: Item, record: Event, doc: dict[str, Any]
+                       ) -> Result | tuple[list[dict[str, Any]], _Shape]:
+        """What updating a series takes: the patches to its records and the occurrence
+        work after them; or, where the series has to be made anew, the result of that."""
         old = item.record()
         assert isinstance(old, Event)
-        doc = json.loads(item.raw)
         head = doc["Event"]
         own = bool(head.get("Recurrence2PatternText")) and bool(doc.get("Occurrences")) \
             and head.get("Id") not in {o.get("Id") for o in doc["Occurrences"]}
@@ -1010,40 +1082,30 @@ class SalesforceConnector(Connector):
         if not record.rrule or not old.rrule or not set(old.exdates) <= set(record.exdates) \
                 or timing and not own:
             return self._recreate(item, record, doc)
-        try:
-            values = self._values("calendar", record, head, ())
-        except ItemError as exc:
-            return Result("failed", error=str(exc))
-        errors: list[dict[str, Any]] = []
+        values = self._values("calendar", record, head, ())
+        patches = []
         if own:
             # The series' own record: Salesforce passes plain fields on to the occurrences
             # that are no exceptions, and lays the occurrences out anew for new timing.
             changed = self._writable("calendar", values, False, before=head)
             if changed:
-                errors += [a for _, a in self._collection("PATCH", [(0, {
-                    "attributes": {"type": "Event"}, "Id": head["Id"], **changed})])
-                    if not a.get("success")]
+                patches.append({"attributes": {"type": "Event"}, "Id": head["Id"], **changed})
         else:
             series_fields = ("Subject", "Location", "Description", "IsPrivate", "ShowAs")
             overridden = {o.start for o in old.overrides.values()} | set(record.overrides)
-            patches = []
             for occurrence in doc.get("Occurrences") or []:
                 if sf._when(occurrence)[0] in overridden:
                     continue
                 changed = {k: values[k] for k in series_fields
                            if k in values and not _same(occurrence.get(k), values[k])}
                 if changed:
-                    patches.append((len(patches), {"attributes": {"type": "Event"},
-                                                   "Id": occurrence["Id"], **changed}))
-            if patches:
-                errors += [a for _, a in self._collection("PATCH", patches)
-                           if not a.get("success")]
-        if errors:
-            return Result("failed", error=_failure("Event", errors[0]))
-        self._write_invitees([(head["Id"], record, doc.get("Invitees") or [])])
-        return self._shape_series(
-            item.id, sorted(set(record.exdates) - set(old.exdates)),
-            {k: v for k, v in record.overrides.items() if old.overrides.get(k) != v})
+                    patches.append({"attributes": {"type": "Event"}, "Id": occurrence["Id"],
+                                    **changed})
+        # New timing lays the occurrences out anew: the exceptions apply to the new ones.
+        return patches, _Shape(0, item.id, sorted(set(record.exdates) - set(old.exdates)),
+                               {k: v for k, v in record.overrides.items()
+                                if old.overrides.get(k) != v},
+                               None if timing else item)
 
     def _recreate(self, item: Item, record: Event, doc: dict[str, Any]) -> Result:
         """Make the event anew (Salesforce cannot bring an occurrence back, nor turn an
@@ -1052,15 +1114,10 @@ class SalesforceConnector(Connector):
             values = self._values("calendar", record, _series_template(doc["Event"]), ())
         except ItemError as exc:
             return Result("failed", error=str(exc))
-        if record.rrule:
-            result = self._create_series(record, values)
-        else:
-            results: list[Result | None] = [None]
-            created = self._insert("calendar", [(0, values)], results)
-            if 0 in created:
-                self._write_invitees([(created[0], record, None)])
-                results[0] = Result("ok", self.fetch("calendar", [created[0]]).get(created[0]))
-            result = results[0] or Result("failed", error="not written")
+        results: list[Result | None] = [None]
+        self._read_back("calendar", self._create("calendar", [(0, record, values)], results),
+                        results)
+        result = results[0] or Result("failed", error="not written")
         if result.status == "ok":
             self._delete_ids(_record_ids(item))
             self._state("calendar").series.pop(item.id, None)
@@ -1179,6 +1236,10 @@ def _same(a: Any, b: Any) -> bool:
 def _best(people: list[dict[str, str]]) -> dict[str, str]:
     order = {"Contact": 0, "Lead": 1, "User": 2}
     return min(people, key=lambda p: order.get(p["type"], 3))
+
+
+def _is_series(record: Record) -> bool:
+    return isinstance(record, Event) and bool(record.rrule)
 
 
 def _record_ids(item: Item) -> list[str]:
