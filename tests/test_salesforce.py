@@ -500,6 +500,23 @@ def test_series_writes_cost_the_same_calls_for_3_or_30_series(sandbox: Sandbox,
     assert used[30] == (7, 4), used
 
 
+def test_listing_the_series_just_written_reads_them_once(sandbox: Sandbox,
+                                                         make: Factory) -> None:
+    """The run after one that wrote series lists them as changed; all their records are
+    in the listing, so it reads nothing more: one call, and the same items."""
+    sf_side = make()
+    cursor = sf_side.list_changes("calendar", None).cursor
+    pass_a_minute(sandbox)
+    created = sf_side.apply("calendar", [Create(ical(e)) for e in _series(4)])
+    assert [r.status for r in created] == ["ok"] * 4
+    state = sf_side.cursor("calendar", cursor)
+    before = api_calls(sandbox)
+    changes = make().list_changes("calendar", state)
+    assert api_calls(sandbox) - before == 1
+    listed = {i: v for i, v, _ in changes.upserts}
+    assert listed == {r.item.id: r.item.version for r in created if r.item}
+
+
 # --- errors ------------------------------------------------------------------------------
 
 

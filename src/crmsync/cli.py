@@ -51,8 +51,17 @@ def _main(
     home: Annotated[Path | None, typer.Option(
         "--home", help="Folder for config and state (default: $CRMSYNC_HOME, else the "
         "platform's config and data folders).", show_default=False)] = None,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Log each request to the CRM and groupware on stderr "
+        "(never secrets).")] = False,
 ) -> None:
     _state["home"] = home
+    if verbose:
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
+        for noisy in ("httpx", "httpcore", "hpack", "asyncio"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _paths():

@@ -32,6 +32,7 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import json
+import logging
 import random
 import re
 import ssl
@@ -66,6 +67,8 @@ from crmsync.connectors.vdir import EXTENSION, FORMAT, file_name
 from crmsync.errors import ConfigError, ConnectionFailed, CrmsyncError, FormatError
 from crmsync.merge import apply_changes
 from crmsync.model import RECORD_TYPES, ObjectKind
+
+log = logging.getLogger(__name__)
 
 DavProtocol = Literal["caldav", "carddav"]
 CollectionKind = Literal["calendar", "addressbook"]
@@ -164,6 +167,7 @@ class Http:
                         f"{_reason(exc)}") from exc
                 self.sleep(self._backoff(attempt))
                 continue
+            log.debug("%s %s -> %d", method, unquote(public_url(url)), response.status_code)
             if response.status_code == 401 and not accept_401:
                 raise ConnectionFailed(self.refused(url, response))
             if response.status_code not in RETRY_STATUSES:

@@ -484,7 +484,13 @@ class SalesforceConnector(Connector):
             relations = self.client.more(_ok(body, status, "the EventRelation listing"))
             known = {r["Id"] for r in records}
             extra_events = {r["EventId"] for r in relations if r.get("EventId")} - known
-        items = self._items(kind, records, extra_events)
+        # A series all of whose records known are listed (changed) or deleted needs no
+        # reading again: a record added to it since would be listed too. So the listing
+        # after a run that wrote many series costs no more than its pages.
+        seen = {r["Id"] for r in records} | extra_events | set(deleted)
+        whole = [s for s, ms in state.series.items() if ms and seen.issuperset(ms)] \
+            if since is not None else []
+        items = self._items(kind, records, extra_events, whole)
 
         changes = Changes(complete=since is None)
         if kind == "calendar":
@@ -884,12 +890,12 @@ class SalesforceConnector(Connector):
             try:
                 if kind == "calendar" and (item.id.startswith(SERIES_PREFIX)
                                            or _is_series(record)):
-                    work = self._update_series(item, record, doc)  # type: ignore[arg-type]
+                    work = self._update_series(i, item, record, doc)  # type: ignore[arg-type]
                     if isinstance(work, Result):
                         results[i] = work
                         continue
                     patches += [(i, patch) for patch in work[0]]
-                    shapes.append(replace(work[1], index=i))
+                    shapes.append(work[1])
                     planned.append((i, record, doc, {}))
                     continue
                 values = self._values(kind, record, doc[obj], ())
@@ -1068,7 +1074,7 @@ class SalesforceConnector(Connector):
             patches.append({"attributes": {"type": "Event"}, "Id": record["Id"], **fields})
         return drops, patches
 
-    def _update_series(self, item: Item, record: Event, doc: dict[str, Any]
+    def _update_series(self, index: int, item: Item, record: Event, doc: dict[str, Any]
                        ) -> Result | tuple[list[dict[str, Any]], _Shape]:
         """What updating a series takes: the patches to its records and the occurrence
         work after them; or, where the series has to be made anew, the result of that."""
@@ -1102,7 +1108,7 @@ class SalesforceConnector(Connector):
                     patches.append({"attributes": {"type": "Event"}, "Id": occurrence["Id"],
                                     **changed})
         # New timing lays the occurrences out anew: the exceptions apply to the new ones.
-        return patches, _Shape(0, item.id, sorted(set(record.exdates) - set(old.exdates)),
+        return patches, _Shape(index, item.id, sorted(set(record.exdates) - set(old.exdates)),
                                {k: v for k, v in record.overrides.items()
                                 if old.overrides.get(k) != v},
                                None if timing else item)

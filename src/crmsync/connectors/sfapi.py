@@ -33,19 +33,22 @@ error messages.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import httpx
 
 from crmsync.connectors.base import Credentials
 from crmsync.connectors.dav import Http, public_url
 from crmsync.errors import ApiLimitReached, ConfigError, ConnectionFailed, CrmsyncError
+
+log = logging.getLogger(__name__)
 
 API_VERSION = "v62.0"
 LOGIN_URL = "https://login.salesforce.com"
@@ -393,6 +396,8 @@ class Client:
                 # One subrequest: the plain call costs the same and is simpler to read.
                 out.append(self._one(*chunk[0]))
                 continue
+            for method, path, _ in chunk:
+                log.debug("  in composite: %s %s", method, unquote(path))
             body = {"allOrNone": False, "compositeRequest": [
                 {"method": method, "url": self.url(path)[len(self.instance_url):],
                  "referenceId": f"r{i}", **({"body": b} if b is not None else {})}
