@@ -734,6 +734,42 @@ def test_a_sync_run_with_the_core(sandbox: Sandbox, make: Factory, sqlite_store,
     assert crm.stats()["api_calls"] - before <= 2 * 2, counting.urls[sent:]
 
 
+def test_a_create_whose_answer_is_lost_is_not_written_twice(sandbox: Sandbox, make: Factory,
+                                                            sqlite_store, tmp_path) -> None:
+    """Salesforce inserts the records but its answer is lost (a 503 after the work): an
+    insert is not sent again, the run stops, and the next run pairs the records made
+    with their groupware events by content: one of each on both sides."""
+    from crmsync.connectors.vdir import VdirConnector
+    from crmsync.sync import Syncer
+
+    from conftest import Sides, event, sync
+
+    control(sandbox, "reset", records=True)
+    sides = Sides(tmp_path / "sides")
+    names = [unique("Lost answer") for _ in range(2)]
+    for n, name in enumerate(names):
+        sides.put("groupware", event(f"lost-{n}", name, start=when(2 + n), end=when(2 + n, 10)))
+    profile = sqlite_store.add_profile("sf", f"salesforce:{sandbox.url}", f"vdir:{sides.gw}",
+                                       ("calendar",), {})
+    syncer = Syncer(sqlite_store, profile, crm=make(),
+                    groupware=VdirConnector(sides.gw, "groupware"))
+    control(sandbox, "faults", path_regex="/composite/sobjects$", method="POST", status=503,
+            times=1, after=True)
+    with pytest.raises(ConnectionFailed, match="may have been done"):
+        sync(syncer)
+    assert len(api(sandbox, "GET", "query?q=SELECT+Id+FROM+Event").json()["records"]) == 2
+
+    pass_a_minute(sandbox)
+    _, report = sync(syncer)
+    assert report.status == "ok", report.to_dict()
+    subjects = [r["Subject"] for r in api(sandbox, "GET", "query?q=SELECT+Subject+FROM+Event"
+                                          ).json()["records"]]
+    assert sorted(subjects) == sorted(names)
+    assert sorted(r.summary for r in sides.records("groupware", "calendar").values()) == \
+        sorted(names)
+    assert len(sqlite_store.pairs(profile.id, "calendar")) == 2
+
+
 # Last: moving the clock 16 days on purges the org's delete log for the tests after it.
 def test_a_cursor_older_than_15_days_reconciles_in_full(sandbox: Sandbox,
                                                         make: Factory) -> None:

@@ -85,9 +85,11 @@ COMPONENT: dict[ObjectKind, str] = {"calendar": "VEVENT", "tasks": "VTODO"}
 Sleep = Callable[[float], None]
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-# Errors where the request may not have reached the server or its answer was lost; every
-# request we send is safe to repeat (writes carry preconditions).
+# Errors where the request may not have reached the server or its answer was lost. DAV
+# writes carry preconditions, so they are safe to repeat; a request that is not (a
+# Salesforce insert) is repeated only where it surely was not done (see Http.send).
 RETRY_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
 MAX_TRIES = 4
 MAX_WAIT = 30.0
 FIRST_WAIT = 1.0
@@ -154,14 +156,20 @@ class Http:
 
     def send(self, method: str, url: str, body: bytes | None = None,
              headers: dict[str, str] | None = None, *,
-             accept_401: bool = False) -> httpx.Response:
-        """Send a request; ``accept_401`` hands a 401 answer back instead of raising."""
+             accept_401: bool = False, repeatable: bool = True) -> httpx.Response:
+        """Send a request; ``accept_401`` hands a 401 answer back instead of raising.
+
+        A request that is not ``repeatable`` (doing it twice does it twice) is sent again
+        only when it surely was not done: the connection was never made, or the server
+        answered 429. Else a lost answer raises ConnectionFailed, and the next run finds
+        what was done (the core pairs it by content) rather than doing it twice.
+        """
         for attempt in range(1, self.max_tries + 1):
             last = attempt == self.max_tries
             try:
                 response = self.client.request(method, url, content=body, headers=headers)
             except RETRY_ERRORS as exc:
-                if last:
+                if last or not (repeatable or isinstance(exc, NOT_SENT)):
                     raise ConnectionFailed(
                         f"{public_url(url)} is unreachable after {attempt} tries: "
                         f"{_reason(exc)}") from exc
@@ -172,6 +180,11 @@ class Http:
                 raise ConnectionFailed(self.refused(url, response))
             if response.status_code not in RETRY_STATUSES:
                 return response
+            if not repeatable and response.status_code != 429:
+                raise ConnectionFailed(
+                    f"{public_url(url)} answered HTTP {response.status_code} "
+                    f"{response.reason_phrase} to a {method} that may have been done; not "
+                    f"sent again, so nothing is written twice")
             asked = _retry_after(response.headers.get("Retry-After"))
             if last or (asked is not None and asked > MAX_WAIT):
                 wait = "" if asked is None else f", asks to retry in {asked:.0f} s"

@@ -316,7 +316,8 @@ class Client:
             headers = {"Authorization": f"Bearer {self._bearer()}", "Accept": "application/json"}
             if data is not None:
                 headers["Content-Type"] = "application/json"
-            response = self.http.send(method, url, data, headers, accept_401=True)
+            response = self.http.send(method, url, data, headers, accept_401=True,
+                                      repeatable=_repeatable(method, path))
             self.api_calls += 1
             self._read_limits(response)
             if response.status_code == 401:
@@ -471,3 +472,9 @@ def soql_datetime(seconds: float) -> str:
 
 def host_of(url: str) -> str:
     return urlsplit(url).netloc
+
+
+def _repeatable(method: str, path: str) -> bool:
+    """Whether doing the call twice is no harm: all but inserts. A composite call only
+    bundles queries here; PATCH and DELETE write the same outcome again."""
+    return method != "POST" or path == "composite"

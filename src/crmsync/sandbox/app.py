@@ -71,6 +71,8 @@ def create_app(state: State) -> FastAPI:
         data_call = path.startswith(DATA)
         fault = state.controls.take_fault(request.method, path)
         if fault is not None:
+            if fault.after:
+                await call_next(request)
             body = fault.body if isinstance(fault.body, str | bytes) else json.dumps(fault.body)
             headers = dict(fault.headers)
             if data_call:

@@ -1,6 +1,8 @@
 """The sandbox's own control API under /_sandbox/ (not Salesforce): for tests and the demo.
 
-    POST /_sandbox/faults      {"path_regex", "method", "status", "body", "times"[, "headers"]}
+    POST /_sandbox/faults      {"path_regex", "method", "status", "body", "times"[, "headers",
+                               "after"]} ("after": do the request, then answer with the
+                               fault, as when an answer is lost on the way)
                                or {"record_error": {"errorCode", "times"[, "message",
                                "operation", "object", "fields"]}}
     POST /_sandbox/limits      {"daily": N, "used": M}
@@ -70,7 +72,8 @@ async def faults(request: Request) -> JSONResponse:
         controls.faults.append(Fault(
             body.get("path_regex", ""), (body.get("method") or "").upper() or None,
             int(body["status"]), body.get("body", ""), int(body.get("times", 1)),
-            {str(k): str(v) for k, v in (body.get("headers") or {}).items()}))
+            {str(k): str(v) for k, v in (body.get("headers") or {}).items()},
+            bool(body.get("after"))))
     return JSONResponse({"ok": True})
 
 

@@ -36,6 +36,8 @@ class Fault:
     body: Any
     times: int
     headers: dict[str, str] = field(default_factory=dict)
+    # Do the request, then answer with the fault: the work is done but its answer lost.
+    after: bool = False
 
 
 @dataclass
