@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                     failed = True
                 counts = report.get("objects", {}).get("calendar", {}).get("counts", {})
                 row = {"scenario": name, "wall_s": round(result.wall_s, 2),
+                       # crmsync's own CPU: the rest of the wall time is the sandbox's.
+                       "cpu_s": round(result.user_s + result.sys_s, 2),
                        "rss_mb": round(result.max_rss_mb), "api_calls": calls,
                        "reported_calls": report.get("api", {}).get("crm", {}).get("api_calls"),
                        "collection_calls": collection, "calls_by": spent,
@@ -175,11 +177,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print(rows: list[dict[str, Any]]) -> None:
-    print(f"{'scenario':12} {'wall s':>7} {'RSS MB':>7} {'API calls':>9} {'crmsync':>8} "
+    print(f"{'scenario':12} {'wall s':>7} {'CPU s':>6} {'RSS MB':>7} {'API calls':>9} "
+          f"{'crmsync':>8} "
           f"{'collections':>11}  result")
     for r in rows:
         counts = ", ".join(f"{n} {c}" for c, n in sorted(r["counts"].items())) or "in step"
-        print(f"{r['scenario']:12} {r['wall_s']:7.2f} {r['rss_mb']:7d} {r['api_calls']:9d} "
+        print(f"{r['scenario']:12} {r['wall_s']:7.2f} {r['cpu_s']:6.2f} {r['rss_mb']:7d} "
+              f"{r['api_calls']:9d} "
               f"{str(r['reported_calls']):>8} {r['collection_calls']:11d}  {counts}  "
               f"[target: {r['target']}; {'met' if r['met'] else 'MISSED'}]")
         print(f"{'':12} calls: {r['calls_by']}")
