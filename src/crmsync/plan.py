@@ -14,11 +14,11 @@ executor applies it.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from crmsync import formats
+from crmsync import formats, selection
 from crmsync.connectors.base import SIDES, Item, Side, other
 from crmsync.errors import FormatError
 from crmsync.merge import Flat, diff, flatten
@@ -36,6 +36,7 @@ _EMPTY: tuple[Any, ...] = (None, "", [], {})
 # stores nothing but the change is handled; "retry" leaves it to be presented again on
 # the next run (a failure, or a conflict waiting for the user).
 StepState = Literal["record", "settle", "retry"]
+IgnoreMode = Literal["forever", "until-change"]
 
 
 @dataclass
@@ -54,6 +55,8 @@ class Pair:
     gw_version: str | None
     crm_base: Item | None = None
     gw_base: Item | None = None
+    # A recorded event (SnapRecord): groupware changes go to the CRM, never back.
+    one_way: bool = False
 
     def id_on(self, side: Side) -> str | None:
         return self.crm_id if side == "crm" else self.gw_id
@@ -63,6 +66,19 @@ class Pair:
 
     def base_on(self, side: Side) -> Item | None:
         return self.crm_base if side == "crm" else self.gw_base
+
+
+@dataclass(frozen=True)
+class Ignore:
+    """The user's "ignore" of one item (SPEC 2): ``forever``, or ``until-change``: until
+    either side's version differs from the one it had when the ignore was set."""
+
+    mode: IgnoreMode
+    crm_version: str | None = None
+    gw_version: str | None = None
+
+    def version_on(self, side: Side) -> str | None:
+        return self.crm_version if side == "crm" else self.gw_version
 
 
 @dataclass
@@ -146,6 +162,8 @@ class Plan:
     steps: list[Step]
     # Sides where the mass-delete guard tripped: side -> (planned deletes, items there).
     guard: dict[Side, tuple[int, int]] = field(default_factory=dict)
+    # "Until-change" ignores whose item changed: lifted when the plan is applied.
+    lapsed: list[tuple[Side, str]] = field(default_factory=list)
 
     def actions(self) -> Iterator[tuple[Step, Action]]:
         for step in self.steps:
@@ -178,7 +196,8 @@ def make_plan(
     *,
     unpaired: dict[Side, list[Item]] | None = None,
     totals: dict[Side, int] | None = None,
-    ignored: frozenset[tuple[Side, str]] = frozenset(),
+    ignored: Mapping[tuple[Side, str], Ignore] | None = None,
+    known_emails: frozenset[str] | None = None,
 ) -> Plan:
     """Plan one object's run.
 
@@ -186,14 +205,15 @@ def make_plan(
     pair knows yet (new ones, or all of them after the state store was lost): they are
     matched across sides by UID, then by content, before anything is created.
     ``common`` are the fields both sides store; ``totals`` the item count per side, for
-    the mass-delete guard.
+    the mass-delete guard. ``ignored`` are the user's ignores by (side, item id);
+    ``known_emails`` the emails the CRM knows a person for ("matched" selection).
     """
     all_views = list(views)
     if unpaired:
         all_views.extend(pair_up(kind, unpaired.get("crm", []), unpaired.get("groupware", [])))
-    planner = _Planner(policy, common, ignored)
+    planner = _Planner(policy, common, ignored or {}, known_emails)
     steps = sorted((planner.step(kind, v) for v in all_views), key=Step._order)
-    plan = Plan(kind, steps)
+    plan = Plan(kind, steps, lapsed=sorted(planner.lapsed))
     plan.guard = _mass_delete_guard(plan, policy, totals or {})
     return plan
 
@@ -275,10 +295,14 @@ def _safe_key(item: Item) -> tuple | None:
 
 
 class _Planner:
-    def __init__(self, policy: Policy, common: frozenset[str], ignored) -> None:
+    def __init__(self, policy: Policy, common: frozenset[str],
+                 ignored: Mapping[tuple[Side, str], Ignore],
+                 known_emails: frozenset[str] | None) -> None:
         self.policy = policy
         self.common = common
         self.ignored = ignored
+        self.known_emails = known_emails
+        self.lapsed: list[tuple[Side, str]] = []
         # Flattened fields by content: a base copied verbatim to the other side, and an
         # unchanged side whose base is its current item, are parsed once.
         self._flat: dict[tuple[str, str], Flat] = {}
@@ -295,12 +319,13 @@ class _Planner:
 
     def _plan(self, step: Step, view: View) -> None:
         pair = view.pair
+        why = self._ignored(view)
+        if why is not None:
+            step.actions.append(Action("skip", why[0], reason=why[1]))
+            step.state = "settle"
+            return
         for side in SIDES:
             item = view.item(side)
-            if item is not None and (side, item.id) in self.ignored:
-                step.actions.append(Action("skip", side, reason="ignored forever"))
-                step.state = "settle"
-                return
             if item is not None and item.error is not None:
                 raise FormatError(item.error, item.id)
         if pair is None:
@@ -321,6 +346,23 @@ class _Planner:
                 return
         self._merge(step, view)
 
+    def _ignored(self, view: View) -> tuple[Side, str] | None:
+        """The side and reason of a skip when the user ignores this item; an until-change
+        ignore whose item changed since is noted in ``lapsed`` instead."""
+        for side in SIDES:
+            item = view.item(side)
+            item_id = item.id if item else (view.pair.id_on(side) if view.pair else None)
+            ignore = self.ignored.get((side, item_id)) if item_id else None
+            if ignore is None:
+                continue
+            if ignore.mode == "forever":
+                return side, "ignored forever (lift with 'crmsync unignore')"
+            now = {s: (i.version if (i := view.item(s)) else None) for s in SIDES}
+            if all(now[s] == ignore.version_on(s) for s in SIDES):
+                return side, "differences ignored until one side changes"
+            self.lapsed.append((side, item_id))  # type: ignore[arg-type]
+        return None
+
     def _create(self, step: Step, view: View) -> None:
         source: Side = "crm" if view.crm is not None else "groupware"
         target = other(source)
@@ -328,17 +370,41 @@ class _Planner:
         assert item is not None
         if not formats.looks_valid(item.fmt, item.raw):
             item.record()  # a full parse: raises FormatError with the reason
+        marked = None
+        if source == "groupware":
+            record = item.record()
+            why = selection.excluded(record, self.policy, self.known_emails)
+            if why is not None:
+                step.actions.append(Action("skip", target, reason=why))
+                step.state = "settle"
+                return
+            marked = selection.mark(record, self.policy)
         if self.policy.prevents(target, "create"):
             step.actions.append(self._prevented(target, "create"))
             step.state = "settle"
-        else:
-            step.actions.append(Action("create", target))
+            return
+        step.actions.append(Action("create", target))
+        if marked is not None:
+            # Designated items sent to the CRM carry the CRM category in the groupware.
+            if self.policy.prevents(source, "update"):
+                step.actions.append(self._prevented(source, "update"))
+            else:
+                step.actions.append(Action(
+                    "update", source, changes={"categories": marked},
+                    reason=f"marked with the CRM category {self.policy.crm_category!r}"))
 
     def _deleted(self, step: Step, view: View, gone: Side) -> None:
         survivor = other(gone)
         assert view.pair is not None
         item = view.item(survivor)
         assert item is not None
+        if view.pair.one_way:
+            # A recorded event: the CRM keeps its record when the groupware event goes,
+            # and a CRM deletion never reaches the groupware. The pair is unlinked.
+            step.actions.append(Action("skip", survivor, reason=(
+                f"recorded one-way, deleted in {SIDE_NAME[gone]}: the "
+                f"{SIDE_NAME[survivor]} item is kept and no longer synced")))
+            return
         if not self._changed(view.pair, survivor, item):
             self._delete(step, survivor, f"deleted in {SIDE_NAME[gone]}")
             return
@@ -404,8 +470,9 @@ class _Planner:
         clash = sorted(k for k in changed["crm"].keys() & changed["groupware"].keys()
                        if changed["crm"][k] != changed["groupware"][k])
         note = ""
+        one_way = pair is not None and pair.one_way
         if clash:
-            winner = self._winner(view)
+            winner: Side | None = "groupware" if one_way else self._winner(view)
             if winner is None:
                 step.actions.append(Action(
                     "conflict",
@@ -424,7 +491,10 @@ class _Planner:
             writes = {k: v for k, v in changed[source].items() if now[target].get(k) != v}
             if not writes:
                 continue
-            if self.policy.prevents(target, "update"):
+            if one_way and target == "groupware":
+                step.actions.append(Action("skip", target, reason=(
+                    "recorded one-way: changes made in the CRM stay in the CRM")))
+            elif self.policy.prevents(target, "update"):
                 step.actions.append(self._prevented(target, "update"))
             else:
                 step.actions.append(Action("update", target, changes=writes, reason=note))

@@ -12,6 +12,9 @@ from crmsync.model import ObjectKind
 ConflictRule = Literal["newest", "crm", "groupware", "ask"]
 DeleteRule = Literal["keep", "crm", "groupware", "delete"]
 Operation = Literal["create", "update", "delete"]
+# Which new groupware items go to the CRM (calendar): every one, only those with an
+# organizer or attendee the CRM knows, or only those the user designated.
+Selection = Literal["all", "matched", "designated"]
 
 # "crm:delete" means "do not delete in the CRM"; six switches in all.
 PREVENT_SWITCHES = tuple(
@@ -41,6 +44,19 @@ class Policy:
     # The sync range, in days before and after now (calendar and tasks).
     past_days: int = 30
     future_days: int = 365
+
+    # --- selection and record (SPEC 2 "Record", 3 "Selection mode"; calendar) -----------
+    # Which groupware items not yet paired are synced to the CRM; see crmsync.selection.
+    # CRM items always sync to the groupware, whatever the selection.
+    selection: Selection = "all"
+    # "matched": an Email field other than the main one counts too (alternate emails).
+    match_alternate_emails: bool = True
+    # "designated": an item carrying this category, or having this smart address among
+    # its attendees (a local part matches any domain; with an '@', the whole address).
+    crm_category: str = "CRM"
+    smart_address: str = "crm"
+    # SnapRecord: `crmsync record` may record single groupware events into the CRM.
+    record: bool = True
 
     def window(self, now: datetime | None = None) -> tuple[datetime, datetime]:
         """The sync range as UTC datetimes [start, end)."""
@@ -97,3 +113,19 @@ class Policy:
             value = getattr(self, name)
             if not isinstance(value, int) or not 0 <= value <= most:
                 raise ConfigError(f"{name} must be a whole number from 0 to {most}")
+        self._validate_selection()
+
+    def _validate_selection(self) -> None:
+        if self.selection not in get_args(Selection):
+            raise ConfigError(f"selection {self.selection!r} is not one of "
+                              f"{', '.join(get_args(Selection))}")
+        for name in ("match_alternate_emails", "record"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false")
+        for name in ("crm_category", "smart_address"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip() or "," in value:
+                raise ConfigError(f"{name} must be a non-empty name without commas")
+        if any(c.isspace() for c in self.smart_address.strip()):
+            raise ConfigError("smart_address must be an address or its local part, "
+                              "without spaces")

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from crmsync import selection
 from crmsync.connectors import connect
 from crmsync.connectors.base import (
     SIDES,
@@ -34,7 +35,7 @@ from crmsync.connectors.base import (
     Write,
     other,
 )
-from crmsync.errors import ConfigError, CrmsyncError
+from crmsync.errors import ConfigError, CrmsyncError, FormatError
 from crmsync.model import ObjectKind
 from crmsync.plan import SIDE_NAME, WRITES, Action, Pair, Plan, Step, View, make_plan
 from crmsync.policy import Policy
@@ -123,6 +124,8 @@ class Syncer:
         self._given: dict[Side, Connector | None] = {"crm": crm, "groupware": groupware}
         self._open: dict[tuple[Side, str], Connector] = {}
         self._credentials = credentials or (lambda side: None)
+        # Per object, the emails the CRM knows a person for (this run's lookup).
+        self._known: dict[ObjectKind, frozenset[str] | None] = {}
 
     def connector(self, side: Side, kind: ObjectKind) -> Connector:
         given = self._given[side]
@@ -245,10 +248,31 @@ class Syncer:
             paired = ({s: len(index[s]) for s in SIDES} if complete
                       else self.store.side_counts(pid, kind))
             totals = {s: paired[s] + len(unpaired[s]) for s in SIDES}
-        plan = make_plan(kind, views, self.policy(kind), self.common_fields(kind),
+        policy = self.policy(kind)
+        self._known[kind] = self.known_emails(kind, policy, unpaired["groupware"])
+        plan = make_plan(kind, views, policy, self.common_fields(kind),
                          unpaired=unpaired, totals=totals,
-                         ignored=self.store.ignored(pid, kind))
+                         ignored=self.store.ignored(pid, kind), known_emails=self._known[kind])
         return Prepared(kind, plan, listed, old, pend)
+
+    def known_emails(self, kind: ObjectKind, policy: Policy,
+                     new: Sequence[Item]) -> frozenset[str] | None:
+        """For "matched" selection: which emails of the new groupware items a CRM Contact
+        or Lead has, looked up in one batch for the whole run."""
+        if kind != "calendar" or policy.selection != "matched" or not new:
+            return None
+        records = []
+        for item in new:
+            try:
+                records.append(item.record())
+            except FormatError:
+                continue  # planned as a failed skip
+        emails = selection.candidate_emails(records)
+        if not emails:
+            return frozenset()
+        found = self.connector("crm", kind).find_people(
+            emails, alternates=policy.match_alternate_emails)
+        return frozenset(found)
 
     def _list(self, side: Side, kind: ObjectKind, cursor: str | None) -> Changes:
         """One side's changes since ``cursor``, saving progress through long listings."""
@@ -326,11 +350,15 @@ class Syncer:
             current[side] = (self.connector(side, kind).fetch(kind, [item_id]).get(item_id)
                              if item_id else None)
         view = View(step.pair, current["crm"], current["groupware"])
+        rules: dict[str, Any] = {"ignored": self.store.ignored(self.profile.id, kind),
+                                 "known_emails": self._known.get(kind)}
         if step.pair is None:
             plan = make_plan(kind, [], self.policy(kind), self.common_fields(kind),
-                             unpaired={s: [i] for s, i in current.items() if i is not None})
+                             unpaired={s: [i] for s, i in current.items() if i is not None},
+                             **rules)
         else:
-            plan = make_plan(kind, [view], self.policy(kind), self.common_fields(kind))
+            plan = make_plan(kind, [view], self.policy(kind), self.common_fields(kind),
+                             **rules)
         return plan.steps[0] if plan.steps else Step(kind, step.pair, None, None)
 
 
@@ -368,6 +396,9 @@ class _Executor:
             done += sum(len(s.actions) for s in steps[start:start + CHUNK])
             if self.progress:
                 self.progress(self.kind, min(done, total), total)
+        if prep.plan.lapsed:
+            # Their item changed: "ignore until one side changes" is over.
+            self.store.unignore(self.syncer.profile.id, self.kind, prep.plan.lapsed)
         cursors = {s: self.syncer.connector(s, self.kind).cursor(self.kind, prep.listed[s])
                    for s in SIDES}
         if cursors != prep.old or self.pending != prep.pending:
@@ -466,6 +497,7 @@ class _Executor:
             crm.id if crm else None, None, gw.id if gw else None, None,
             crm_base=None if "crm" in no_base else crm,
             gw_base=None if "groupware" in no_base else gw,
+            one_way=pair.one_way if pair else False,
         ))
 
     def _items(self, step: Step, results: dict[int, Result], settled: str) -> list[RunItem]:
