@@ -17,6 +17,7 @@ import getpass
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from crmsync import selection
@@ -116,7 +117,8 @@ class Syncer:
 
     def __init__(self, store: Store, profile: Profile, crm: Connector | None = None,
                  groupware: Connector | None = None,
-                 credentials: Callable[[Side], Credentials | None] | None = None) -> None:
+                 credentials: Callable[[Side], Credentials | None] | None = None,
+                 clock: Callable[[], datetime] | None = None) -> None:
         self.store = store
         self.profile = profile
         # Connectors given here serve every object of their side (tests, embedding);
@@ -126,6 +128,8 @@ class Syncer:
         self._credentials = credentials or (lambda side: None)
         # Per object, the emails the CRM knows a person for (this run's lookup).
         self._known: dict[ObjectKind, frozenset[str] | None] = {}
+        # "Now" for the sync range and the rules; a run may be planned as of another time.
+        self.clock = clock or (lambda: datetime.now(UTC))
 
     def connector(self, side: Side, kind: ObjectKind) -> Connector:
         given = self._given[side]
@@ -295,7 +299,7 @@ class Syncer:
         # change, so that an item moving into the range is not missed.
         window = None
         if cursor is None and kind != "contacts" and not has_pairs():
-            window = self.policy(kind).window()
+            window = self.policy(kind).window(self.clock())
         return self.connector(side, kind).list_changes(kind, cursor, window=window,
                                                        checkpoint=checkpoint)
 
