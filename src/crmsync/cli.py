@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 import typer
 
-from crmsync.errors import ConfigError, CrmsyncError
+from crmsync.errors import ConfigError, CrmsyncError, ItemError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFLICTS = 0, 1, 2, 3
 EXIT_MASS_DELETE, EXIT_CONNECTION, EXIT_PARTIAL, EXIT_CANCELLED = 4, 5, 6, 7
@@ -305,6 +305,163 @@ def _progress_bar(quiet: bool):
             progress.stop()
 
     return update
+
+
+# --- ignore and record ---------------------------------------------------------------------
+
+
+def _syncer(name: str):
+    from crmsync.secrets import credentials_for
+    from crmsync.sync import Syncer
+
+    store = _store()
+    profile = store.profile(name)
+    paths = _paths()
+    return Syncer(store, profile,
+                  credentials=lambda side: credentials_for(paths, profile.name, side))
+
+
+def _kind(obj: str):
+    from crmsync.model import OBJECT_KINDS
+
+    if obj not in OBJECT_KINDS:
+        raise ConfigError(f"unknown object {obj!r}; choose from {', '.join(OBJECT_KINDS)}")
+    return obj
+
+
+def _side(side: str | None):
+    if side not in (None, "crm", "groupware"):
+        raise ConfigError("--side must be crm or groupware")
+    return side
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def ignore(
+    name: Annotated[str, typer.Argument(help="The profile.")],
+    obj: Annotated[str | None, typer.Argument(
+        help="The object: calendar, contacts or tasks.", show_default=False)] = None,
+    item_id: Annotated[str | None, typer.Argument(
+        help="The item's id on its side (as 'sync --dry-run --json' shows it).",
+        show_default=False)] = None,
+    forever: Annotated[bool, typer.Option(
+        "--forever/--until-change", help="Ignore the item forever, or (default) its "
+        "differences until either side changes it again.")] = False,
+    side: Annotated[str | None, typer.Option(
+        help="crm or groupware: where ITEM-ID lives (needed for an item not yet paired).",
+        show_default=False)] = None,
+    list_all: Annotated[bool, typer.Option("--list", help="List the profile's ignores.")
+                        ] = False,
+    lift: Annotated[bool, typer.Option("--lift", help="Lift the item's ignore (as "
+                                       "'crmsync unignore').")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Ignore an item in the sync: its differences until one side changes, or forever.
+
+    The run then skips it with the reason. 'crmsync ignore NAME --list' lists the ignores,
+    'crmsync unignore NAME OBJ ITEM-ID' lifts one.
+    """
+    if list_all:
+        store = _store()
+        rows = store.ignores(store.profile(name).id)
+        if json_out:
+            _emit_json(rows)
+        elif not rows:
+            _console().print("No ignores.")
+        for row in [] if json_out else rows:
+            _console().print(f"{row['kind']:9} {row['side']:9} {row['mode']:12} "
+                             f"{row['item_id']}  (since {row['created_at']})", highlight=False)
+        return
+    if obj is None or item_id is None:
+        raise ConfigError("give OBJ and ITEM-ID (or --list)")
+    if lift:
+        unignore(name, obj, item_id, side, json_out)
+        return
+    syncer = _syncer(name)
+    try:
+        mode = "forever" if forever else "until-change"
+        where = syncer.ignore(_kind(obj), item_id, _side(side), mode)  # type: ignore[arg-type]
+    finally:
+        syncer.close()
+    if json_out:
+        _emit_json({"kind": obj, "side": where, "item_id": item_id, "mode": mode})
+    else:
+        _console().print(f"Ignoring {obj} item {item_id} ({where}) "
+                         f"{'forever' if forever else 'until one side changes'}.",
+                         highlight=False)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def unignore(
+    name: Annotated[str, typer.Argument(help="The profile.")],
+    obj: Annotated[str, typer.Argument(help="The object: calendar, contacts or tasks.")],
+    item_id: Annotated[str, typer.Argument(help="The ignored item's id.")],
+    side: Annotated[str | None, typer.Option(
+        help="crm or groupware (default: either).", show_default=False)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Lift an item's ignore: the next run syncs it again."""
+    store = _store()
+    sides = [_side(side)] if side else ["crm", "groupware"]
+    profile = store.profile(name)
+    n = store.unignore(profile.id, _kind(obj), [(s, item_id) for s in sides])
+    if not n:
+        raise ConfigError(f"no ignore of {obj} item {item_id!r}; see "
+                          f"'crmsync ignore {name} --list'")
+    # The item may have been passed over unchanged since: the next run looks at all.
+    store.reset_cursors(profile.id, obj)  # type: ignore[arg-type]
+    if json_out:
+        _emit_json({"kind": obj, "item_id": item_id, "lifted": n})
+    else:
+        _console().print(f"Lifted the ignore of {obj} item {item_id}.", highlight=False)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def record(
+    name: Annotated[str, typer.Argument(help="The profile.")],
+    event: Annotated[str, typer.Argument(
+        help="The groupware event: its UID, file name or href.")],
+    relate: Annotated[list[str] | None, typer.Option(
+        "--relate", help="Relate it to a CRM record: a Contact's or Lead's email, or a "
+        "record Id (Contact/Lead: who; Account, Opportunity, ...: what). Repeatable.",
+        show_default=False)] = None,
+    field_values: Annotated[list[str] | None, typer.Option(
+        "--field", help="Set a CRM Event field, KEY=VALUE (e.g. Type=Meeting). "
+        "Repeatable.", show_default=False)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Record one groupware event in the CRM (SnapRecord), one way.
+
+    Later changes to the event in the groupware follow to the CRM on the next sync;
+    changes made in the CRM never come back. Recording it again writes nothing.
+    Refused while calendar auto sync is on.
+    """
+    from crmsync.record import parse_fields, record_event
+
+    fields = parse_fields(field_values or [])
+    syncer = _syncer(name)
+    try:
+        done = record_event(syncer, event, relate or [], fields)
+    except ItemError as exc:
+        _console(stderr=True).print(f"[red]failed:[/] {exc}", highlight=False)
+        raise typer.Exit(EXIT_PARTIAL) from None
+    finally:
+        syncer.close()
+    if json_out:
+        _emit_json(done.to_dict())
+        return
+    console = _console()
+    if done.status == "recorded":
+        console.print(f"Recorded {done.label} in the CRM as {done.crm_id}"
+                      + (f", related to {', '.join(done.related)}" if done.related else "")
+                      + ".", highlight=False)
+    elif done.status == "already-recorded":
+        console.print(f"{done.label} is already recorded as {done.crm_id}; its changes "
+                      "follow on the next sync.", highlight=False)
+    else:
+        console.print(f"{done.label} already syncs with the CRM (two-way) as {done.crm_id}; "
+                      "nothing to record.", highlight=False)
+    if done.warning:
+        _console(stderr=True).print(f"[yellow]warning:[/] {done.warning}", highlight=False)
 
 
 # --- status and history -------------------------------------------------------------------

@@ -38,7 +38,17 @@ from crmsync.connectors.base import (
 )
 from crmsync.errors import ConfigError, CrmsyncError, FormatError
 from crmsync.model import ObjectKind
-from crmsync.plan import SIDE_NAME, WRITES, Action, Pair, Plan, Step, View, make_plan
+from crmsync.plan import (
+    SIDE_NAME,
+    WRITES,
+    Action,
+    IgnoreMode,
+    Pair,
+    Plan,
+    Step,
+    View,
+    make_plan,
+)
 from crmsync.policy import Policy
 from crmsync.store import Profile, RunItem, Store, now
 
@@ -277,6 +287,37 @@ class Syncer:
         found = self.connector("crm", kind).find_people(
             emails, alternates=policy.match_alternate_emails)
         return frozenset(found)
+
+    # --- ignores ---------------------------------------------------------------------------
+
+    def ignore(self, kind: ObjectKind, item_id: str, side: Side | None,
+               mode: IgnoreMode) -> Side:
+        """Ignore one item (and its counterpart): ``forever``, or ``until-change``, as of
+        both sides' current versions. Returns the side the id was found on."""
+        pid = self.profile.id
+        sides = [side] if side else list(SIDES)
+        pairs = {s: self.store.pairs(pid, kind, ids={s: {item_id}}) for s in sides}
+        found = [s for s in sides if pairs[s]]
+        if len(found) > 1:
+            raise ConfigError(f"{item_id!r} is an item id on both sides; say which with "
+                              "--side crm|groupware")
+        if not found and side is None:
+            raise ConfigError(f"{item_id!r} is not paired: say which side it is on with "
+                              "--side crm|groupware")
+        where: Side = found[0] if found else side  # type: ignore[assignment]
+        pair = pairs[where][0] if found else None
+        ids = {s: pair.id_on(s) if pair else None for s in SIDES}
+        ids[where] = item_id
+        versions: dict[Side, str | None] = {}
+        for s, sid in ids.items():
+            versions[s] = None
+            if sid is not None:
+                current = self.connector(s, kind).fetch(kind, [sid]).get(sid)
+                if current is None and s == where and pair is None:
+                    raise ConfigError(f"no {kind} item {item_id!r} in the {SIDE_NAME[s]}")
+                versions[s] = current.version if current else None
+        self.store.ignore(pid, kind, where, item_id, mode, versions)
+        return where
 
     def _list(self, side: Side, kind: ObjectKind, cursor: str | None) -> Changes:
         """One side's changes since ``cursor``, saving progress through long listings."""
