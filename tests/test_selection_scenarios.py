@@ -168,6 +168,19 @@ def test_record_one_event_one_way_with_relations_and_fields(scn: Scenario):
     assert [a.code for _, a in plans[0].actions()] == ["skip"]
 
 
+def test_a_recorded_event_deleted_on_either_side_is_kept_on_the_other(scn: Scenario):
+    scn.put(meeting("gone@t", "Kept in the CRM"))
+    scn.put(meeting("stay@t", "Kept in the calendar", 2))
+    scn.cli("record", "p", "gone@t", check=0)
+    scn.cli("record", "p", "stay@t", check=0)
+    scn.delete("gone@t")
+    scn.crm_delete("Event", crm_events(scn)["Kept in the calendar"]["Id"])
+    plans, report = scn.sync()
+    assert report.status == "ok" and plans[0].writes == 0
+    assert set(crm_events(scn)) == {"Kept in the CRM"}
+    assert [e.summary for e in scn.records().values()] == ["Kept in the calendar"]
+
+
 def test_record_refuses_what_it_cannot_do_with_clear_messages(scn: Scenario):
     scn.put(meeting("r@t", "Call"))
     assert "no event" in scn.cli("record", "p", "nope@t", check=2).stderr
