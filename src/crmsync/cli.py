@@ -139,9 +139,10 @@ def profile_add(
     settings = {}
     for kind in kinds:
         base = Policy.default_for(kind)
+        # The objects a profile is made with start in manual mode (the default is off).
         policy = Policy.from_dict(base.to_dict() | {
             "conflict": conflict, "delete_vs_update": delete_vs_update,
-            "prevent": sorted(base.prevent | switches)})
+            "prevent": sorted(base.prevent | switches), "mode": "manual"})
         settings[kind] = policy.to_dict()
     store = _store()
     profile = store.add_profile(name, crm_ep, groupware_ep, kinds, settings)
@@ -230,14 +231,18 @@ def _run_sync(name: str, objects: list[str] | None, **options: bool) -> int:
     syncer = Syncer(store, profile,
                     credentials=lambda side: credentials_for(paths, profile.name, side))
     try:
+        off = syncer.switched_off(objects or None)  # type: ignore[arg-type]
+        if off and not options["json_out"]:
+            _console().print(f"Not synced (mode off): {', '.join(off)}. Turn one on with "
+                             f"'crmsync settings {name} OBJECT mode manual'.", highlight=False)
         prepared = syncer.prepare(objects or None)  # type: ignore[arg-type]
-        return _sync_apply(syncer, prepared, [p.plan for p in prepared], **options)
+        return _sync_apply(syncer, prepared, [p.plan for p in prepared], off=off, **options)
     finally:
         syncer.close()
 
 
 def _sync_apply(syncer, prepared, plans, *, dry_run: bool, yes: bool, json_out: bool,
-                allow_mass_delete: bool) -> int:
+                allow_mass_delete: bool, off: list[str] | tuple[str, ...] = ()) -> int:
     from crmsync import show
 
     interactive = sys.stdin.isatty() and not json_out
@@ -246,7 +251,8 @@ def _sync_apply(syncer, prepared, plans, *, dry_run: bool, yes: bool, json_out: 
     if dry_run or not json_out:
         if json_out:
             _emit_json({"profile": syncer.profile.name, "dry_run": True,
-                        "objects": {p.kind: show.plan_dict(p) for p in plans}})
+                        "objects": {p.kind: show.plan_dict(p) for p in plans},
+                        "off": list(off)})
         else:
             console = _console()
             for plan in plans:
@@ -273,7 +279,7 @@ def _sync_apply(syncer, prepared, plans, *, dry_run: bool, yes: bool, json_out: 
             return EXIT_CANCELLED
     report = syncer.run(prepared, progress=_progress_bar(json_out))
     if json_out:
-        _emit_json(report.to_dict())
+        _emit_json(report.to_dict() | ({"off": list(off)} if off else {}))
     else:
         _console().print(show.report_table(report))
         for obj in report.objects.values():

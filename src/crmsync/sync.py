@@ -154,8 +154,11 @@ class Syncer:
             connector.close()
 
     def policy(self, kind: ObjectKind) -> Policy:
-        values = self.profile.settings.get(kind)
-        return Policy.from_dict(values) if values is not None else Policy.default_for(kind)
+        return Policy.of_profile(kind, self.profile.settings.get(kind))
+
+    def switched_off(self, kinds: Sequence[ObjectKind] | None = None) -> list[ObjectKind]:
+        """The objects (of ``kinds``, default all the profile's) whose mode is off."""
+        return [k for k in (kinds or self.profile.objects) if not self.policy(k).syncs]
 
     def common_fields(self, kind: ObjectKind) -> frozenset[str]:
         crm, gw = (self.connector(s, kind).capabilities.fields.get(kind, frozenset())
@@ -169,7 +172,8 @@ class Syncer:
         for kind in kinds:
             if kind not in self.profile.objects:
                 raise ConfigError(f"profile {self.profile.name!r} does not sync {kind}")
-        return [self.gather(kind) for kind in kinds]
+        off = self.switched_off(kinds)
+        return [self.gather(kind) for kind in kinds if kind not in off]
 
     def gather(self, kind: ObjectKind) -> Prepared:
         pid = self.profile.id
@@ -251,7 +255,7 @@ class Syncer:
             totals = {s: paired[s] + len(unpaired[s]) for s in SIDES}
         plan = make_plan(kind, views, self.policy(kind), self.common_fields(kind),
                          unpaired=unpaired, totals=totals,
-                         ignored=self.store.ignored(pid, kind))
+                         ignored=self.store.ignored(pid, kind), now=self.clock())
         return Prepared(kind, plan, listed, old, pend)
 
     def _list(self, side: Side, kind: ObjectKind, cursor: str | None) -> Changes:
@@ -332,10 +336,14 @@ class Syncer:
         view = View(step.pair, current["crm"], current["groupware"])
         if step.pair is None:
             plan = make_plan(kind, [], self.policy(kind), self.common_fields(kind),
-                             unpaired={s: [i] for s, i in current.items() if i is not None})
+                             unpaired={s: [i] for s, i in current.items() if i is not None},
+                             now=self.clock())
         else:
-            plan = make_plan(kind, [view], self.policy(kind), self.common_fields(kind))
-        return plan.steps[0] if plan.steps else Step(kind, step.pair, None, None)
+            plan = make_plan(kind, [view], self.policy(kind), self.common_fields(kind),
+                             now=self.clock())
+        # No step: nothing to do for it now (e.g. it left the sync range); the pair stays.
+        return plan.steps[0] if plan.steps else Step(kind, step.pair, None, None,
+                                                     state="settle")
 
 
 def _user() -> str | None:
