@@ -8,25 +8,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from crmsync.model import Attendee, Event, Person, moment
-from crmsync.policy import Policy
 from scenario import Scenario, sf_time
 
 START = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=2)
 
 
 def settings(scn: Scenario, **values: Any) -> None:
-    """Set calendar settings of the profile, validated as the settings command does."""
-    from crmsync.config import Paths, store_url
-    from crmsync.store import Store
-
-    store = Store.open(store_url(Paths.resolve(scn.home)))
-    try:
-        profile = store.profile("p")
-        current = profile.settings.get("calendar") or Policy.default_for("calendar").to_dict()
-        profile.settings["calendar"] = Policy.from_dict(current | values).to_dict()
-        store.save_settings(profile)
-    finally:
-        store.close()
+    """Set calendar settings through the command line, as a user would."""
+    for key, value in values.items():
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        scn.cli("settings", "p", "calendar", key, text, check=0)
 
 
 def meeting(uid: str, summary: str, hours: int = 0, **fields: Any) -> Event:
@@ -191,3 +182,23 @@ def test_record_refuses_what_it_cannot_do_with_clear_messages(scn: Scenario):
     settings(scn, record=False)
     assert "turned off" in scn.cli("record", "p", "r@t", check=2).stderr
     assert crm_events(scn) == {}
+
+
+def test_record_mode_syncs_only_recorded_events_and_auto_mode_refuses_record(scn: Scenario):
+    settings(scn, mode="off")
+    scn.put(meeting("one@t", "Recorded"))
+    scn.put(meeting("two@t", "Not recorded", 2))
+    scn.cli("record", "p", "one@t", check=0)  # record works with the calendar off too
+    settings(scn, mode="record")
+    scn.crm_insert("Event", Subject="Made in the CRM", StartDateTime=sf_time(START),
+                   EndDateTime=sf_time(START + timedelta(hours=1)))
+    scn.edit("one@t", summary="Recorded, edited")
+    plans, _ = scn.sync()
+    assert plans[0].counts() == {"update:crm": 1}
+    assert set(crm_events(scn)) == {"Recorded, edited", "Made in the CRM"}
+    assert len(scn.records()) == 2  # nothing came back from the CRM
+
+    settings(scn, mode="auto")
+    refused = scn.cli("record", "p", "two@t")
+    assert refused.code == 2 and "auto sync is on" in refused.stderr
+    assert "Not recorded" not in crm_events(scn)

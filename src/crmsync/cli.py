@@ -139,9 +139,10 @@ def profile_add(
     settings = {}
     for kind in kinds:
         base = Policy.default_for(kind)
+        # The objects a profile is made with start in manual mode (the default is off).
         policy = Policy.from_dict(base.to_dict() | {
             "conflict": conflict, "delete_vs_update": delete_vs_update,
-            "prevent": sorted(base.prevent | switches)})
+            "prevent": sorted(base.prevent | switches), "mode": "manual"})
         settings[kind] = policy.to_dict()
     store = _store()
     profile = store.add_profile(name, crm_ep, groupware_ep, kinds, settings)
@@ -193,6 +194,91 @@ def _profile_dict(p) -> dict[str, Any]:
             "settings": p.settings}
 
 
+# --- settings ---------------------------------------------------------------------------
+
+SETTINGS_HELP = " ".join("""
+Settings and their VALUEs: mode off|manual|auto|record (record: calendar only);
+conflict newest|crm|groupware|ask; delete_vs_update keep|crm|groupware|delete;
+prevent: comma-separated side:operation switches never done, e.g.
+crm:delete,groupware:create (none clears; sides crm, groupware; operations create,
+update, delete); they override every other rule. past_days 0-30; future_days 0-365;
+auto_every: minutes, at least 30; auto_days e.g. mon,tue,wed,thu,fri; auto_window
+HH:MM-HH:MM (may wrap past midnight; 00:00-24:00 is all day); timezone: an IANA name
+such as Europe/Berlin; include_private, shared: true|false; exclude_category: a
+category name; exclude_attendee: a smart address (a local part, or a whole address
+with @); an empty exclusion is off. Calendar selection all|matched|designated (which new
+calendar events go to the CRM: all, those with an organizer or attendee the CRM has as a
+Contact or Lead, or those designated by crm_category or smart_address);
+match_alternate_emails true|false; crm_category: a category name; smart_address: a local
+part or a whole address; record true|false (crmsync record allowed). After a change to
+what is considered, the next run lists every item again. Invalid values exit with code 2.
+""".split())
+
+# Settings that change which items a run considers: after a change the next run lists
+# every item again, so that items now in range or no longer excluded are seen.
+_RESCAN = frozenset({"mode", "past_days", "future_days", "timezone", "include_private",
+                     "exclude_category", "exclude_attendee", "shared", "selection",
+                     "match_alternate_emails", "crm_category", "smart_address"})
+
+
+@app.command("settings", epilog=SETTINGS_HELP)
+def settings_command(
+    name: Annotated[str, typer.Argument(help="The profile.")],
+    obj: Annotated[str, typer.Argument(help="The object: calendar, contacts or tasks.")],
+    key: Annotated[str | None, typer.Argument(help="One setting to show or set.",
+                                              show_default=False)] = None,
+    value: Annotated[str | None, typer.Argument(help="The new value (see below).",
+                                                show_default=False)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show an object's settings, show one (KEY), or validate and set one (KEY VALUE)."""
+    from dataclasses import fields
+
+    from crmsync.policy import Policy
+
+    store = _store()
+    profile = store.profile(name)
+    if obj not in profile.objects:
+        raise ConfigError(f"profile {name!r} does not sync {obj!r}; its objects: "
+                          f"{', '.join(profile.objects)}")
+    policy = Policy.of_profile(obj, profile.settings.get(obj))  # type: ignore[arg-type]
+    known = [f.name for f in fields(Policy)]
+    if key is not None and key not in known:
+        raise ConfigError(f"unknown setting {key!r}; settings: {', '.join(known)}")
+    if key is not None and value is not None:
+        new = policy.with_setting(key, value)
+        new.validate_for(obj)  # type: ignore[arg-type]
+        profile.settings[obj] = new.to_dict()
+        store.save_settings(profile)
+        if key in _RESCAN and getattr(new, key) != getattr(policy, key):
+            store.reset_cursors(profile.id, obj)  # type: ignore[arg-type]
+        policy = new
+    values = policy.to_dict()
+    shown = {key: values[key]} if key is not None else values
+    if json_out:
+        _emit_json(shown)
+        return
+    if key is not None and value is None:
+        sys.stdout.write(_setting_text(values[key]) + "\n")
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{name} {obj}", title_justify="left")
+    table.add_column("setting")
+    table.add_column("value")
+    for k, v in shown.items():
+        table.add_row(k, _setting_text(v))
+    _console().print(table)
+
+
+def _setting_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
+
+
 # --- sync -------------------------------------------------------------------------------
 
 
@@ -230,14 +316,18 @@ def _run_sync(name: str, objects: list[str] | None, **options: bool) -> int:
     syncer = Syncer(store, profile,
                     credentials=lambda side: credentials_for(paths, profile.name, side))
     try:
+        off = syncer.switched_off(objects or None)  # type: ignore[arg-type]
+        if off and not options["json_out"]:
+            _console().print(f"Not synced (mode off): {', '.join(off)}. Turn one on with "
+                             f"'crmsync settings {name} OBJECT mode manual'.", highlight=False)
         prepared = syncer.prepare(objects or None)  # type: ignore[arg-type]
-        return _sync_apply(syncer, prepared, [p.plan for p in prepared], **options)
+        return _sync_apply(syncer, prepared, [p.plan for p in prepared], off=off, **options)
     finally:
         syncer.close()
 
 
 def _sync_apply(syncer, prepared, plans, *, dry_run: bool, yes: bool, json_out: bool,
-                allow_mass_delete: bool) -> int:
+                allow_mass_delete: bool, off: list[str] | tuple[str, ...] = ()) -> int:
     from crmsync import show
 
     interactive = sys.stdin.isatty() and not json_out
@@ -246,7 +336,8 @@ def _sync_apply(syncer, prepared, plans, *, dry_run: bool, yes: bool, json_out: 
     if dry_run or not json_out:
         if json_out:
             _emit_json({"profile": syncer.profile.name, "dry_run": True,
-                        "objects": {p.kind: show.plan_dict(p) for p in plans}})
+                        "objects": {p.kind: show.plan_dict(p) for p in plans},
+                        "off": list(off)})
         else:
             console = _console()
             for plan in plans:
@@ -273,7 +364,7 @@ def _sync_apply(syncer, prepared, plans, *, dry_run: bool, yes: bool, json_out: 
             return EXIT_CANCELLED
     report = syncer.run(prepared, progress=_progress_bar(json_out))
     if json_out:
-        _emit_json(report.to_dict())
+        _emit_json(report.to_dict() | ({"off": list(off)} if off else {}))
     else:
         _console().print(show.report_table(report))
         for obj in report.objects.values():

@@ -16,9 +16,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
-from crmsync import formats, selection
+from crmsync import formats, rules, selection
 from crmsync.connectors.base import SIDES, Item, Side, other
 from crmsync.errors import FormatError
 from crmsync.merge import Flat, diff, flatten
@@ -29,6 +30,8 @@ Op = Literal["create", "update", "delete", "conflict", "skip", "link"]
 WRITES: frozenset[Op] = frozenset({"create", "update", "delete"})
 _RANK = {"delete": 0, "conflict": 1, "update": 2, "create": 3, "link": 4, "skip": 5}
 SIDE_NAME = {"crm": "CRM", "groupware": "groupware"}
+# What the review may do with a conflict left for the user (conflict rule "ask").
+CONFLICT_CHOICES = ("crm", "groupware", "skip")
 # Field values that say "nothing here" (see _Planner._merge).
 _EMPTY: tuple[Any, ...] = (None, "", [], {})
 
@@ -109,6 +112,8 @@ class Action:
     conflicts: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     # A skip because something is broken rather than because a rule said so.
     failed: bool = False
+    # conflict: what the review may choose ("crm": keep the CRM's values, ...).
+    choices: tuple[str, ...] = ()
 
     @property
     def code(self) -> str:
@@ -198,6 +203,7 @@ def make_plan(
     totals: dict[Side, int] | None = None,
     ignored: Mapping[tuple[Side, str], Ignore] | None = None,
     known_emails: frozenset[str] | None = None,
+    now: datetime | None = None,
 ) -> Plan:
     """Plan one object's run.
 
@@ -207,12 +213,15 @@ def make_plan(
     ``common`` are the fields both sides store; ``totals`` the item count per side, for
     the mass-delete guard. ``ignored`` are the user's ignores by (side, item id);
     ``known_emails`` the emails the CRM knows a person for ("matched" selection).
+    ``now`` (aware) places the sync range (see crmsync.rules); without it every item is
+    in range.
     """
     all_views = list(views)
     if unpaired:
         all_views.extend(pair_up(kind, unpaired.get("crm", []), unpaired.get("groupware", [])))
-    planner = _Planner(policy, common, ignored or {}, known_emails)
-    steps = sorted((planner.step(kind, v) for v in all_views), key=Step._order)
+    planner = _Planner(policy, common, ignored or {}, known_emails, now)
+    steps = sorted((s for v in all_views if (s := planner.step(kind, v)) is not None),
+                   key=Step._order)
     plan = Plan(kind, steps, lapsed=sorted(planner.lapsed))
     plan.guard = _mass_delete_guard(plan, policy, totals or {})
     return plan
@@ -297,54 +306,90 @@ def _safe_key(item: Item) -> tuple | None:
 class _Planner:
     def __init__(self, policy: Policy, common: frozenset[str],
                  ignored: Mapping[tuple[Side, str], Ignore],
-                 known_emails: frozenset[str] | None) -> None:
+                 known_emails: frozenset[str] | None, now: datetime | None) -> None:
         self.policy = policy
         self.common = common
         self.ignored = ignored
         self.known_emails = known_emails
+        self.now = now
         self.lapsed: list[tuple[Side, str]] = []
         # Flattened fields by content: a base copied verbatim to the other side, and an
         # unchanged side whose base is its current item, are parsed once.
         self._flat: dict[tuple[str, str], Flat] = {}
 
-    def step(self, kind: ObjectKind, view: View) -> Step:
+    def step(self, kind: ObjectKind, view: View) -> Step | None:
+        """The step for one view; None when the view is not considered at all."""
         step = Step(kind, view.pair, view.crm, view.gw)
         try:
-            self._plan(step, view)
+            if not self._plan(step, view):
+                return None
         except FormatError as exc:
             step.actions = [Action("skip", reason=f"cannot read item {exc.item_id}: {exc}",
                                    failed=True)]
             step.state = "retry"
         return step
 
-    def _plan(self, step: Step, view: View) -> None:
+    def _plan(self, step: Step, view: View) -> bool:
+        """Fill in the step; False when the view is out of the plan altogether."""
         pair = view.pair
+        if self.policy.mode == "record" and not (pair is not None and pair.one_way):
+            return False  # record mode syncs only the events recorded (crmsync.record)
         why = self._ignored(view)
         if why is not None:
             step.actions.append(Action("skip", why[0], reason=why[1]))
             step.state = "settle"
-            return
+            return True
         for side in SIDES:
             item = view.item(side)
             if item is not None and item.error is not None:
                 raise FormatError(item.error, item.id)
+        if pair is not None and (pair.crm_id is None or pair.gw_id is None):
+            # Unlinked: the counterpart was deleted and mirroring it was prevented. The
+            # survivor is no longer synced; the pair is only kept to say so.
+            return True
+        if pair is not None and view.crm is None and view.gw is None:
+            return True  # deleted on both sides: forget the pair
+        if not self._considered(step, view):
+            return bool(step.actions)
         if pair is None:
             if view.crm is not None and view.gw is not None:
                 self._merge(step, view)
             else:
                 self._create(step, view)
-            return
-        if pair.crm_id is None or pair.gw_id is None:
-            # Unlinked: the counterpart was deleted and mirroring it was prevented. The
-            # survivor is no longer synced; the pair is only kept to say so.
-            return
-        if view.crm is None and view.gw is None:
-            return  # deleted on both sides: forget the pair
+            return True
         for side in SIDES:
             if view.item(side) is None:
                 self._deleted(step, view, side)
-                return
+                return True
         self._merge(step, view)
+        return True
+
+    def _considered(self, step: Step, view: View) -> bool:
+        """The range and exclusion rules (crmsync.rules). An item they leave out is left
+        alone on both sides: nothing created, updated or deleted because of it."""
+        present = [(s, i) for s in SIDES if (i := view.item(s)) is not None]
+        if self.now is not None and not any(
+                rules.in_range(self.policy, i.record(), self.now) for _, i in present):
+            # Out of range. New items and deletions (an item may only have dropped out of
+            # a side's ranged listing) do not even appear; a change to a synced item is
+            # shown as a skip, so that the user knows why it does not flow.
+            if view.pair is not None and len(present) == 2:
+                first, last = self.policy.window(self.now)
+                zone = self.policy.zone()
+                step.actions.append(Action("skip", reason=(
+                    f"outside the sync range ({first.astimezone(zone):%Y-%m-%d} to "
+                    f"{last.astimezone(zone):%Y-%m-%d}, {self.policy.timezone})")))
+                step.state = "settle"
+            return False
+        for side, item in present:
+            why = rules.exclusion(self.policy, item.record())
+            if why is not None:
+                left = " left alone on both sides" if view.pair is not None else " not synced"
+                step.actions.append(Action("skip", side, reason=(
+                    f"excluded in {SIDE_NAME[side]}: {why};{left}")))
+                step.state = "settle"
+                return False
+        return True
 
     def _ignored(self, view: View) -> tuple[Side, str] | None:
         """The side and reason of a skip when the user ignores this item; an until-change
@@ -474,10 +519,13 @@ class _Planner:
         if clash:
             winner: Side | None = "groupware" if one_way else self._winner(view)
             if winner is None:
+                what = rules.describe(self.policy, view.gw.record())
                 step.actions.append(Action(
                     "conflict",
-                    reason=f"both sides changed {', '.join(clash)}",
+                    reason=(f"{what}: both sides changed {', '.join(clash)}; choose: keep "
+                            "the CRM's, keep the groupware's, or skip this time"),
                     conflicts={k: (now["crm"].get(k), now["groupware"].get(k)) for k in clash},
+                    choices=CONFLICT_CHOICES,
                 ))
                 step.state = "retry"
                 return

@@ -63,7 +63,7 @@ def check_allowed(syncer: Syncer) -> None:
     if "calendar" not in profile.objects:
         raise ConfigError(f"profile {profile.name!r} does not sync calendar; record needs it")
     policy = syncer.policy("calendar")
-    if getattr(policy, "mode", "off") == "auto":
+    if policy.mode == "auto":
         raise ConfigError(
             f"record is switched off while calendar auto sync is on for {profile.name!r}: "
             "auto sync already sends events to the CRM. Set the calendar mode to manual or "

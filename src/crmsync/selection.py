@@ -16,26 +16,17 @@ SELECTION is a calendar setting (:class:`crmsync.policy.Policy`):
 Selection decides about groupware events no pair knows yet. Items created in the CRM
 always sync to the groupware, and a pair once synced stays synced when its event stops
 matching (a contact deleted, the category removed): it is left as it is, never deleted
-because of the selection.
+because of the selection. In a shared calendar (setting ``shared``) selection stands
+aside: every item not marked private syncs (see crmsync.rules).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+from crmsync import rules
 from crmsync.model import Event, Record
 from crmsync.policy import Policy
-
-
-def address_matches(email: str, address: str) -> bool:
-    """Whether ``email`` is the smart ``address``: the whole address when it holds an
-    '@', else its local part (any domain), case-insensitively."""
-    email, address = email.strip().casefold(), address.strip().casefold()
-    if not email or not address:
-        return False
-    if "@" in address:
-        return email == address
-    return email.partition("@")[0] == address
 
 
 def emails_of(event: Event) -> set[str]:
@@ -59,7 +50,7 @@ def is_designated(event: Event, policy: Policy) -> bool:
     category = policy.crm_category.strip().casefold()
     if any(c.strip().casefold() == category for c in event.categories):
         return True
-    return any(address_matches(a.email, policy.smart_address) for a in event.attendees)
+    return any(rules.smart_address(policy.smart_address, a.email) for a in event.attendees)
 
 
 def excluded(record: Record, policy: Policy, known: frozenset[str] | None) -> str | None:
@@ -67,7 +58,8 @@ def excluded(record: Record, policy: Policy, known: frozenset[str] | None) -> st
 
     ``known``: the lower-cased emails the CRM has a Contact or Lead for (``matched``).
     """
-    if not isinstance(record, Event) or policy.selection == "all":
+    if not isinstance(record, Event) or policy.selection == "all" \
+            or rules.shared_overrides_selection(policy):
         return None
     if policy.selection == "designated":
         if is_designated(record, policy):
@@ -82,7 +74,8 @@ def excluded(record: Record, policy: Policy, known: frozenset[str] | None) -> st
 def mark(record: Record, policy: Policy) -> list[str] | None:
     """The categories to give a designated event sent to the CRM, or None if it has the
     CRM category already (or the selection is not ``designated``)."""
-    if not isinstance(record, Event) or policy.selection != "designated":
+    if not isinstance(record, Event) or policy.selection != "designated" \
+            or rules.shared_overrides_selection(policy):
         return None
     category = policy.crm_category.strip()
     if any(c.strip().casefold() == category.casefold() for c in record.categories):

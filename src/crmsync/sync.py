@@ -167,8 +167,11 @@ class Syncer:
             connector.close()
 
     def policy(self, kind: ObjectKind) -> Policy:
-        values = self.profile.settings.get(kind)
-        return Policy.from_dict(values) if values is not None else Policy.default_for(kind)
+        return Policy.of_profile(kind, self.profile.settings.get(kind))
+
+    def switched_off(self, kinds: Sequence[ObjectKind] | None = None) -> list[ObjectKind]:
+        """The objects (of ``kinds``, default all the profile's) whose mode is off."""
+        return [k for k in (kinds or self.profile.objects) if not self.policy(k).syncs]
 
     def common_fields(self, kind: ObjectKind) -> frozenset[str]:
         crm, gw = (self.connector(s, kind).capabilities.fields.get(kind, frozenset())
@@ -182,7 +185,8 @@ class Syncer:
         for kind in kinds:
             if kind not in self.profile.objects:
                 raise ConfigError(f"profile {self.profile.name!r} does not sync {kind}")
-        return [self.gather(kind) for kind in kinds]
+        off = self.switched_off(kinds)
+        return [self.gather(kind) for kind in kinds if kind not in off]
 
     def gather(self, kind: ObjectKind) -> Prepared:
         pid = self.profile.id
@@ -266,7 +270,8 @@ class Syncer:
         self._known[kind] = self.known_emails(kind, policy, unpaired["groupware"])
         plan = make_plan(kind, views, policy, self.common_fields(kind),
                          unpaired=unpaired, totals=totals,
-                         ignored=self.store.ignored(pid, kind), known_emails=self._known[kind])
+                         ignored=self.store.ignored(pid, kind), known_emails=self._known[kind],
+                         now=self.clock())
         return Prepared(kind, plan, listed, old, pend)
 
     def known_emails(self, kind: ObjectKind, policy: Policy,
@@ -396,7 +401,7 @@ class Syncer:
                              if item_id else None)
         view = View(step.pair, current["crm"], current["groupware"])
         rules: dict[str, Any] = {"ignored": self.store.ignored(self.profile.id, kind),
-                                 "known_emails": self._known.get(kind)}
+                                 "known_emails": self._known.get(kind), "now": self.clock()}
         if step.pair is None:
             plan = make_plan(kind, [], self.policy(kind), self.common_fields(kind),
                              unpaired={s: [i] for s, i in current.items() if i is not None},
@@ -404,7 +409,9 @@ class Syncer:
         else:
             plan = make_plan(kind, [view], self.policy(kind), self.common_fields(kind),
                              **rules)
-        return plan.steps[0] if plan.steps else Step(kind, step.pair, None, None)
+        # No step: nothing to do for it now (e.g. it left the sync range); the pair stays.
+        return plan.steps[0] if plan.steps else Step(kind, step.pair, None, None,
+                                                     state="settle")
 
 
 def _user() -> str | None:
