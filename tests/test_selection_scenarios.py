@@ -189,6 +189,12 @@ def test_record_mode_syncs_only_recorded_events_and_auto_mode_refuses_record(scn
     scn.put(meeting("one@t", "Recorded"))
     scn.put(meeting("two@t", "Not recorded", 2))
     scn.cli("record", "p", "one@t", check=0)  # record works with the calendar off too
+    scn.edit("one@t", location="Room 4")
+    again = json.loads(scn.cli("record", "p", "one@t", "--json", check=0).stdout)
+    assert again["status"] == "updated"  # recording again sends the changes since
+    assert scn.crm_query("SELECT Location FROM Event") == [{"Location": "Room 4"}]
+    assert json.loads(scn.cli("record", "p", "one@t", "--json", check=0).stdout)[
+        "status"] == "already-recorded"
     settings(scn, mode="record")
     scn.crm_insert("Event", Subject="Made in the CRM", StartDateTime=sf_time(START),
                    EndDateTime=sf_time(START + timedelta(hours=1)))

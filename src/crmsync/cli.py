@@ -522,8 +522,9 @@ def record(
 ) -> None:
     """Record one groupware event in the CRM (SnapRecord), one way.
 
-    Later changes to the event in the groupware follow to the CRM on the next sync;
-    changes made in the CRM never come back. Recording it again writes nothing.
+    Later changes to the event in the groupware follow to the CRM on the next sync (or
+    when it is recorded again); changes made in the CRM never come back. Recording it
+    again never duplicates it.
     Refused while calendar auto sync is on.
     """
     from crmsync.record import parse_fields, record_event
@@ -545,6 +546,9 @@ def record(
         console.print(f"Recorded {done.label} in the CRM as {done.crm_id}"
                       + (f", related to {', '.join(done.related)}" if done.related else "")
                       + ".", highlight=False)
+    elif done.status == "updated":
+        console.print(f"{done.label} was recorded as {done.crm_id}; sent its changes since.",
+                      highlight=False)
     elif done.status == "already-recorded":
         console.print(f"{done.label} is already recorded as {done.crm_id}; its changes "
                       "follow on the next sync.", highlight=False)

@@ -2,7 +2,8 @@
 
 The pair is stored with ``one_way`` set: the planner sends the event's later groupware
 changes to the CRM and never writes the CRM's changes back (see crmsync.plan). Recording
-an event that is already paired writes nothing, so recording twice never duplicates.
+an event again never duplicates it: a recorded one gets its groupware changes since sent
+(useful while calendar sync is off), a two-way pair is left as it is.
 
 Record is on by default (setting ``record``) and refused while calendar sync is in
 ``auto`` mode, as the seed product switches it off then; it works whatever the mode
@@ -19,9 +20,9 @@ from typing import Any
 
 from crmsync.connectors.base import Create, Item
 from crmsync.errors import ConfigError, ItemError
-from crmsync.plan import Pair
+from crmsync.plan import Pair, View, make_plan
 from crmsync.store import RunItem
-from crmsync.sync import Syncer
+from crmsync.sync import Prepared, Syncer
 
 # A Salesforce-style record Id: 15 or 18 letters and digits.
 _CRM_ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
@@ -29,7 +30,8 @@ _CRM_ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
 
 @dataclass
 class Recorded:
-    """What ``record`` did: ``status`` is "recorded", "already-recorded" or "synced"."""
+    """What ``record`` did: ``status`` is "recorded", "updated" (recorded before; its
+    groupware changes were sent now), "already-recorded" or "synced" (a two-way pair)."""
 
     status: str
     label: str
@@ -127,8 +129,9 @@ def record_event(syncer: Syncer, ref: str, relate: Sequence[str] = (),
     known = store.pairs(pid, "calendar", ids={"groupware": {item.id}})
     if known and known[0].crm_id is not None:
         pair = known[0]
-        status = "already-recorded" if pair.one_way else "synced"
-        return Recorded(status, item.label(), item.id, pair.crm_id, [])
+        if not pair.one_way:
+            return Recorded("synced", item.label(), item.id, pair.crm_id, [])
+        return _follow(syncer, pair, item)
     related = resolve_relations(syncer, relate, syncer.policy("calendar")
                                 .match_alternate_emails)
     run_id = store.start_run(pid, ["calendar"], "record", None)
@@ -150,3 +153,24 @@ def record_event(syncer: Syncer, ref: str, relate: Sequence[str] = (),
     store.finish_run(run_id, "ok", {"calendar": {"create:crm": 1}})
     return Recorded("recorded", item.label(), item.id, result.item.id, related,
                     result.error)
+
+
+def _follow(syncer: Syncer, pair: Pair, item: Item) -> Recorded:
+    """Recording a recorded event again sends its groupware changes since (if any), as
+    the next sync would: a way to update it while calendar sync is off."""
+    syncer.store.load_bases("calendar", [pair])
+    assert pair.crm_id is not None
+    crm_now = syncer.connector("crm", "calendar").fetch("calendar", [pair.crm_id]).get(
+        pair.crm_id)
+    plan = make_plan("calendar", [View(pair, crm_now, item)], syncer.policy("calendar"),
+                     syncer.common_fields("calendar"))
+    if not any(step.actions for step in plan.steps):
+        return Recorded("already-recorded", item.label(), item.id, pair.crm_id, [])
+    report = syncer.run([Prepared.unlisted(plan)], mode="record")
+    problems = [i for r in report.objects.values() for i in r.items
+                if i.outcome in ("failed", "conflict")]
+    if problems:
+        raise ItemError(f"{item.label()}: {problems[0].reason}", item.id)
+    notes = [a.reason for _, a in plan.actions() if a.op == "skip"]
+    return Recorded("updated" if plan.writes else "already-recorded", item.label(), item.id,
+                    pair.crm_id, [], "; ".join(notes) or None)

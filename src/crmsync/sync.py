@@ -63,10 +63,15 @@ class Prepared:
 
     kind: ObjectKind
     plan: Plan
-    # The cursors the listing returned, and the ones the run started from.
-    listed: dict[Side, str | None]
+    # The cursors the listing returned, and the ones the run started from; None for a
+    # plan made without a listing (crmsync.record), which leaves cursors as they are.
+    listed: dict[Side, str | None] | None
     old: dict[Side, str | None]
     pending: dict[Side, set[str]]
+
+    @classmethod
+    def unlisted(cls, plan: Plan) -> Prepared:
+        return cls(plan.kind, plan, None, {}, {s: set() for s in SIDES})
 
 
 @dataclass
@@ -451,7 +456,10 @@ class _Executor:
         if prep.plan.lapsed:
             # Their item changed: "ignore until one side changes" is over.
             self.store.unignore(self.syncer.profile.id, self.kind, prep.plan.lapsed)
-        cursors = {s: self.syncer.connector(s, self.kind).cursor(self.kind, prep.listed[s])
+        if prep.listed is None:
+            return
+        listed = prep.listed
+        cursors = {s: self.syncer.connector(s, self.kind).cursor(self.kind, listed[s])
                    for s in SIDES}
         if cursors != prep.old or self.pending != prep.pending:
             self.store.save_progress(self.syncer.profile.id, self.kind, cursors, self.pending)
