@@ -9,7 +9,7 @@ from crmsync.errors import ConfigError
 from crmsync.model import Attendee, Person, Task
 from crmsync.policy import Policy
 
-from conftest import event
+from conftest import Sides, event, make_syncer
 
 MATCHED = Policy(selection="matched")
 DESIGNATED = Policy(selection="designated")
@@ -73,3 +73,11 @@ def test_selection_settings_round_trip_through_the_stored_form():
     again = Policy.of_profile("calendar", policy.to_dict())
     assert (again.selection, again.record, again.smart_address) == (
         "designated", False, "rec@crm.example")
+
+
+def test_matched_selection_needs_a_crm_that_can_look_people_up(sqlite_store, sides: Sides):
+    sides.put("groupware", event("u1", attendees=[Attendee("ann@client.example")]))
+    syncer = make_syncer(sqlite_store, sides, objects=("calendar",),
+                         settings={"calendar": {"selection": "matched"}})
+    with pytest.raises(ConfigError, match="cannot look people up by email"):
+        syncer.prepare(["calendar"])

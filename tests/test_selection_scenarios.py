@@ -121,7 +121,7 @@ def test_ignore_forever_keeps_an_item_out_until_lifted(scn: Scenario):
     scn.crm_update("Event", crm_id, Subject="CRM only, edited")
     plans, _ = scn.sync()
     assert plans[0].counts() == {"skip": 1} and scn.records() == {}
-    scn.cli("unignore", "p", "calendar", crm_id, check=0)
+    scn.cli("ignore", "p", "calendar", crm_id, "--lift", check=0)  # = unignore
     assert scn.cli("unignore", "p", "calendar", crm_id).code == 2  # nothing left to lift
     scn.sync()
     assert [e.summary for e in scn.records().values()] == ["CRM only, edited"]
