@@ -44,7 +44,9 @@ def test_selection_matched_syncs_only_events_with_a_crm_contact_or_lead(scn: Sce
     ann = scn.crm_insert("Contact", LastName="Ann", Email="ann@client.example")
     lead = scn.crm_insert("Lead", LastName="Lee", Company="Lee Ltd", Email="lee@lead.example")
     settings(scn, selection="matched")
-    scn.put(meeting("ann@t", "With Ann", attendees=[Attendee("ANN@client.example")]))
+    scn.put(meeting("ann@t", "With Ann", attendees=[Attendee("ANN@client.example"),
+                                                    Attendee("lee@lead.example")]))
+    scn.put(meeting("lead@t", "Lead only", 6, attendees=[Attendee("lee@lead.example")]))
     scn.put(meeting("lee@t", "Lee organizes", 2, organizer=Person("lee@lead.example"),
                     attendees=[Attendee("me@home.example")]))
     scn.put(meeting("str@t", "With a stranger", 4, attendees=[Attendee("x@else.example")]))
@@ -52,15 +54,18 @@ def test_selection_matched_syncs_only_events_with_a_crm_contact_or_lead(scn: Sce
                    EndDateTime=sf_time(START + timedelta(hours=1)))
     plans, report = scn.sync()
     assert report.status == "ok"
-    assert plans[0].counts() == {"create:crm": 2, "create:groupware": 1, "skip": 1}
+    assert plans[0].counts() == {"create:crm": 3, "create:groupware": 1, "skip": 1}
     events = crm_events(scn)
-    assert set(events) == {"With Ann", "Lee organizes", "Made in the CRM"}
+    assert set(events) == {"With Ann", "Lee organizes", "Lead only", "Made in the CRM"}
     # CRM items always reach the groupware, whatever the selection.
     assert {e.summary for e in scn.records().values()} == {
-        "With Ann", "Lee organizes", "With a stranger", "Made in the CRM"}
-    # The matched contact is related to the event (invitee and who).
-    assert relations(scn, events["With Ann"]["Id"])[ann]["IsParent"] is True
+        "With Ann", "Lee organizes", "Lead only", "With a stranger", "Made in the CRM"}
+    # The matched people are related to the event (invitee and who): Contacts, or one
+    # Lead when no Contact is invited (Shared Activities relates no more).
+    with_ann = relations(scn, events["With Ann"]["Id"])
+    assert (with_ann[ann]["IsParent"], with_ann[lead]["IsParent"]) == (True, False)
     assert events["With Ann"]["WhoId"] == ann
+    assert events["Lead only"]["WhoId"] == lead
     assert lead not in relations(scn, events["Lee organizes"]["Id"])  # organizer: no invite
 
     # A synced pair that stops matching is left synced, never deleted.

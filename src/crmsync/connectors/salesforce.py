@@ -346,6 +346,7 @@ class SalesforceConnector(Connector):
         self._people: dict[tuple[tuple[str, ...], bool], dict[str, list[dict[str, str]]]] = {}
         # Email fields per Contact/Lead/User (the alternates too), from describe.
         self._email_fields: dict[str, list[str]] = {}
+        self._shared: bool | None = None  # see _shared_activities
 
     def __repr__(self) -> str:
         return f"SalesforceConnector({public_url(self.client.instance_url)})"
@@ -797,10 +798,23 @@ class SalesforceConnector(Connector):
                             f"not {len(others)}: {', '.join(others)}")
         if others:
             values["WhatId"] = others[0]
-        if people and kind != "calendar":
+        if people and (kind != "calendar" or not self._shared_activities()):
+            # Without Shared Activities an activity relates to one person: its WhoId.
+            if len(people) > 1:
+                raise ItemError(f"this org relates an {obj} to one person, not "
+                                f"{len(people)} (Shared Activities is off)")
             values["WhoId"] = people[0]
             return []
         return people
+
+    def _shared_activities(self) -> bool:
+        """Whether the org relates events to several people (Shared Activities): its
+        EventRelation then has a createable IsParent. One describe per connector."""
+        if self._shared is None:
+            answer = self.client.call("GET", "sobjects/EventRelation/describe")
+            self._shared = any(f.get("name") == "IsParent" and f.get("createable")
+                               for f in answer.get("fields", []) if isinstance(f, dict))
+        return self._shared
 
     def _relate(self, events: list[tuple[str, Record, list[str]]]) -> dict[str, str]:
         """Relate new events to people who are not among their attendees (Shared
@@ -996,9 +1010,12 @@ class SalesforceConnector(Connector):
         creates: list[tuple[int, dict[str, Any]]] = []
         patches: list[tuple[int, dict[str, Any]]] = []
         drops: dict[str, str] = {}
+        shared = self._shared_activities() if found else False
         for event_id, event, old in events:
             have = {(o.get("Email") or "").lower(): o for o in old or []}
             want: dict[str, Attendee] = {a.email.lower(): a for a in event.attendees}
+            parents = _parents([_best(found[e]) for e in want if e not in have and e in found],
+                               new=old is None) if shared else set()
             for email, attendee in want.items():
                 status = sf.invitee_status(attendee)
                 if email in have:
@@ -1012,13 +1029,13 @@ class SalesforceConnector(Connector):
                 if not people:
                     continue
                 person = _best(people)
-                # A Contact or Lead invited is also related to the event (IsParent, one
-                # record for both, per Shared Activities): the CRM shows the meeting on
+                # A Contact (or Lead) invited is also related to the event (IsParent, one
+                # record for both, with Shared Activities): the CRM shows the meeting on
                 # their record, and the first one becomes the event's WhoId.
                 creates.append((len(owner), {
                     "attributes": {"type": "EventRelation"}, "EventId": event_id,
                     "RelationId": person["Id"], "IsInvitee": True, "Status": status,
-                    **({"IsParent": True} if person["type"] in ("Contact", "Lead") else {})}))
+                    **({"IsParent": True} if person["Id"] in parents else {})}))
                 owner.append(event_id)
             drops.update({o["Id"]: event_id for email, o in have.items()
                           if email not in want and o.get("Id")})
@@ -1270,6 +1287,16 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, str) and isinstance(b, str) and re.match(r"\d{4}-\d\d-\d\dT", a):
         return sf.sf_datetime(a) == sf.sf_datetime(b)
     return (a if a not in ("", None) else None) == (b if b not in ("", None) else None)
+
+
+def _parents(people: list[dict[str, str]], new: bool) -> set[str]:
+    """Which of an event's newly invited people to relate (IsParent): up to 50 Contacts,
+    or, on a new event without any, one Lead (Shared Activities allows no more)."""
+    contacts = [p["Id"] for p in people if p["type"] == "Contact"]
+    if contacts:
+        return set(contacts[:50])
+    leads = [p["Id"] for p in people if p["type"] == "Lead"]
+    return {leads[0]} if leads and new else set()
 
 
 def _best(people: list[dict[str, str]]) -> dict[str, str]:
