@@ -83,6 +83,11 @@ def find_event(syncer: Syncer, ref: str) -> Item:
     by_name = [i for i in ids if i == ref or i.rstrip("/").rsplit("/", 1)[-1] == ref]
     if by_name:
         return gw.fetch("calendar", by_name[:1])[by_name[0]]
+    # Most calendars name an event's file after its UID: try that before reading all.
+    guess = [i for i in ids if i.rstrip("/").rsplit("/", 1)[-1] == ref + ".ics"]
+    for item in gw.fetch("calendar", guess[:1]).values():
+        if item.uid == ref:
+            return item
     have = {u[0]: u[2] for u in listing.upserts if u[2] is not None}
     missing = [i for i in ids if i not in have]
     if missing:
