@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from crmsync.model import Event, ObjectKind, Record
 from crmsync.store import Store
 from crmsync.sync import Syncer
 
-pytest_plugins = ["davservers", "sfsandbox"]
+pytest_plugins = ["davservers", "sfsandbox", "scenario"]
 
 POSTGRES_URL = os.environ.get(
     "CRMSYNC_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -161,8 +162,18 @@ def sync(syncer: Syncer, kinds=None):
     return plans, syncer.run(prepared)
 
 
-def event(uid: str, summary: str = "Meeting", start: str = "2026-12-01T09:00:00Z",
-          end: str = "2026-12-01T10:00:00Z", **fields) -> Event:
+# Test items lie a little ahead of today, inside the sync range whenever the tests run.
+BASE = datetime.now(UTC).date() + timedelta(days=10)
+
+
+def day(n: int = 0, at: str | None = "09:00") -> str:
+    """The MOMENT ``n`` days after BASE at ``at`` (UTC); the date alone when ``at`` is None."""
+    when = (BASE + timedelta(days=n)).isoformat()
+    return when if at is None else f"{when}T{at}:00Z"
+
+
+def event(uid: str, summary: str = "Meeting", start: str = day(0),
+          end: str = day(0, "10:00"), **fields) -> Event:
     return Event(uid=uid, summary=summary, start=start, end=end, **fields)
 
 

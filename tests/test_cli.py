@@ -14,7 +14,7 @@ import pytest
 
 from crmsync.model import Contact
 
-from conftest import Sides, event
+from conftest import Sides, day, event
 
 
 def crmsync(home: Path, *args: str, input: str | None = None, check: int | None = 0):
@@ -112,8 +112,7 @@ def test_kill_9_at_various_moments_then_rerun_converges(home: Path, sides: Sides
     for i in range(n):
         side = "crm" if i % 3 else "groupware"
         sides.put(side, event(f"e{i:05}@x", f"Event {i}",
-                              start=f"2026-12-{1 + i % 28:02}T09:00:00Z",
-                              end=f"2026-12-{1 + i % 28:02}T10:00:00Z"))
+                              start=day(i % 28), end=day(i % 28, "10:00")))
     add_profile(home, sides, "--objects", "calendar")
     for delay in (0.4, 0.8, 1.2, 1.6, 2.4):
         _kill_during_sync(home, delay)

@@ -13,7 +13,7 @@ import pytest
 from crmsync import formats
 from crmsync.model import Contact, Occurrence, Task, moment
 
-from conftest import Sides, event
+from conftest import Sides, day, event
 from test_cli import crmsync
 
 
@@ -26,11 +26,11 @@ def test_vdir_to_caldav_and_carddav_and_back(dav_server, home: Path, sides: Side
     calendar = dav_server.make_collection("calendar")
     book = dav_server.make_collection("addressbook")
     sides.put("crm", event("ev1@x", "Pricing call", rrule="FREQ=WEEKLY;COUNT=3",
-                           overrides={"2026-12-08T09:00:00Z": Occurrence(
-                               summary="moved", start="2026-12-08T11:00:00Z",
-                               end="2026-12-08T12:00:00Z")}))
-    sides.put("crm", event("ev2@x", "All day", start="2026-12-03", end="2026-12-04"))
-    sides.put("crm", Task(uid="t1@x", summary="Send quote", due="2026-12-02"))
+                           overrides={day(7): Occurrence(
+                               summary="moved", start=day(7, "11:00"),
+                               end=day(7, "12:00"))}))
+    sides.put("crm", event("ev2@x", "All day", start=day(2, None), end=day(3, None)))
+    sides.put("crm", Task(uid="t1@x", summary="Send quote", due=day(1, None)))
     sides.put("crm", Contact(uid="c1@x", full_name="Jo Acme", emails=["jo@acme.example"]))
     crm, _ = sides.endpoints()
     crmsync(home, "profile", "add", "w", "--crm", crm,
@@ -61,7 +61,7 @@ def test_vdir_to_caldav_and_carddav_and_back(dav_server, home: Path, sides: Side
     assert report["objects"]["calendar"]["counts"] == {"update:crm": 1}
     assert sides.records("crm", "calendar")["ev2@x"].summary == "All day (moved)"
     # The recurring series survived the round trip through the server.
-    assert sides.records("crm", "calendar")["ev1@x"].overrides["2026-12-08T09:00:00Z"] \
+    assert sides.records("crm", "calendar")["ev1@x"].overrides[day(7)] \
         .summary == "moved"
 
     again = json.loads(crmsync(home, "sync", "w", "--yes", "--json").stdout)

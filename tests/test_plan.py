@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from crmsync.connectors.vdir import VdirConnector
-from crmsync.model import Contact, Occurrence, Phone, Task
-from crmsync.plan import Pair, View, make_plan, pair_up
+from crmsync.model import Attendee, Contact, Occurrence, Phone, Task
+from crmsync.plan import Ignore, Pair, View, make_plan, pair_up
 from crmsync.policy import Policy
 
 from conftest import event, item
@@ -229,8 +229,75 @@ def test_unreadable_item_is_a_failed_skip_not_a_crash():
 
 def test_ignored_items_are_skipped():
     plan = plan_of(unpaired={"crm": [item(event("a"), "a.ics")]},
-                   ignored=frozenset({("crm", "a.ics")}))
+                   ignored={("crm", "a.ics"): Ignore("forever")})
     assert ops(plan) == [("skip", "crm")]
+    assert "ignored forever" in plan.steps[0].actions[0].reason
+    assert plan.steps[0].state == "settle"
+
+
+def test_ignore_until_change_holds_while_both_versions_are_the_same():
+    view = paired(event("u1", "Kickoff", location="Room 2"), "same", BASE)  # crm at v2
+    held = plan_of(view, ignored={("groupware", "g1"): Ignore("until-change", "v2", "b1")})
+    assert ops(held) == [("skip", "groupware")] and held.lapsed == []
+    assert "until one side changes" in held.steps[0].actions[0].reason
+
+
+def test_ignore_until_change_lapses_when_either_side_changed_since():
+    view = paired(event("u1", "Kickoff", location="Room 2"), "same", BASE)
+    plan = plan_of(view, ignored={("crm", "c1"): Ignore("until-change", "b1", "b1")})
+    assert ops(plan) == [("update", "groupware")]
+    assert plan.lapsed == [("crm", "c1")]
+
+
+def test_selection_matched_sends_only_events_with_a_known_person_to_the_crm():
+    known = event("k", "Known", attendees=[Attendee("Ann@Client.example")])
+    stranger = event("s", "Stranger", attendees=[Attendee("x@elsewhere.example")])
+    from_crm = event("c", "From CRM", attendees=[Attendee("x@elsewhere.example")])
+    unpaired = {"groupware": [item(known), item(stranger)], "crm": [item(from_crm)]}
+    policy = Policy(selection="matched")
+    plan = plan_of(unpaired=unpaired, policy=policy,
+                   known_emails=frozenset({"ann@client.example"}))
+    by_id = {(s.gw or s.crm).id: [(a.op, a.side) for a in s.actions] for s in plan.steps}
+    assert by_id == {"k": [("create", "crm")], "s": [("skip", "crm")],
+                     "c": [("create", "groupware")]}  # CRM items always go to groupware
+    assert plan_of(unpaired=unpaired, policy=Policy()).writes == 3
+
+
+def test_selection_designated_by_category_or_smart_address_and_marks_the_event():
+    tagged = event("t", "Tagged", categories=["crm"])
+    addressed = event("a", "Addressed", attendees=[Attendee("CRM@sync.example")],
+                      categories=["Work"])
+    plain = event("p", "Plain", attendees=[Attendee("crm.team@x.example")])
+    policy = Policy(selection="designated")
+    plan = plan_of(unpaired={"groupware": [item(tagged), item(addressed), item(plain)]},
+                   policy=policy)
+    by_id = {s.gw.id: s.actions for s in plan.steps}
+    assert [(a.op, a.side) for a in by_id["t"]] == [("create", "crm")]
+    assert [(a.op, a.side, a.changes) for a in by_id["a"]] == [
+        ("create", "crm", {}), ("update", "groupware", {"categories": ["CRM", "Work"]})]
+    assert [(a.op, a.side) for a in by_id["p"]] == [("skip", "crm")]
+    assert "not designated" in by_id["p"][0].reason
+    prevented = plan_of(unpaired={"groupware": [item(addressed)]}, policy=Policy(
+        selection="designated", prevent=frozenset({"groupware:update"})))
+    assert ops(prevented) == [("create", "crm"), ("skip", "groupware")]
+
+
+def test_one_way_pair_sends_groupware_changes_and_keeps_crm_changes_in_the_crm():
+    view = paired(event("u1", "Kickoff!", location="Room 1", description="CRM notes"),
+                  event("u1", "Kickoff?", location="Room 9"), BASE)
+    view.pair.one_way = True  # type: ignore[union-attr]
+    plan = plan_of(view, policy=Policy(conflict="crm"))
+    assert ops(plan) == [("update", "crm"), ("skip", "groupware")]
+    assert plan.steps[0].actions[0].changes == {"summary": "Kickoff?", "location": "Room 9"}
+
+
+def test_one_way_pair_deleted_on_either_side_deletes_nothing():
+    for crm_now, gw_now in ((None, "same"), ("same", None)):
+        view = paired(crm_now, gw_now, BASE)
+        view.pair.one_way = True  # type: ignore[union-attr]
+        plan = plan_of(view)
+        assert [a.op for _, a in plan.actions()] == ["skip"]
+        assert plan.steps[0].state == "record"  # the pair is unlinked, not kept pending
 
 
 def test_contacts_and_tasks_repair_by_content():

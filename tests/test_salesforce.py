@@ -371,6 +371,27 @@ def test_people_are_found_by_email(sandbox: Sandbox, make: Factory) -> None:
     assert "nobody@example.net" not in found
 
 
+def test_people_lookups_are_cached_for_the_run_and_batched(sandbox: Sandbox,
+                                                           make: Factory) -> None:
+    email = unique("cached").replace(" ", "") + "@example.com"
+    contact_id = create_contact(sandbox, email)
+    counting = Counting(sandbox)
+    sf_side = make(counting)
+    emails = [email, *(f"nobody{n}@example.net" for n in range(250))]
+    found = sf_side.find_people(emails, alternates=True)
+    asked = counting.count("GET", "/composite") + counting.count("POST", "/composite")
+    assert [p["Id"] for p in found[email]] == [contact_id]
+    # One composite call for Contacts and Leads (two chunks each); one describe each.
+    assert asked == 1 and counting.count("GET", "/describe") == 2
+    again = sf_side.find_people([email.upper(), "nobody7@example.net"], alternates=True)
+    assert again == {email: found[email]}
+    assert len(counting.sent) == 1 + 2 + 1  # + the token; nothing asked again
+    sf_side.list_changes("calendar", None)  # a new run looks people up afresh
+    before = len(counting.sent)
+    sf_side.find_people([email], alternates=True)
+    assert len(counting.sent) == before + 1
+
+
 # --- listing -------------------------------------------------------------------------------
 
 

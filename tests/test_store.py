@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from crmsync.errors import ConfigError
-from crmsync.plan import Pair
+from crmsync.plan import Ignore, Pair
 from crmsync.store import MIGRATIONS, SCHEMA_HEAD, RunItem, Store
 
 from conftest import event, item
@@ -117,3 +117,33 @@ def test_a_base_copied_verbatim_is_stored_once(store: Store):
     (pair,) = store.pairs(p.id, "calendar")
     store.load_bases("calendar", [pair])
     assert pair.gw_base.raw == same.raw and pair.gw_base.id == "g1"
+
+
+def test_ignores_keep_their_mode_and_versions_and_lift(store: Store):
+    p = store.add_profile("ig", "vdir:/a", "vdir:/b", ["calendar"], {})
+    store.ignore(p.id, "calendar", "crm", "c1", "until-change",
+                 {"crm": "v1", "groupware": "g7"})
+    store.ignore(p.id, "calendar", "groupware", "g2", "forever", {})
+    store.ignore(p.id, "calendar", "crm", "c1", "forever", {"crm": "v2"})  # replaces
+    assert store.ignored(p.id, "calendar") == {
+        ("crm", "c1"): Ignore("forever", "v2", None),
+        ("groupware", "g2"): Ignore("forever", None, None)}
+    assert [(r["side"], r["item_id"]) for r in store.ignores(p.id)] == [
+        ("crm", "c1"), ("groupware", "g2")]
+    assert store.unignore(p.id, "calendar", [("crm", "c1"), ("crm", "nope")]) == 1
+    assert list(store.ignored(p.id, "calendar")) == [("groupware", "g2")]
+
+
+def test_a_one_way_pair_stays_one_way_through_updates(store: Store):
+    p = store.add_profile("ow", "vdir:/a", "vdir:/b", ["calendar"], {})
+    e = event("u1")
+    store.save_pairs(p.id, "calendar", [Pair(None, "calendar", "c1", None, "g1", None,
+                                             crm_base=item(e, "c1"), gw_base=item(e, "g1"),
+                                             one_way=True)], [])
+    (pair,) = store.pairs(p.id, "calendar")
+    assert pair.one_way
+    store.save_pairs(p.id, "calendar", [Pair(pair.id, "calendar", "c1", None, "g1", None,
+                                             crm_base=item(e, "c1", "v2"),
+                                             gw_base=item(e, "g1"))], [])
+    (again,) = store.pairs(p.id, "calendar")
+    assert again.one_way and again.crm_version == "v2"

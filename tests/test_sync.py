@@ -11,7 +11,7 @@ from crmsync.model import Attendee, Contact, Occurrence, Task
 from crmsync.store import Store
 from crmsync.sync import Syncer
 
-from conftest import Sides, event, make_syncer, sync
+from conftest import Sides, day, event, make_syncer, sync
 
 
 class Crash(BaseException):
@@ -42,11 +42,11 @@ def test_initial_sync_copies_both_ways_and_second_sync_writes_nothing(store: Sto
                                                                       sides: Sides):
     sides.put("crm", event("a@x", "From CRM", attendees=[Attendee("jo@acme.example")]))
     sides.put("groupware", event("b@x", "From calendar", rrule="FREQ=WEEKLY;COUNT=4",
-                                 overrides={"2026-12-08T09:00:00Z": Occurrence(
-                                     summary="moved", start="2026-12-08T11:00:00Z",
-                                     end="2026-12-08T12:00:00Z")}))
+                                 overrides={day(7): Occurrence(
+                                     summary="moved", start=day(7, "11:00"),
+                                     end=day(7, "12:00"))}))
     sides.put("crm", Contact(uid="c@x", full_name="Jo Acme", emails=["jo@acme.example"]))
-    sides.put("groupware", Task(uid="t@x", summary="Call Jo", due="2026-12-02"))
+    sides.put("groupware", Task(uid="t@x", summary="Call Jo", due=day(1, None)))
     syncer = make_syncer(store, sides)
     _, report = sync(syncer)
     assert report.status == "ok"
@@ -137,7 +137,7 @@ def test_item_changed_between_plan_and_apply_is_replanned_not_overwritten(
 
 def test_lost_state_store_repairs_without_duplicates(tmp_path, sides: Sides):
     for i in range(5):
-        sides.put("crm", event(f"c{i}@x", f"CRM {i}", start=f"2026-12-0{i + 1}T09:00:00Z"))
+        sides.put("crm", event(f"c{i}@x", f"CRM {i}", start=day(i)))
     store = Store.open(f"sqlite:///{tmp_path / 'one.db'}")
     sync(make_syncer(store, sides))
     store.close()

@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 import typer
 
-from crmsync.errors import ConfigError, CrmsyncError
+from crmsync.errors import ConfigError, CrmsyncError, ItemError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFLICTS = 0, 1, 2, 3
 EXIT_MASS_DELETE, EXIT_CONNECTION, EXIT_PARTIAL, EXIT_CANCELLED = 4, 5, 6, 7
@@ -148,9 +148,10 @@ def profile_add(
     settings = {}
     for kind in kinds:
         base = Policy.default_for(kind)
+        # The objects a profile is made with start in manual mode (the default is off).
         policy = Policy.from_dict(base.to_dict() | {
             "conflict": conflict, "delete_vs_update": delete_vs_update,
-            "prevent": sorted(base.prevent | switches)})
+            "prevent": sorted(base.prevent | switches), "mode": "manual"})
         settings[kind] = policy.to_dict()
     store = _store()
     profile = store.add_profile(name, crm_ep, groupware_ep, kinds, settings)
@@ -202,6 +203,91 @@ def _profile_dict(p) -> dict[str, Any]:
             "settings": p.settings}
 
 
+# --- settings ---------------------------------------------------------------------------
+
+SETTINGS_HELP = " ".join("""
+Settings and their VALUEs: mode off|manual|auto|record (record: calendar only);
+conflict newest|crm|groupware|ask; delete_vs_update keep|crm|groupware|delete;
+prevent: comma-separated side:operation switches never done, e.g.
+crm:delete,groupware:create (none clears; sides crm, groupware; operations create,
+update, delete); they override every other rule. past_days 0-30; future_days 0-365;
+auto_every: minutes, at least 30; auto_days e.g. mon,tue,wed,thu,fri; auto_window
+HH:MM-HH:MM (may wrap past midnight; 00:00-24:00 is all day); timezone: an IANA name
+such as Europe/Berlin; include_private, shared: true|false; exclude_category: a
+category name; exclude_attendee: a smart address (a local part, or a whole address
+with @); an empty exclusion is off. Calendar selection all|matched|designated (which new
+calendar events go to the CRM: all, those with an organizer or attendee the CRM has as a
+Contact or Lead, or those designated by crm_category or smart_address);
+match_alternate_emails true|false; crm_category: a category name; smart_address: a local
+part or a whole address; record true|false (crmsync record allowed). After a change to
+what is considered, the next run lists every item again. Invalid values exit with code 2.
+""".split())
+
+# Settings that change which items a run considers: after a change the next run lists
+# every item again, so that items now in range or no longer excluded are seen.
+_RESCAN = frozenset({"mode", "past_days", "future_days", "timezone", "include_private",
+                     "exclude_category", "exclude_attendee", "shared", "selection",
+                     "match_alternate_emails", "crm_category", "smart_address"})
+
+
+@app.command("settings", epilog=SETTINGS_HELP)
+def settings_command(
+    name: Annotated[str, typer.Argument(help="The profile.")],
+    obj: Annotated[str, typer.Argument(help="The object: calendar, contacts or tasks.")],
+    key: Annotated[str | None, typer.Argument(help="One setting to show or set.",
+                                              show_default=False)] = None,
+    value: Annotated[str | None, typer.Argument(help="The new value (see below).",
+                                                show_default=False)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show an object's settings, show one (KEY), or validate and set one (KEY VALUE)."""
+    from dataclasses import fields
+
+    from crmsync.policy import Policy
+
+    store = _store()
+    profile = store.profile(name)
+    if obj not in profile.objects:
+        raise ConfigError(f"profile {name!r} does not sync {obj!r}; its objects: "
+                          f"{', '.join(profile.objects)}")
+    policy = Policy.of_profile(obj, profile.settings.get(obj))  # type: ignore[arg-type]
+    known = [f.name for f in fields(Policy)]
+    if key is not None and key not in known:
+        raise ConfigError(f"unknown setting {key!r}; settings: {', '.join(known)}")
+    if key is not None and value is not None:
+        new = policy.with_setting(key, value)
+        new.validate_for(obj)  # type: ignore[arg-type]
+        profile.settings[obj] = new.to_dict()
+        store.save_settings(profile)
+        if key in _RESCAN and getattr(new, key) != getattr(policy, key):
+            store.reset_cursors(profile.id, obj)  # type: ignore[arg-type]
+        policy = new
+    values = policy.to_dict()
+    shown = {key: values[key]} if key is not None else values
+    if json_out:
+        _emit_json(shown)
+        return
+    if key is not None and value is None:
+        sys.stdout.write(_setting_text(values[key]) + "\n")
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{name} {obj}", title_justify="left")
+    table.add_column("setting")
+    table.add_column("value")
+    for k, v in shown.items():
+        table.add_row(k, _setting_text(v))
+    _console().print(table)
+
+
+def _setting_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
+
+
 # --- sync -------------------------------------------------------------------------------
 
 
@@ -239,14 +325,18 @@ def _run_sync(name: str, objects: list[str] | None, **options: bool) -> int:
     syncer = Syncer(store, profile,
                     credentials=lambda side: credentials_for(paths, profile.name, side))
     try:
+        off = syncer.switched_off(objects or None)  # type: ignore[arg-type]
+        if off and not options["json_out"]:
+            _console().print(f"Not synced (mode off): {', '.join(off)}. Turn one on with "
+                             f"'crmsync settings {name} OBJECT mode manual'.", highlight=False)
         prepared = syncer.prepare(objects or None)  # type: ignore[arg-type]
-        return _sync_apply(syncer, prepared, [p.plan for p in prepared], **options)
+        return _sync_apply(syncer, prepared, [p.plan for p in prepared], off=off, **options)
     finally:
         syncer.close()
 
 
 def _sync_apply(syncer, prepared, plans, *, dry_run: bool, yes: bool, json_out: bool,
-                allow_mass_delete: bool) -> int:
+                allow_mass_delete: bool, off: list[str] | tuple[str, ...] = ()) -> int:
     from crmsync import show
 
     interactive = sys.stdin.isatty() and not json_out
@@ -255,7 +345,8 @@ def _sync_apply(syncer, prepared, plans, *, dry_run: bool, yes: bool, json_out: 
     if dry_run or not json_out:
         if json_out:
             _emit_json({"profile": syncer.profile.name, "dry_run": True,
-                        "objects": {p.kind: show.plan_dict(p) for p in plans}})
+                        "objects": {p.kind: show.plan_dict(p) for p in plans},
+                        "off": list(off)})
         else:
             console = _console()
             for plan in plans:
@@ -282,7 +373,7 @@ def _sync_apply(syncer, prepared, plans, *, dry_run: bool, yes: bool, json_out: 
             return EXIT_CANCELLED
     report = syncer.run(prepared, progress=_progress_bar(json_out))
     if json_out:
-        _emit_json(report.to_dict())
+        _emit_json(report.to_dict() | ({"off": list(off)} if off else {}))
     else:
         _console().print(show.report_table(report))
         for obj in report.objects.values():
@@ -314,6 +405,167 @@ def _progress_bar(quiet: bool):
             progress.stop()
 
     return update
+
+
+# --- ignore and record ---------------------------------------------------------------------
+
+
+def _syncer(name: str):
+    from crmsync.secrets import credentials_for
+    from crmsync.sync import Syncer
+
+    store = _store()
+    profile = store.profile(name)
+    paths = _paths()
+    return Syncer(store, profile,
+                  credentials=lambda side: credentials_for(paths, profile.name, side))
+
+
+def _kind(obj: str):
+    from crmsync.model import OBJECT_KINDS
+
+    if obj not in OBJECT_KINDS:
+        raise ConfigError(f"unknown object {obj!r}; choose from {', '.join(OBJECT_KINDS)}")
+    return obj
+
+
+def _side(side: str | None):
+    if side not in (None, "crm", "groupware"):
+        raise ConfigError("--side must be crm or groupware")
+    return side
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def ignore(
+    name: Annotated[str, typer.Argument(help="The profile.")],
+    obj: Annotated[str | None, typer.Argument(
+        help="The object: calendar, contacts or tasks.", show_default=False)] = None,
+    item_id: Annotated[str | None, typer.Argument(
+        help="The item's id on its side (as 'sync --dry-run --json' shows it).",
+        show_default=False)] = None,
+    forever: Annotated[bool, typer.Option(
+        "--forever/--until-change", help="Ignore the item forever, or (default) its "
+        "differences until either side changes it again.")] = False,
+    side: Annotated[str | None, typer.Option(
+        help="crm or groupware: where ITEM-ID lives (needed for an item not yet paired).",
+        show_default=False)] = None,
+    list_all: Annotated[bool, typer.Option("--list", help="List the profile's ignores.")
+                        ] = False,
+    lift: Annotated[bool, typer.Option("--lift", help="Lift the item's ignore (as "
+                                       "'crmsync unignore').")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Ignore an item in the sync: its differences until one side changes, or forever.
+
+    The run then skips it with the reason. 'crmsync ignore NAME --list' lists the ignores,
+    'crmsync unignore NAME OBJ ITEM-ID' lifts one.
+    """
+    if list_all:
+        store = _store()
+        rows = store.ignores(store.profile(name).id)
+        if json_out:
+            _emit_json(rows)
+        elif not rows:
+            _console().print("No ignores.")
+        for row in [] if json_out else rows:
+            _console().print(f"{row['kind']:9} {row['side']:9} {row['mode']:12} "
+                             f"{row['item_id']}  (since {row['created_at']})", highlight=False)
+        return
+    if obj is None or item_id is None:
+        raise ConfigError("give OBJ and ITEM-ID (or --list)")
+    if lift:
+        unignore(name, obj, item_id, side, json_out)
+        return
+    syncer = _syncer(name)
+    try:
+        mode = "forever" if forever else "until-change"
+        where = syncer.ignore(_kind(obj), item_id, _side(side), mode)  # type: ignore[arg-type]
+    finally:
+        syncer.close()
+    if json_out:
+        _emit_json({"kind": obj, "side": where, "item_id": item_id, "mode": mode})
+    else:
+        _console().print(f"Ignoring {obj} item {item_id} ({where}) "
+                         f"{'forever' if forever else 'until one side changes'}.",
+                         highlight=False)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def unignore(
+    name: Annotated[str, typer.Argument(help="The profile.")],
+    obj: Annotated[str, typer.Argument(help="The object: calendar, contacts or tasks.")],
+    item_id: Annotated[str, typer.Argument(help="The ignored item's id.")],
+    side: Annotated[str | None, typer.Option(
+        help="crm or groupware (default: either).", show_default=False)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Lift an item's ignore: the next run syncs it again."""
+    store = _store()
+    sides = [_side(side)] if side else ["crm", "groupware"]
+    profile = store.profile(name)
+    n = store.unignore(profile.id, _kind(obj), [(s, item_id) for s in sides])
+    if not n:
+        raise ConfigError(f"no ignore of {obj} item {item_id!r}; see "
+                          f"'crmsync ignore {name} --list'")
+    # The item may have been passed over unchanged since: the next run looks at all.
+    store.reset_cursors(profile.id, obj)  # type: ignore[arg-type]
+    if json_out:
+        _emit_json({"kind": obj, "item_id": item_id, "lifted": n})
+    else:
+        _console().print(f"Lifted the ignore of {obj} item {item_id}.", highlight=False)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def record(
+    name: Annotated[str, typer.Argument(help="The profile.")],
+    event: Annotated[str, typer.Argument(
+        help="The groupware event: its UID, file name or href.")],
+    relate: Annotated[list[str] | None, typer.Option(
+        "--relate", help="Relate it to a CRM record: a Contact's or Lead's email, or a "
+        "record Id (Contact/Lead: who; Account, Opportunity, ...: what). Repeatable.",
+        show_default=False)] = None,
+    field_values: Annotated[list[str] | None, typer.Option(
+        "--field", help="Set a CRM Event field, KEY=VALUE (e.g. Type=Meeting). "
+        "Repeatable.", show_default=False)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Record one groupware event in the CRM (SnapRecord), one way.
+
+    Later changes to the event in the groupware follow to the CRM on the next sync (or
+    when it is recorded again); changes made in the CRM never come back. Recording it
+    again never duplicates it.
+    Refused while calendar auto sync is on.
+    """
+    from crmsync.record import parse_fields, record_event
+
+    fields = parse_fields(field_values or [])
+    syncer = _syncer(name)
+    try:
+        done = record_event(syncer, event, relate or [], fields)
+    except ItemError as exc:
+        _console(stderr=True).print(f"[red]failed:[/] {exc}", highlight=False)
+        raise typer.Exit(EXIT_PARTIAL) from None
+    finally:
+        syncer.close()
+    if json_out:
+        _emit_json(done.to_dict())
+        return
+    console = _console()
+    if done.status == "recorded":
+        console.print(f"Recorded {done.label} in the CRM as {done.crm_id}"
+                      + (f", related to {', '.join(done.related)}" if done.related else "")
+                      + ".", highlight=False)
+    elif done.status == "updated":
+        console.print(f"{done.label} was recorded as {done.crm_id}; sent its changes since.",
+                      highlight=False)
+    elif done.status == "already-recorded":
+        console.print(f"{done.label} is already recorded as {done.crm_id}; its changes "
+                      "follow on the next sync.", highlight=False)
+    else:
+        console.print(f"{done.label} already syncs with the CRM (two-way) as {done.crm_id}; "
+                      "nothing to record.", highlight=False)
+    if done.warning:
+        _console(stderr=True).print(f"[yellow]warning:[/] {done.warning}", highlight=False)
 
 
 # --- status and history -------------------------------------------------------------------

@@ -14,11 +14,12 @@ executor applies it.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
-from crmsync import formats
+from crmsync import formats, rules, selection
 from crmsync.connectors.base import SIDES, Item, Side, other
 from crmsync.errors import FormatError
 from crmsync.merge import Flat, diff, flatten
@@ -29,6 +30,8 @@ Op = Literal["create", "update", "delete", "conflict", "skip", "link"]
 WRITES: frozenset[Op] = frozenset({"create", "update", "delete"})
 _RANK = {"delete": 0, "conflict": 1, "update": 2, "create": 3, "link": 4, "skip": 5}
 SIDE_NAME = {"crm": "CRM", "groupware": "groupware"}
+# What the review may do with a conflict left for the user (conflict rule "ask").
+CONFLICT_CHOICES = ("crm", "groupware", "skip")
 # Field values that say "nothing here" (see _Planner._merge).
 _EMPTY: tuple[Any, ...] = (None, "", [], {})
 
@@ -36,6 +39,7 @@ _EMPTY: tuple[Any, ...] = (None, "", [], {})
 # stores nothing but the change is handled; "retry" leaves it to be presented again on
 # the next run (a failure, or a conflict waiting for the user).
 StepState = Literal["record", "settle", "retry"]
+IgnoreMode = Literal["forever", "until-change"]
 
 
 @dataclass
@@ -54,6 +58,8 @@ class Pair:
     gw_version: str | None
     crm_base: Item | None = None
     gw_base: Item | None = None
+    # A recorded event (SnapRecord): groupware changes go to the CRM, never back.
+    one_way: bool = False
 
     def id_on(self, side: Side) -> str | None:
         return self.crm_id if side == "crm" else self.gw_id
@@ -63,6 +69,19 @@ class Pair:
 
     def base_on(self, side: Side) -> Item | None:
         return self.crm_base if side == "crm" else self.gw_base
+
+
+@dataclass(frozen=True)
+class Ignore:
+    """The user's "ignore" of one item (SPEC 2): ``forever``, or ``until-change``: until
+    either side's version differs from the one it had when the ignore was set."""
+
+    mode: IgnoreMode
+    crm_version: str | None = None
+    gw_version: str | None = None
+
+    def version_on(self, side: Side) -> str | None:
+        return self.crm_version if side == "crm" else self.gw_version
 
 
 @dataclass
@@ -93,6 +112,8 @@ class Action:
     conflicts: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     # A skip because something is broken rather than because a rule said so.
     failed: bool = False
+    # conflict: what the review may choose ("crm": keep the CRM's values, ...).
+    choices: tuple[str, ...] = ()
 
     @property
     def code(self) -> str:
@@ -146,6 +167,8 @@ class Plan:
     steps: list[Step]
     # Sides where the mass-delete guard tripped: side -> (planned deletes, items there).
     guard: dict[Side, tuple[int, int]] = field(default_factory=dict)
+    # "Until-change" ignores whose item changed: lifted when the plan is applied.
+    lapsed: list[tuple[Side, str]] = field(default_factory=list)
 
     def actions(self) -> Iterator[tuple[Step, Action]]:
         for step in self.steps:
@@ -178,7 +201,9 @@ def make_plan(
     *,
     unpaired: dict[Side, list[Item]] | None = None,
     totals: dict[Side, int] | None = None,
-    ignored: frozenset[tuple[Side, str]] = frozenset(),
+    ignored: Mapping[tuple[Side, str], Ignore] | None = None,
+    known_emails: frozenset[str] | None = None,
+    now: datetime | None = None,
 ) -> Plan:
     """Plan one object's run.
 
@@ -186,14 +211,18 @@ def make_plan(
     pair knows yet (new ones, or all of them after the state store was lost): they are
     matched across sides by UID, then by content, before anything is created.
     ``common`` are the fields both sides store; ``totals`` the item count per side, for
-    the mass-delete guard.
+    the mass-delete guard. ``ignored`` are the user's ignores by (side, item id);
+    ``known_emails`` the emails the CRM knows a person for ("matched" selection).
+    ``now`` (aware) places the sync range (see crmsync.rules); without it every item is
+    in range.
     """
     all_views = list(views)
     if unpaired:
         all_views.extend(pair_up(kind, unpaired.get("crm", []), unpaired.get("groupware", [])))
-    planner = _Planner(policy, common, ignored)
-    steps = sorted((planner.step(kind, v) for v in all_views), key=Step._order)
-    plan = Plan(kind, steps)
+    planner = _Planner(policy, common, ignored or {}, known_emails, now)
+    steps = sorted((s for v in all_views if (s := planner.step(kind, v)) is not None),
+                   key=Step._order)
+    plan = Plan(kind, steps, lapsed=sorted(planner.lapsed))
     plan.guard = _mass_delete_guard(plan, policy, totals or {})
     return plan
 
@@ -275,51 +304,109 @@ def _safe_key(item: Item) -> tuple | None:
 
 
 class _Planner:
-    def __init__(self, policy: Policy, common: frozenset[str], ignored) -> None:
+    def __init__(self, policy: Policy, common: frozenset[str],
+                 ignored: Mapping[tuple[Side, str], Ignore],
+                 known_emails: frozenset[str] | None, now: datetime | None) -> None:
         self.policy = policy
         self.common = common
         self.ignored = ignored
+        self.known_emails = known_emails
+        self.now = now
+        self.lapsed: list[tuple[Side, str]] = []
         # Flattened fields by content: a base copied verbatim to the other side, and an
         # unchanged side whose base is its current item, are parsed once.
         self._flat: dict[tuple[str, str], Flat] = {}
 
-    def step(self, kind: ObjectKind, view: View) -> Step:
+    def step(self, kind: ObjectKind, view: View) -> Step | None:
+        """The step for one view; None when the view is not considered at all."""
         step = Step(kind, view.pair, view.crm, view.gw)
         try:
-            self._plan(step, view)
+            if not self._plan(step, view):
+                return None
         except FormatError as exc:
             step.actions = [Action("skip", reason=f"cannot read item {exc.item_id}: {exc}",
                                    failed=True)]
             step.state = "retry"
         return step
 
-    def _plan(self, step: Step, view: View) -> None:
+    def _plan(self, step: Step, view: View) -> bool:
+        """Fill in the step; False when the view is out of the plan altogether."""
         pair = view.pair
+        if self.policy.mode == "record" and not (pair is not None and pair.one_way):
+            return False  # record mode syncs only the events recorded (crmsync.record)
+        why = self._ignored(view)
+        if why is not None:
+            step.actions.append(Action("skip", why[0], reason=why[1]))
+            step.state = "settle"
+            return True
         for side in SIDES:
             item = view.item(side)
-            if item is not None and (side, item.id) in self.ignored:
-                step.actions.append(Action("skip", side, reason="ignored forever"))
-                step.state = "settle"
-                return
             if item is not None and item.error is not None:
                 raise FormatError(item.error, item.id)
+        if pair is not None and (pair.crm_id is None or pair.gw_id is None):
+            # Unlinked: the counterpart was deleted and mirroring it was prevented. The
+            # survivor is no longer synced; the pair is only kept to say so.
+            return True
+        if pair is not None and view.crm is None and view.gw is None:
+            return True  # deleted on both sides: forget the pair
+        if not self._considered(step, view):
+            return bool(step.actions)
         if pair is None:
             if view.crm is not None and view.gw is not None:
                 self._merge(step, view)
             else:
                 self._create(step, view)
-            return
-        if pair.crm_id is None or pair.gw_id is None:
-            # Unlinked: the counterpart was deleted and mirroring it was prevented. The
-            # survivor is no longer synced; the pair is only kept to say so.
-            return
-        if view.crm is None and view.gw is None:
-            return  # deleted on both sides: forget the pair
+            return True
         for side in SIDES:
             if view.item(side) is None:
                 self._deleted(step, view, side)
-                return
+                return True
         self._merge(step, view)
+        return True
+
+    def _considered(self, step: Step, view: View) -> bool:
+        """The range and exclusion rules (crmsync.rules). An item they leave out is left
+        alone on both sides: nothing created, updated or deleted because of it."""
+        present = [(s, i) for s in SIDES if (i := view.item(s)) is not None]
+        if self.now is not None and not any(
+                rules.in_range(self.policy, i.record(), self.now) for _, i in present):
+            # Out of range. New items and deletions (an item may only have dropped out of
+            # a side's ranged listing) do not even appear; a change to a synced item is
+            # shown as a skip, so that the user knows why it does not flow.
+            if view.pair is not None and len(present) == 2:
+                first, last = self.policy.window(self.now)
+                zone = self.policy.zone()
+                step.actions.append(Action("skip", reason=(
+                    f"outside the sync range ({first.astimezone(zone):%Y-%m-%d} to "
+                    f"{last.astimezone(zone):%Y-%m-%d}, {self.policy.timezone})")))
+                step.state = "settle"
+            return False
+        for side, item in present:
+            why = rules.exclusion(self.policy, item.record())
+            if why is not None:
+                left = " left alone on both sides" if view.pair is not None else " not synced"
+                step.actions.append(Action("skip", side, reason=(
+                    f"excluded in {SIDE_NAME[side]}: {why};{left}")))
+                step.state = "settle"
+                return False
+        return True
+
+    def _ignored(self, view: View) -> tuple[Side, str] | None:
+        """The side and reason of a skip when the user ignores this item; an until-change
+        ignore whose item changed since is noted in ``lapsed`` instead."""
+        for side in SIDES:
+            item = view.item(side)
+            item_id = item.id if item else (view.pair.id_on(side) if view.pair else None)
+            ignore = self.ignored.get((side, item_id)) if item_id else None
+            if ignore is None:
+                continue
+            if ignore.mode == "forever":
+                return side, "ignored forever (lift with 'crmsync unignore')"
+            now = {s: (i.version if (i := view.item(s)) else None) for s in SIDES}
+            if all(now[s] == ignore.version_on(s) for s in SIDES):
+                return side, "differences ignored until one side changes"
+            self.lapsed.append((side, item_id))  # type: ignore[arg-type]
+        return None
 
     def _create(self, step: Step, view: View) -> None:
         source: Side = "crm" if view.crm is not None else "groupware"
@@ -328,17 +415,41 @@ class _Planner:
         assert item is not None
         if not formats.looks_valid(item.fmt, item.raw):
             item.record()  # a full parse: raises FormatError with the reason
+        marked = None
+        if source == "groupware":
+            record = item.record()
+            why = selection.excluded(record, self.policy, self.known_emails)
+            if why is not None:
+                step.actions.append(Action("skip", target, reason=why))
+                step.state = "settle"
+                return
+            marked = selection.mark(record, self.policy)
         if self.policy.prevents(target, "create"):
             step.actions.append(self._prevented(target, "create"))
             step.state = "settle"
-        else:
-            step.actions.append(Action("create", target))
+            return
+        step.actions.append(Action("create", target))
+        if marked is not None:
+            # Designated items sent to the CRM carry the CRM category in the groupware.
+            if self.policy.prevents(source, "update"):
+                step.actions.append(self._prevented(source, "update"))
+            else:
+                step.actions.append(Action(
+                    "update", source, changes={"categories": marked},
+                    reason=f"marked with the CRM category {self.policy.crm_category!r}"))
 
     def _deleted(self, step: Step, view: View, gone: Side) -> None:
         survivor = other(gone)
         assert view.pair is not None
         item = view.item(survivor)
         assert item is not None
+        if view.pair.one_way:
+            # A recorded event: the CRM keeps its record when the groupware event goes,
+            # and a CRM deletion never reaches the groupware. The pair is unlinked.
+            step.actions.append(Action("skip", survivor, reason=(
+                f"recorded one-way, deleted in {SIDE_NAME[gone]}: the "
+                f"{SIDE_NAME[survivor]} item is kept and no longer synced")))
+            return
         if not self._changed(view.pair, survivor, item):
             self._delete(step, survivor, f"deleted in {SIDE_NAME[gone]}")
             return
@@ -404,13 +515,17 @@ class _Planner:
         clash = sorted(k for k in changed["crm"].keys() & changed["groupware"].keys()
                        if changed["crm"][k] != changed["groupware"][k])
         note = ""
+        one_way = pair is not None and pair.one_way
         if clash:
-            winner = self._winner(view)
+            winner: Side | None = "groupware" if one_way else self._winner(view)
             if winner is None:
+                what = rules.describe(self.policy, view.gw.record())
                 step.actions.append(Action(
                     "conflict",
-                    reason=f"both sides changed {', '.join(clash)}",
+                    reason=(f"{what}: both sides changed {', '.join(clash)}; choose: keep "
+                            "the CRM's, keep the groupware's, or skip this time"),
                     conflicts={k: (now["crm"].get(k), now["groupware"].get(k)) for k in clash},
+                    choices=CONFLICT_CHOICES,
                 ))
                 step.state = "retry"
                 return
@@ -424,7 +539,10 @@ class _Planner:
             writes = {k: v for k, v in changed[source].items() if now[target].get(k) != v}
             if not writes:
                 continue
-            if self.policy.prevents(target, "update"):
+            if one_way and target == "groupware":
+                step.actions.append(Action("skip", target, reason=(
+                    "recorded one-way: changes made in the CRM stay in the CRM")))
+            elif self.policy.prevents(target, "update"):
                 step.actions.append(self._prevented(target, "update"))
             else:
                 step.actions.append(Action("update", target, changes=writes, reason=note))

@@ -44,6 +44,8 @@ def action_dict(step: Step, action: Action) -> dict[str, Any]:
                             for k, v in action.conflicts.items()}
     if action.reason:
         out["reason"] = action.reason
+    if action.choices:
+        out["choices"] = list(action.choices)
     return out
 
 

@@ -17,8 +17,10 @@ import getpass
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+from crmsync import selection
 from crmsync.connectors import connect
 from crmsync.connectors.base import (
     SIDES,
@@ -34,9 +36,19 @@ from crmsync.connectors.base import (
     Write,
     other,
 )
-from crmsync.errors import ConfigError, CrmsyncError
+from crmsync.errors import ConfigError, CrmsyncError, FormatError
 from crmsync.model import ObjectKind
-from crmsync.plan import SIDE_NAME, WRITES, Action, Pair, Plan, Step, View, make_plan
+from crmsync.plan import (
+    SIDE_NAME,
+    WRITES,
+    Action,
+    IgnoreMode,
+    Pair,
+    Plan,
+    Step,
+    View,
+    make_plan,
+)
 from crmsync.policy import Policy
 from crmsync.store import Profile, RunItem, Store, now
 
@@ -51,10 +63,15 @@ class Prepared:
 
     kind: ObjectKind
     plan: Plan
-    # The cursors the listing returned, and the ones the run started from.
-    listed: dict[Side, str | None]
+    # The cursors the listing returned, and the ones the run started from; None for a
+    # plan made without a listing (crmsync.record), which leaves cursors as they are.
+    listed: dict[Side, str | None] | None
     old: dict[Side, str | None]
     pending: dict[Side, set[str]]
+
+    @classmethod
+    def unlisted(cls, plan: Plan) -> Prepared:
+        return cls(plan.kind, plan, None, {}, {s: set() for s in SIDES})
 
 
 @dataclass
@@ -115,7 +132,8 @@ class Syncer:
 
     def __init__(self, store: Store, profile: Profile, crm: Connector | None = None,
                  groupware: Connector | None = None,
-                 credentials: Callable[[Side], Credentials | None] | None = None) -> None:
+                 credentials: Callable[[Side], Credentials | None] | None = None,
+                 clock: Callable[[], datetime] | None = None) -> None:
         self.store = store
         self.profile = profile
         # Connectors given here serve every object of their side (tests, embedding);
@@ -123,6 +141,10 @@ class Syncer:
         self._given: dict[Side, Connector | None] = {"crm": crm, "groupware": groupware}
         self._open: dict[tuple[Side, str], Connector] = {}
         self._credentials = credentials or (lambda side: None)
+        # Per object, the emails the CRM knows a person for (this run's lookup).
+        self._known: dict[ObjectKind, frozenset[str] | None] = {}
+        # "Now" for the sync range and the rules; a run may be planned as of another time.
+        self.clock = clock or (lambda: datetime.now(UTC))
 
     def connector(self, side: Side, kind: ObjectKind) -> Connector:
         given = self._given[side]
@@ -150,8 +172,11 @@ class Syncer:
             connector.close()
 
     def policy(self, kind: ObjectKind) -> Policy:
-        values = self.profile.settings.get(kind)
-        return Policy.from_dict(values) if values is not None else Policy.default_for(kind)
+        return Policy.of_profile(kind, self.profile.settings.get(kind))
+
+    def switched_off(self, kinds: Sequence[ObjectKind] | None = None) -> list[ObjectKind]:
+        """The objects (of ``kinds``, default all the profile's) whose mode is off."""
+        return [k for k in (kinds or self.profile.objects) if not self.policy(k).syncs]
 
     def common_fields(self, kind: ObjectKind) -> frozenset[str]:
         crm, gw = (self.connector(s, kind).capabilities.fields.get(kind, frozenset())
@@ -165,7 +190,8 @@ class Syncer:
         for kind in kinds:
             if kind not in self.profile.objects:
                 raise ConfigError(f"profile {self.profile.name!r} does not sync {kind}")
-        return [self.gather(kind) for kind in kinds]
+        off = self.switched_off(kinds)
+        return [self.gather(kind) for kind in kinds if kind not in off]
 
     def gather(self, kind: ObjectKind) -> Prepared:
         pid = self.profile.id
@@ -245,10 +271,63 @@ class Syncer:
             paired = ({s: len(index[s]) for s in SIDES} if complete
                       else self.store.side_counts(pid, kind))
             totals = {s: paired[s] + len(unpaired[s]) for s in SIDES}
-        plan = make_plan(kind, views, self.policy(kind), self.common_fields(kind),
+        policy = self.policy(kind)
+        self._known[kind] = self.known_emails(kind, policy, unpaired["groupware"])
+        plan = make_plan(kind, views, policy, self.common_fields(kind),
                          unpaired=unpaired, totals=totals,
-                         ignored=self.store.ignored(pid, kind))
+                         ignored=self.store.ignored(pid, kind), known_emails=self._known[kind],
+                         now=self.clock())
         return Prepared(kind, plan, listed, old, pend)
+
+    def known_emails(self, kind: ObjectKind, policy: Policy,
+                     new: Sequence[Item]) -> frozenset[str] | None:
+        """For "matched" selection: which emails of the new groupware items a CRM Contact
+        or Lead has, looked up in one batch for the whole run."""
+        if kind != "calendar" or policy.selection != "matched" or not new:
+            return None
+        records = []
+        for item in new:
+            try:
+                records.append(item.record())
+            except FormatError:
+                continue  # planned as a failed skip
+        emails = selection.candidate_emails(records)
+        if not emails:
+            return frozenset()
+        found = self.connector("crm", kind).find_people(
+            emails, alternates=policy.match_alternate_emails)
+        return frozenset(found)
+
+    # --- ignores ---------------------------------------------------------------------------
+
+    def ignore(self, kind: ObjectKind, item_id: str, side: Side | None,
+               mode: IgnoreMode) -> Side:
+        """Ignore one item (and its counterpart): ``forever``, or ``until-change``, as of
+        both sides' current versions. Returns the side the id was found on."""
+        pid = self.profile.id
+        sides = [side] if side else list(SIDES)
+        pairs = {s: self.store.pairs(pid, kind, ids={s: {item_id}}) for s in sides}
+        found = [s for s in sides if pairs[s]]
+        if len(found) > 1:
+            raise ConfigError(f"{item_id!r} is an item id on both sides; say which with "
+                              "--side crm|groupware")
+        if not found and side is None:
+            raise ConfigError(f"{item_id!r} is not paired: say which side it is on with "
+                              "--side crm|groupware")
+        where: Side = found[0] if found else side  # type: ignore[assignment]
+        pair = pairs[where][0] if found else None
+        ids = {s: pair.id_on(s) if pair else None for s in SIDES}
+        ids[where] = item_id
+        versions: dict[Side, str | None] = {}
+        for s, sid in ids.items():
+            versions[s] = None
+            if sid is not None:
+                current = self.connector(s, kind).fetch(kind, [sid]).get(sid)
+                if current is None and s == where and pair is None:
+                    raise ConfigError(f"no {kind} item {item_id!r} in the {SIDE_NAME[s]}")
+                versions[s] = current.version if current else None
+        self.store.ignore(pid, kind, where, item_id, mode, versions)
+        return where
 
     def _list(self, side: Side, kind: ObjectKind, cursor: str | None) -> Changes:
         """One side's changes since ``cursor``, saving progress through long listings."""
@@ -271,7 +350,7 @@ class Syncer:
         # change, so that an item moving into the range is not missed.
         window = None
         if cursor is None and kind != "contacts" and not has_pairs():
-            window = self.policy(kind).window()
+            window = self.policy(kind).window(self.clock())
         return self.connector(side, kind).list_changes(kind, cursor, window=window,
                                                        checkpoint=checkpoint)
 
@@ -326,12 +405,18 @@ class Syncer:
             current[side] = (self.connector(side, kind).fetch(kind, [item_id]).get(item_id)
                              if item_id else None)
         view = View(step.pair, current["crm"], current["groupware"])
+        rules: dict[str, Any] = {"ignored": self.store.ignored(self.profile.id, kind),
+                                 "known_emails": self._known.get(kind), "now": self.clock()}
         if step.pair is None:
             plan = make_plan(kind, [], self.policy(kind), self.common_fields(kind),
-                             unpaired={s: [i] for s, i in current.items() if i is not None})
+                             unpaired={s: [i] for s, i in current.items() if i is not None},
+                             **rules)
         else:
-            plan = make_plan(kind, [view], self.policy(kind), self.common_fields(kind))
-        return plan.steps[0] if plan.steps else Step(kind, step.pair, None, None)
+            plan = make_plan(kind, [view], self.policy(kind), self.common_fields(kind),
+                             **rules)
+        # No step: nothing to do for it now (e.g. it left the sync range); the pair stays.
+        return plan.steps[0] if plan.steps else Step(kind, step.pair, None, None,
+                                                     state="settle")
 
 
 def _user() -> str | None:
@@ -368,7 +453,13 @@ class _Executor:
             done += sum(len(s.actions) for s in steps[start:start + CHUNK])
             if self.progress:
                 self.progress(self.kind, min(done, total), total)
-        cursors = {s: self.syncer.connector(s, self.kind).cursor(self.kind, prep.listed[s])
+        if prep.plan.lapsed:
+            # Their item changed: "ignore until one side changes" is over.
+            self.store.unignore(self.syncer.profile.id, self.kind, prep.plan.lapsed)
+        if prep.listed is None:
+            return
+        listed = prep.listed
+        cursors = {s: self.syncer.connector(s, self.kind).cursor(self.kind, listed[s])
                    for s in SIDES}
         if cursors != prep.old or self.pending != prep.pending:
             self.store.save_progress(self.syncer.profile.id, self.kind, cursors, self.pending)
@@ -466,6 +557,7 @@ class _Executor:
             crm.id if crm else None, None, gw.id if gw else None, None,
             crm_base=None if "crm" in no_base else crm,
             gw_base=None if "groupware" in no_base else gw,
+            one_way=pair.one_way if pair else False,
         ))
 
     def _items(self, step: Step, results: dict[int, Result], settled: str) -> list[RunItem]:

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
 from crmsync import formats
-from crmsync.errors import FormatError
+from crmsync.errors import ConfigError, FormatError
 from crmsync.model import ObjectKind, Record
 
 Side = Literal["crm", "groupware"]
@@ -127,6 +127,10 @@ class Create:
     source: Item
     # What to write when not the source's record as it is.
     record: Record | None = None
+    # CRM record Ids to relate the new item to (people, an account, ...) and extra CRM
+    # fields to set, e.g. by `crmsync record`; a side that cannot fails the write.
+    relate: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def content(self) -> Record:
         return self.record if self.record is not None else self.source.record()
@@ -207,6 +211,8 @@ class Capabilities:
     # True if created items keep the UID they are given, so that items re-pair by UID
     # after the state store is lost.
     keeps_uid: bool = True
+    # True if creates honour ``Create.relate`` and ``Create.extra`` (`crmsync record`).
+    relations: bool = False
 
 
 class Connector(ABC):
@@ -233,6 +239,14 @@ class Connector(ABC):
     @abstractmethod
     def apply(self, kind: ObjectKind, writes: Sequence[Write]) -> list[Result]:
         """Write a batch; one Result per write, in order. Writes are idempotent."""
+
+    def find_people(self, emails: Iterable[str], objects: Sequence[str] = ("Contact", "Lead"),
+                    *, alternates: bool = False) -> dict[str, list[dict[str, str]]]:
+        """A CRM's people having each email: lower-cased email -> [{"Id", "type", "Name",
+        "Email"}]; ``alternates`` searches secondary email fields too. For selection
+        "matched" and for relating events to people."""
+        raise ConfigError(f"{self!r} cannot look people up by email (needed by selection "
+                          "'matched' and by 'record --relate EMAIL')")
 
     def cursor(self, kind: ObjectKind, listed: str | None) -> str | None:
         """The cursor to store after this run's writes; by default the listing's."""

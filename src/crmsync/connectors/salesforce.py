@@ -164,6 +164,8 @@ RECURRENCE_FIELDS = ("IsRecurrence2", "Recurrence2PatternText", "Recurrence2Patt
                      "ActivityRecurrence2Id")
 RELATION_FIELDS = ("Id", "RelationId", "Status", "Response", "IsInvitee", "SystemModstamp")
 SERIES_PREFIX = "828"
+# Ids of people an activity relates to (WhoId): Contacts and Leads.
+PEOPLE_PREFIXES = ("003", "00Q")
 
 CAPABILITY_FIELDS: dict[ObjectKind, frozenset[str]] = {
     "calendar": frozenset({"summary", "start", "end", "location", "description", "private",
@@ -352,8 +354,13 @@ class SalesforceConnector(Connector):
         if not (self.settings.invitees or self.settings.invitees_in_description):
             fields["calendar"] = fields["calendar"] - {"attendees"}
         self.capabilities = Capabilities(fields=fields, batch_size=COLLECTION_SIZE,
-                                         keeps_uid=False)
+                                         keeps_uid=False, relations=True)
         self._cursor: dict[ObjectKind, _Cursor] = {}
+        # This run's people lookups: (objects, alternates) -> email -> people (or []).
+        self._people: dict[tuple[tuple[str, ...], bool], dict[str, list[dict[str, str]]]] = {}
+        # Email fields per Contact/Lead/User (the alternates too), from describe.
+        self._email_fields: dict[str, list[str]] = {}
+        self._shared: bool | None = None  # see _shared_activities
 
     def __repr__(self) -> str:
         return f"SalesforceConnector({public_url(self.client.instance_url)})"
@@ -427,6 +434,7 @@ class SalesforceConnector(Connector):
         obj = SOBJECT[kind]
         old = _Cursor.decode(cursor)
         state = self._state(kind)
+        self._people.clear()  # a listing starts a run: people are looked up afresh
         if old is not None:
             state.describe = state.describe or old.describe
             state.described = state.described or old.described
@@ -673,32 +681,54 @@ class SalesforceConnector(Connector):
                 out[r["Id"]] = {"Email": r.get("Email") or "", "Name": r.get("Name") or ""}
         return out
 
-    def find_people(self, emails: Iterable[str], objects: Sequence[str] = ("Contact", "Lead")
-                    ) -> dict[str, list[dict[str, str]]]:
+    def find_people(self, emails: Iterable[str], objects: Sequence[str] = ("Contact", "Lead"),
+                    *, alternates: bool = False) -> dict[str, list[dict[str, str]]]:
         """The Contacts and Leads (or Users) having each email, for matching attendees.
 
         Lower-cased email -> [{"Id", "type", "Name", "Email"}]: one composite call per
-        200 emails. Converted Leads are left out (their Contact stands for them).
+        200 emails, and each email is looked up once per run (a listing starts a run).
+        Converted Leads are left out (their Contact stands for them). ``alternates``:
+        every field of type email counts, not only ``Email``. Standard Contacts and Leads
+        have no other (https://developer.salesforce.com/docs/atlas.en-us.object_reference
+        .meta/object_reference/sforce_api_objects_contact.htm); orgs add them as custom
+        fields, e.g. the Nonprofit Success Pack's npe01__AlternateEmail__c, and describe
+        names them: "Email" is the one that matches them, whatever they are called.
         """
         wanted = sorted({e.strip().lower() for e in emails if e and e.strip()})
-        out: dict[str, list[dict[str, str]]] = {}
-        if not wanted:
-            return out
-        requests = []
-        for obj in objects:
-            cond = " AND IsConverted = false" if obj == "Lead" else ""
-            for chunk in _chunks(wanted, CHUNK_IDS):
-                requests.append(("GET", "query?q=" + _q(
-                    f"SELECT Id, Name, Email FROM {obj} WHERE Email IN {soql_list(chunk)}"
-                    + cond), None))
-        objs = [obj for obj in objects for _ in _chunks(wanted, CHUNK_IDS)]
-        for obj, (status, body) in zip(objs, self.client.composite(requests), strict=True):
-            for r in self.client.more(_ok(body, status, f"the {obj} lookup")):
-                email = (r.get("Email") or "").lower()
-                out.setdefault(email, []).append(
-                    {"Id": r["Id"], "type": obj, "Name": r.get("Name") or "",
-                     "Email": r.get("Email") or ""})
-        return out
+        cache = self._people.setdefault((tuple(objects), alternates), {})
+        todo = [e for e in wanted if e not in cache]
+        if todo:
+            fields = {obj: self._emails_of(obj) if alternates else ["Email"] for obj in objects}
+            requests, objs = [], []
+            for obj in objects:
+                cond = " AND IsConverted = false" if obj == "Lead" else ""
+                for chunk in _chunks(todo, CHUNK_IDS):
+                    where = " OR ".join(f"{f} IN {soql_list(chunk)}" for f in fields[obj])
+                    requests.append(("GET", "query?q=" + _q(
+                        f"SELECT Id, Name, {', '.join(fields[obj])} FROM {obj} "
+                        f"WHERE ({where}){cond}"), None))
+                    objs.append(obj)
+            found: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
+            for obj, (status, body) in zip(objs, self.client.composite(requests), strict=True):
+                for r in self.client.more(_ok(body, status, f"the {obj} lookup")):
+                    for name in fields[obj]:
+                        email = (r.get(name) or "").lower()
+                        if email:
+                            found[email].setdefault(r["Id"], {
+                                "Id": r["Id"], "type": obj, "Name": r.get("Name") or "",
+                                "Email": r.get("Email") or ""})
+            for email in todo:
+                cache[email] = list(found.get(email, {}).values())
+        return {e: cache[e] for e in wanted if cache[e]}
+
+    def _emails_of(self, obj: str) -> list[str]:
+        """The email fields of Contact, Lead or User (filterable ones), Email first."""
+        if obj not in self._email_fields:
+            answer = self.client.call("GET", f"sobjects/{obj}/describe")
+            names = [f["name"] for f in answer.get("fields", []) if isinstance(f, dict)
+                     and f.get("type") == "email" and f.get("filterable", True)]
+            self._email_fields[obj] = ["Email"] + sorted(n for n in names if n != "Email")
+        return self._email_fields[obj]
 
     # --- writing -------------------------------------------------------------------------
 
@@ -708,6 +738,7 @@ class SalesforceConnector(Connector):
         current = self._check_versions(kind, [(i, w) for i, w in enumerate(writes)
                                               if not isinstance(w, Create)], results)
         creates: list[tuple[int, Record, dict[str, Any], list[str]]] = []
+        whos: dict[int, list[str]] = {}
         updates: list[tuple[int, Update, Item, Record]] = []
         deletes: list[tuple[int, list[str]]] = []
         for i, write in enumerate(writes):
@@ -719,7 +750,9 @@ class SalesforceConnector(Connector):
                     files = attachment_names(write.source.raw) \
                         if self.settings.attachments_in_description and kind == "calendar" \
                         and write.source.fmt == "text/calendar" else []
-                    creates.append((i, record, self._values(kind, record, None, files), files))
+                    values = self._values(kind, record, None, files)
+                    whos[i] = self._related(kind, write, values)
+                    creates.append((i, record, values, files))
                 elif isinstance(write, Update):
                     item = current[write.id]
                     planned = write.planned if write.planned is not None \
@@ -730,17 +763,25 @@ class SalesforceConnector(Connector):
                     deletes.append((i, _record_ids(current[write.id])))
             except CrmsyncError as exc:
                 results[i] = Result("failed", error=str(exc))
-        done = self._create(kind, [(i, r, v) for i, r, v, _ in creates], results)
+        done, notes = self._create(kind, [(i, r, v) for i, r, v, _ in creates], results,
+                                   whos)
         done.update(self._update_many(kind, updates, results))
         self._delete(deletes, results)
         self._read_back(kind, done, results)
+        for i, note in notes.items():
+            result = results[i]
+            if result is not None and result.status == "ok":
+                # Created all the same: failing it would create it again next time.
+                results[i] = replace(result, error=note)
         return [r if r is not None else Result("failed", error="not written") for r in results]
 
     def _create(self, kind: ObjectKind, creates: list[tuple[int, Record, dict[str, Any]]],
-                results: list[Result | None]) -> dict[int, str]:
-        """Insert records, series too, with their invitees, all in one batch: a series'
-        own record, then one more batch for the occurrences its exceptions delete or
-        change. Index -> Id to read back."""
+                results: list[Result | None], whos: dict[int, list[str]] | None = None
+                ) -> tuple[dict[int, str], dict[int, str]]:
+        """Insert records, series too, with the people related (``whos``) and invitees,
+        all in one batch: a series' own record, then one more batch for the occurrences
+        its exceptions delete or change. Index -> Id to read back, and index -> what
+        went wrong relating people to a record created all the same."""
         if kind == "calendar" and not self.recurrence2():
             for i, record, values in creates:
                 if _is_series(record):
@@ -748,13 +789,16 @@ class SalesforceConnector(Connector):
         todo = [(i, r, v) for i, r, v in creates if results[i] is None]
         created = self._insert(kind, [(i, v) for i, _, v in todo], results)
         todo = [(i, r) for i, r, _ in todo if i in created]
+        notes: dict[int, str] = {}
         if kind == "calendar":
+            unrelated = self._relate([(created[i], r, (whos or {}).get(i, [])) for i, r in todo])
+            notes = {i: unrelated[created[i]] for i, _ in todo if created[i] in unrelated}
             self._write_invitees([(created[i], r, None) for i, r in todo])  # type: ignore[misc]
         shapes = [_Shape(i, created[i], list(r.exdates), dict(r.overrides))  # type: ignore[attr-defined]
                   for i, r in todo if _is_series(r)]
         done = {i: created[i] for i, r in todo if not _is_series(r)}
         done.update(self._shape(shapes, results))
-        return done
+        return done, notes
 
     def _values(self, kind: ObjectKind, record: Record, template: dict[str, Any] | None,
                 files: Sequence[str]) -> dict[str, Any]:
@@ -771,6 +815,64 @@ class SalesforceConnector(Connector):
             values = sf.contact_fields(record, template)  # type: ignore[arg-type]
         sf.fit(SOBJECT[kind], values, self.lengths(kind), truncate_body=s.truncate_body)
         return values
+
+    def _related(self, kind: ObjectKind, write: Create, values: dict[str, Any]) -> list[str]:
+        """Apply a create's extra fields and relations to ``values``; the people (Contact,
+        Lead Ids) left to relate once it exists. ItemError for what cannot be set."""
+        described = self._describe(kind)
+        obj = SOBJECT[kind]
+        for name, value in write.extra.items():
+            spec = described.get(name)
+            if spec is None:
+                raise ItemError(f"{obj} has no field {name!r}")
+            if not spec["c"]:
+                raise ItemError(f"{obj}.{name} cannot be set on a new {obj}")
+            values[name] = value
+        people = [r for r in write.relate if r[:3] in PEOPLE_PREFIXES]
+        others = [r for r in write.relate if r[:3] not in PEOPLE_PREFIXES]
+        if len(others) > 1:
+            raise ItemError(f"an {obj} relates to one record besides people (WhatId), "
+                            f"not {len(others)}: {', '.join(others)}")
+        if others:
+            values["WhatId"] = others[0]
+        if people and (kind != "calendar" or not self._shared_activities()):
+            # Without Shared Activities an activity relates to one person: its WhoId.
+            if len(people) > 1:
+                raise ItemError(f"this org relates an {obj} to one person, not "
+                                f"{len(people)} (Shared Activities is off)")
+            values["WhoId"] = people[0]
+            return []
+        return people
+
+    def _shared_activities(self) -> bool:
+        """Whether the org relates events to several people (Shared Activities): its
+        EventRelation then has a createable IsParent. One describe per connector."""
+        if self._shared is None:
+            answer = self.client.call("GET", "sobjects/EventRelation/describe")
+            self._shared = any(f.get("name") == "IsParent" and f.get("createable")
+                               for f in answer.get("fields", []) if isinstance(f, dict))
+        return self._shared
+
+    def _relate(self, events: list[tuple[str, Record, list[str]]]) -> dict[str, str]:
+        """Relate new events to people who are not among their attendees (Shared
+        Activities: an EventRelation with IsParent, not an invitee). The first such
+        person becomes the event's WhoId, so these go in before the invitees. Returns the
+        events some relation failed for, with Salesforce's message."""
+        todo = [(event_id, record, people) for event_id, record, people in events if people]
+        if not todo:
+            return {}
+        emails = {a.email for _, r, _ in todo for a in getattr(r, "attendees", [])}
+        found = self.find_people(emails, ("Contact", "Lead", "User")) if emails else {}
+        attending = {_best(p)["Id"] for p in found.values()}
+        records = [(n, {"attributes": {"type": "EventRelation"}, "EventId": event_id,
+                        "RelationId": rid, "IsParent": True, "IsInvitee": False})
+                   for n, (event_id, _, people) in enumerate(todo)
+                   for rid in people if rid not in attending]
+        errors: dict[str, str] = {}
+        for n, answer in self._collection("POST", records) if records else []:
+            if not answer.get("success"):
+                errors.setdefault(todo[n][0], _failure("EventRelation", answer))
+        return errors
 
     def _writable(self, kind: ObjectKind, values: dict[str, Any], create: bool,
                   before: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -962,9 +1064,12 @@ class SalesforceConnector(Connector):
         creates: list[tuple[int, dict[str, Any]]] = []
         patches: list[tuple[int, dict[str, Any]]] = []
         drops: dict[str, str] = {}
+        shared = self._shared_activities() if found else False
         for event_id, event, old in events:
             have = {(o.get("Email") or "").lower(): o for o in old or []}
             want: dict[str, Attendee] = {a.email.lower(): a for a in event.attendees}
+            parents = _parents([_best(found[e]) for e in want if e not in have and e in found],
+                               new=old is None) if shared else set()
             for email, attendee in want.items():
                 status = sf.invitee_status(attendee)
                 if email in have:
@@ -977,9 +1082,14 @@ class SalesforceConnector(Connector):
                 people = found.get(email)
                 if not people:
                     continue
+                person = _best(people)
+                # A Contact (or Lead) invited is also related to the event (IsParent, one
+                # record for both, with Shared Activities): the CRM shows the meeting on
+                # their record, and the first one becomes the event's WhoId.
                 creates.append((len(owner), {
                     "attributes": {"type": "EventRelation"}, "EventId": event_id,
-                    "RelationId": _best(people)["Id"], "IsInvitee": True, "Status": status}))
+                    "RelationId": person["Id"], "IsInvitee": True, "Status": status,
+                    **({"IsParent": True} if person["Id"] in parents else {})}))
                 owner.append(event_id)
             drops.update({o["Id"]: event_id for email, o in have.items()
                           if email not in want and o.get("Id")})
@@ -1121,7 +1231,7 @@ class SalesforceConnector(Connector):
         except ItemError as exc:
             return Result("failed", error=str(exc))
         results: list[Result | None] = [None]
-        self._read_back("calendar", self._create("calendar", [(0, record, values)], results),
+        self._read_back("calendar", self._create("calendar", [(0, record, values)], results)[0],
                         results)
         result = results[0] or Result("failed", error="not written")
         if result.status == "ok":
@@ -1237,6 +1347,16 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, str) and isinstance(b, str) and re.match(r"\d{4}-\d\d-\d\dT", a):
         return sf.sf_datetime(a) == sf.sf_datetime(b)
     return (a if a not in ("", None) else None) == (b if b not in ("", None) else None)
+
+
+def _parents(people: list[dict[str, str]], new: bool) -> set[str]:
+    """Which of an event's newly invited people to relate (IsParent): up to 50 Contacts,
+    or, on a new event without any, one Lead (Shared Activities allows no more)."""
+    contacts = [p["Id"] for p in people if p["type"] == "Contact"]
+    if contacts:
+        return set(contacts[:50])
+    leads = [p["Id"] for p in people if p["type"] == "Lead"]
+    return {leads[0]} if leads and new else set()
 
 
 def _best(people: list[dict[str, str]]) -> dict[str, str]:

@@ -253,7 +253,23 @@ def create(state: State, sobject: str, values: dict[str, Any]) -> str:
         recurrence.create_series(state, data)
     else:
         state.org.insert(sobject, data)
+    if sobject == "EventRelation" and data.get("IsParent"):
+        _promote_who(state, data)
     return data["Id"]
+
+
+def _promote_who(state: State, relation: dict[str, Any]) -> None:
+    """Shared Activities: a Contact or Lead related to an event (IsParent) becomes its
+    WhoId when it has none (EventRelation in the object reference)."""
+    if relation["RelationId"][:3] not in (KEY_PREFIXES["Contact"], KEY_PREFIXES["Lead"]):
+        return
+    found = state.org.get(relation["EventId"])
+    if found is None or found[2] is not None or found[1].get("WhoId"):
+        return
+    event = dict(found[1])
+    stamp = state.org.next_stamp()
+    event.update(WhoId=relation["RelationId"], LastModifiedDate=stamp, SystemModstamp=stamp)
+    state.org.save(event)
 
 
 def find(state: State, record_id: Any, sobject: str | None = None) -> tuple[str, dict]:

@@ -33,11 +33,11 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from crmsync.connectors.base import SIDES, Item, Side
 from crmsync.errors import ConfigError
 from crmsync.model import ObjectKind
-from crmsync.plan import Pair
+from crmsync.plan import Ignore, IgnoreMode, Pair
 from crmsync.store.schema import cursors, ignores, pairs, pending, profiles, run_items, runs
 
 # The Alembic revision this code expects; checked on open without importing Alembic.
-SCHEMA_HEAD = "0001"
+SCHEMA_HEAD = "0002"
 MIGRATIONS = Path(__file__).with_name("migrations")
 _PREFIX: dict[Side, str] = {"crm": "crm", "groupware": "gw"}
 
@@ -172,7 +172,7 @@ class Store:
         that lists a few changes need not load every pair.
         """
         c = pairs.c
-        query = select(c.id, c.crm_id, c.crm_version, c.gw_id, c.gw_version).where(
+        query = select(c.id, c.crm_id, c.crm_version, c.gw_id, c.gw_version, c.one_way).where(
             c.profile_id == profile_id, c.kind == kind)
         with self.engine.connect() as conn:
             if ids is None:
@@ -185,7 +185,8 @@ class Store:
                     for start in range(0, len(chosen), 500):
                         rows += conn.execute(query.where(column.in_(chosen[start:start + 500])))
         unique = {r[0]: r for r in rows}
-        return [Pair(r[0], kind, r[1], r[2], r[3], r[4]) for r in unique.values()]
+        return [Pair(r[0], kind, r[1], r[2], r[3], r[4], one_way=bool(r[5]))
+                for r in unique.values()]
 
     def side_counts(self, profile_id: int, kind: ObjectKind) -> dict[Side, int]:
         """How many paired items each side holds (for the mass-delete guard)."""
@@ -243,7 +244,8 @@ class Store:
             if _same_content(pair.crm_base, pair.gw_base):
                 row["gw_raw"] = None  # see schema: "same as the CRM base"
             if pair.id is None:
-                new_rows.append(row | {"profile_id": profile_id, "kind": kind})
+                new_rows.append(row | {"profile_id": profile_id, "kind": kind,
+                                       "one_way": pair.one_way})
             else:
                 old_rows.append(row | {"pair_id": pair.id})
         with self.engine.begin() as conn:
@@ -313,12 +315,47 @@ class Store:
                 query = query.where(cursors.c.kind == kind)
             conn.execute(query)
 
-    def ignored(self, profile_id: int, kind: ObjectKind) -> frozenset[tuple[Side, str]]:
+    def ignored(self, profile_id: int, kind: ObjectKind) -> dict[tuple[Side, str], Ignore]:
+        """The user's ignores of one object, by (side, item id)."""
         c = ignores.c
         with self.engine.connect() as conn:
-            rows = conn.execute(select(c.side, c.item_id).where(
-                c.profile_id == profile_id, c.kind == kind, c.mode == "forever"))
-            return frozenset((r[0], r[1]) for r in rows)
+            rows = conn.execute(select(c.side, c.item_id, c.mode, c.crm_version,
+                                       c.gw_version).where(
+                c.profile_id == profile_id, c.kind == kind))
+            return {(r[0], r[1]): Ignore(r[2], r[3], r[4]) for r in rows}
+
+    def ignores(self, profile_id: int) -> list[dict[str, Any]]:
+        """Every ignore of a profile, for listing."""
+        c = ignores.c
+        query = (select(c.kind, c.side, c.item_id, c.mode, c.crm_version, c.gw_version,
+                        c.created_at).where(c.profile_id == profile_id)
+                 .order_by(c.kind, c.side, c.item_id))
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def ignore(self, profile_id: int, kind: ObjectKind, side: Side, item_id: str,
+               mode: IgnoreMode, versions: dict[Side, str | None]) -> None:
+        """Set (or replace) the ignore of one item."""
+        c = ignores.c
+        with self.engine.begin() as conn:
+            conn.execute(delete(ignores).where(c.profile_id == profile_id, c.kind == kind,
+                                               c.side == side, c.item_id == item_id))
+            conn.execute(insert(ignores).values(
+                profile_id=profile_id, kind=kind, side=side, item_id=item_id, mode=mode,
+                crm_version=versions.get("crm"), gw_version=versions.get("groupware"),
+                created_at=now()))
+
+    def unignore(self, profile_id: int, kind: ObjectKind,
+                 keys: Iterable[tuple[Side, str]]) -> int:
+        """Lift ignores; returns how many there were."""
+        c = ignores.c
+        n = 0
+        with self.engine.begin() as conn:
+            for side, item_id in keys:
+                n += conn.execute(delete(ignores).where(
+                    c.profile_id == profile_id, c.kind == kind, c.side == side,
+                    c.item_id == item_id)).rowcount
+        return n
 
     # --- runs ------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 metadata = MetaData()
@@ -58,6 +59,8 @@ pairs = Table(
     *_side_columns("crm"),
     *_side_columns("gw"),
     Column("updated_at", String(32), nullable=False),
+    # A recorded event (SnapRecord): groupware changes flow to the CRM, never back.
+    Column("one_way", Boolean, nullable=False, server_default=false()),
     UniqueConstraint("profile_id", "kind", "crm_id", name="uq_pairs_crm"),
     UniqueConstraint("profile_id", "kind", "gw_id", name="uq_pairs_gw"),
 )
@@ -95,6 +98,9 @@ ignores = Table(
     Column("item_id", Text, nullable=False),
     # "forever", or "until-change" (lifted when either side changes again)
     Column("mode", String(16), nullable=False),
+    # Each side's version when the ignore was set (until-change compares with them).
+    Column("crm_version", Text),
+    Column("gw_version", Text),
     Column("created_at", String(32), nullable=False),
     UniqueConstraint("profile_id", "kind", "side", "item_id", name="uq_ignores_item"),
 )
