@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from crmsync.connectors.vdir import VdirConnector
+from crmsync.connectors.vdir import VdirConnector, file_name
 from crmsync.model import Attendee, Contact, Occurrence, Task
 from crmsync.store import Store
 from crmsync.sync import Syncer
@@ -36,6 +36,35 @@ class CrashingVdir(VdirConnector):
             if self.left == 0:
                 raise Crash()
         return results
+
+
+class RangedVdir(VdirConnector):
+    """A real vdir whose full listings leave out some items, as a server's time-ranged
+    listing does, while reading them by id still works."""
+
+    hidden: set[str] = set()
+
+    def list_changes(self, kind, cursor, **options):
+        changes = super().list_changes(kind, None, **options)
+        changes.upserts = [u for u in changes.upserts if u[0] not in self.hidden]
+        return changes
+
+
+def test_a_full_listing_that_misses_a_pair_deletes_only_what_is_gone(store: Store,
+                                                                     sides: Sides):
+    """A complete listing that leaves an item out (outside its range) does not make it
+    look deleted; an item that really is gone still is."""
+    for uid in ("kept@x", "gone@x"):
+        sides.put("groupware", event(uid, uid))
+    sync(make_syncer(store, sides, objects=("calendar",)))
+    profile = store.profile("p")
+    crm = RangedVdir(sides.crm, "crm")
+    crm.hidden = {file_name("kept@x", ".ics")}
+    (sides.folder("crm", "calendar") / file_name("gone@x", ".ics")).unlink()
+    plans, report = sync(Syncer(store, profile, crm=crm))
+    assert report.status == "ok"
+    assert [a.code for _, a in plans[0].actions()] == ["delete:groupware"]
+    assert sorted(sides.records("groupware", "calendar")) == ["kept@x"]
 
 
 def test_initial_sync_copies_both_ways_and_second_sync_writes_nothing(store: Store,

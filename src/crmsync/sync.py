@@ -245,8 +245,10 @@ class Syncer:
                     place(side, item_id, item)
             gone = set(listing.deleted)
             if listing.complete:
-                # A full listing names every item: a paired one it misses was deleted.
-                gone |= index[side].keys() - seen
+                # A full listing names every item it covers: a paired one it misses was
+                # deleted, or lies outside a ranged listing (a server's time range, the
+                # CRM's reconciliation). Asking for those few tells which.
+                to_fetch += sorted(index[side].keys() - seen - set(to_fetch))
             if to_fetch:
                 fetched = self.connector(side, kind).fetch(kind, to_fetch)
                 gone |= set(to_fetch) - fetched.keys()
