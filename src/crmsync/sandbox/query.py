@@ -248,7 +248,10 @@ def run_query(state: State, text: str, include_deleted: bool = False) -> dict[st
     paths = [resolver.check(f) for f in query.fields]
     children = [(sub, _child(state, obj, sub)) for sub in query.subqueries]
     where = _compile(resolver, query.where) if query.where else None
-    rows = [public(r) for r in state.org.records(obj.name, include_deleted)]
+    narrow = _narrowing(query.where)
+    stored = state.org.records_with(obj.name, narrow[0], narrow[1], include_deleted) \
+        if narrow else state.org.records(obj.name, include_deleted)
+    rows = [public(r) for r in stored]
     rows = [r for r in rows if where is None or where(r)]
     if query.offset > 2000:
         raise ApiError(400, "NUMBER_OUTSIDE_VALID_RANGE",
@@ -260,6 +263,21 @@ def run_query(state: State, text: str, include_deleted: bool = False) -> dict[st
         return {"totalSize": len(rows), "done": True, "records": []}
     shaped = [_shape(resolver, r, paths, children) for r in rows]
     return page(state, shaped, 0)
+
+
+def _narrowing(where: Condition | BoolOp | None) -> tuple[str, list[str]] | None:
+    """An ``Id``/``ActivityRecurrence2Id`` ``=``/``IN`` condition every row must meet, as
+    (field, values): the rows worth reading (the whole WHERE still decides)."""
+    conditions = [where] if isinstance(where, Condition) else \
+        where.items if isinstance(where, BoolOp) and where.op == "and" else []
+    for c in conditions:
+        name = {"id": "Id", "activityrecurrence2id": "ActivityRecurrence2Id"}.get(
+            c.field.lower()) if isinstance(c, Condition) else None
+        if name and c.op in ("=", "in"):
+            values = c.value if c.op == "in" else [c.value]
+            if all(isinstance(v, str) for v in values):
+                return name, [to_id18(v) if valid_id(v) else v for v in values]
+    return None
 
 
 def page(state: State, rows: list[dict[str, Any]], start: int) -> dict[str, Any]:

@@ -142,16 +142,12 @@ def create_series(state: State, series: dict[str, Any]) -> None:
 
 
 def _members(state: State, series_id: str) -> list[dict[str, Any]]:
-    return [e for e in state.org.records("Event")
-            if e.get("ActivityRecurrence2Id") == series_id and not is_series_record(e)]
+    return [e for e in state.org.series_records(series_id) if not is_series_record(e)]
 
 
 def _series_of(state: State, occurrence: dict[str, Any]) -> dict[str, Any] | None:
-    for e in state.org.records("Event"):
-        if e.get("ActivityRecurrence2Id") == occurrence["ActivityRecurrence2Id"] \
-                and is_series_record(e):
-            return e
-    return None
+    return next((e for e in state.org.series_records(occurrence["ActivityRecurrence2Id"])
+                 if is_series_record(e)), None)
 
 
 def update(state: State, current: dict[str, Any], data: dict[str, Any],
