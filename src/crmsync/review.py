@@ -44,9 +44,10 @@ CHOICE_CELL = {
     "ignore-until-change": ("⏸ ignored until a change", "blue"),
     "ignore-forever": ("⊘ ignored forever", "blue"),
 }
-_PLURAL = {"create": "creates", "update": "updates", "delete": "deletes",
-           "conflict": "conflicts left for later", "skip": "skips", "link": "links",
-           "failed": "failures"}
+# How the summary names n actions of one kind: (one, several).
+_WORDS = {"create": ("create", "creates"), "update": ("update", "updates"),
+          "delete": ("delete", "deletes"), "failed": ("failure", "failures"),
+          "conflict": ("conflict left for later", "conflicts left for later")}
 
 
 def review(plans: Sequence[Plan], preview: Preview, title: str = "crmsync") -> Decisions | None:
@@ -98,7 +99,8 @@ def field_lines(step: Step, action: Action) -> list[str]:
             if isinstance(new, dict) or isinstance(before, dict):
                 before, new = before or {}, new or {}
                 parts = [f"{f} {_short(before.get(f), 30)} -> {_short(new.get(f), 30)}"
-                         for f in sorted(set(before) | set(new)) if before.get(f) != new.get(f)]
+                         for f in sorted(set(before) | set(new))
+                         if _short(before.get(f)) != _short(new.get(f))]
                 lines.append(f"{_field_name(key)}: " + ("; ".join(parts) or "removed"))
             else:
                 lines.append(f"{_field_name(key)}: {_short(before)} -> {_short(new)}")
@@ -146,7 +148,7 @@ def summary(plans: Sequence[Plan], decisions: Decisions) -> str:
         if op in ("skip", "link"):
             continue  # excluded and ignored steps are skips: counted from the decisions
         where = f" in {SIDE_NAME[side]}" if side in SIDE_NAME else ""
-        parts.append(f"{n} {op if n == 1 else _PLURAL.get(op, op)}{where}")
+        parts.append(f"{n} {_WORDS.get(op, (op, op))[n != 1]}{where}")
     chosen: dict[str, int] = defaultdict(int)
     for choice in decisions.choices.values():
         chosen[choice] += 1
