@@ -200,6 +200,9 @@ class ReviewApp(App[Decisions | None]):
     #confirm Button { margin-right: 2; }
     """
     BINDINGS = [
+        # Apply and cancel first: the footer shows as many as the width allows.
+        Binding("y", "confirm", "apply…"),
+        Binding("q,escape", "cancel", "cancel"),
         Binding("space", "toggle", "select"),
         Binding("shift+down", "extend(1)", "extend", show=False),
         Binding("shift+up", "extend(-1)", "extend", show=False),
@@ -211,8 +214,6 @@ class ReviewApp(App[Decisions | None]):
         Binding("g", "choose('groupware')", "groupware wins"),
         Binding("o", "filter_object", "object"),
         Binding("a", "filter_action", "action"),
-        Binding("y", "confirm", "apply…"),
-        Binding("q,escape", "cancel", "cancel"),
     ]
 
     def __init__(self, plans: Sequence[Plan], preview: Preview, title: str = "crmsync") -> None:
