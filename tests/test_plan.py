@@ -6,7 +6,7 @@ import pytest
 
 from crmsync.connectors.vdir import VdirConnector
 from crmsync.model import Attendee, Contact, Occurrence, Phone, Task
-from crmsync.plan import Ignore, Pair, View, make_plan, pair_up
+from crmsync.plan import Decisions, Ignore, Pair, View, decide, make_plan, pair_up
 from crmsync.policy import Policy
 
 from conftest import event, item
@@ -327,3 +327,67 @@ def test_uid_read_without_parsing_keeps_colons_and_skips_parameters():
     assert Item("a.vcf", "v", raw, "text/vcard", "contacts").uid == "urn:uuid:4fbe8971-0bc3"
     raw = "BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nUID;X-A=b:abc:def\r\nEND:VEVENT\r\nEND:VCALENDAR"
     assert Item("a.ics", "v", raw, "text/calendar", "calendar").uid == "abc:def"
+
+
+# --- the review's decisions (crmsync.plan.decide) ------------------------------------------
+
+
+def _mixed_plan():
+    """A conflict (pair 1), a CRM-side update (pair 2) and a new groupware item."""
+    conflict = paired(event("u1", "A"), event("u1", "B"), BASE)
+    update = paired(event("u2", "Kickoff", location="Room 2"), "same", BASE)
+    update.pair.id, update.pair.crm_id, update.pair.gw_id = 2, "c2", "g2"
+    new = item(event("n1", "New"), "gn1")
+    return plan_of(conflict, update, policy=Policy(conflict="ask"),
+                   unpaired={"groupware": [new]})
+
+
+def test_decide_without_choices_is_the_plan_as_made():
+    plan = _mixed_plan()
+    again = decide(plan, Decisions(), Policy(conflict="ask"), COMMON)
+    assert ops(again) == ops(plan) and again.ignores == []
+
+
+def test_decide_excludes_ignores_and_resolves_without_touching_the_plan():
+    plan = _mixed_plan()
+    keys = {s.actions[0].op: s.key for s in plan.steps}
+    decisions = Decisions()
+    decisions.set([keys["conflict"]], "groupware")
+    decisions.set([keys["update"]], "exclude")
+    decisions.set([keys["create"]], "ignore-until-change")
+    out = decide(plan, decisions, Policy(conflict="ask"), COMMON)
+    by_key = {s.key: s for s in out.steps}
+    resolved = by_key[keys["conflict"]]
+    assert [(a.op, a.side, a.changes) for a in resolved.actions] == [
+        ("update", "crm", {"summary": "B"})]
+    assert resolved.state == "record"
+    excluded = by_key[keys["update"]]
+    assert [a.op for a in excluded.actions] == ["skip"] and excluded.state == "retry"
+    ignored = by_key[keys["create"]]
+    assert [a.op for a in ignored.actions] == ["skip"] and ignored.state == "settle"
+    [new] = out.ignores
+    assert (new.side, new.item_id, new.ignore) == (
+        "groupware", "gn1", Ignore("until-change", None, "v1"))
+    assert out.writes == 1
+    # The plan shown in the review is unchanged.
+    assert sorted(op for op, _ in ops(plan)) == ["conflict", "create", "update"]
+
+
+def test_decide_ignore_forever_of_a_pair_is_kept_on_the_crm_side():
+    plan = _mixed_plan()
+    key = next(s.key for s in plan.steps if s.actions[0].op == "conflict")
+    decisions = Decisions({key: "ignore-forever"})
+    [new] = decide(plan, decisions, Policy(conflict="ask"), COMMON).ignores
+    assert (new.side, new.item_id, new.ignore.mode) == ("crm", "c1", "forever")
+    # Choosing "include" again takes the choice back.
+    decisions.set([key], "include")
+    assert decide(plan, decisions, Policy(conflict="ask"), COMMON).ignores == []
+
+
+def test_decide_winner_respects_the_prevent_switches():
+    plan = _mixed_plan()
+    key = next(s.key for s in plan.steps if s.actions[0].op == "conflict")
+    policy = Policy(conflict="ask", prevent=frozenset({"crm:update"}))
+    out = decide(plan, Decisions({key: "groupware"}), policy, COMMON)
+    step = next(s for s in out.steps if s.key == key)
+    assert [(a.op, a.side) for a in step.actions] == [("skip", "crm")]

@@ -340,9 +340,25 @@ def _sync_apply(syncer, prepared, plans, *, dry_run: bool, yes: bool, json_out: 
     from crmsync import show
 
     interactive = sys.stdin.isatty() and not json_out
+    reviewed = False
+    if interactive and sys.stdout.isatty() and not (dry_run or yes) and any(
+            p.writes or p.conflicts for p in plans):
+        # The review screen: the user decides row by row, then confirms (or cancels).
+        from crmsync.review import review
+
+        decisions = review(plans, lambda d: [p.plan for p in syncer.decide(prepared, d)],
+                           title=f"crmsync sync {syncer.profile.name}")
+        if decisions is None:
+            _console().print("Cancelled; nothing was written.")
+            return EXIT_CANCELLED
+        prepared = syncer.decide(prepared, decisions)
+        plans = [p.plan for p in prepared]
+        reviewed = True
     writes = sum(p.writes for p in plans)
     guard = {p.kind: p.guard for p in plans if p.guard}
-    if dry_run or not json_out:
+    if reviewed:
+        _console().print(f"Applying: {show.summary(plans)}")
+    elif dry_run or not json_out:
         if json_out:
             _emit_json({"profile": syncer.profile.name, "dry_run": True,
                         "objects": {p.kind: show.plan_dict(p) for p in plans},
@@ -364,7 +380,7 @@ def _sync_apply(syncer, prepared, plans, *, dry_run: bool, yes: bool, json_out: 
                 f"[red]stopped:[/] this run would delete {msg}. Nothing was written. "
                 "Check the other side, or pass --allow-mass-delete.")
             return EXIT_MASS_DELETE
-    elif writes and not yes:
+    elif writes and not yes and not reviewed:
         if not interactive:
             raise ConfigError("refusing to write without confirmation: pass --yes, "
                               "or --dry-run to only look")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -40,6 +40,12 @@ _EMPTY: tuple[Any, ...] = (None, "", [], {})
 # the next run (a failure, or a conflict waiting for the user).
 StepState = Literal["record", "settle", "retry"]
 IgnoreMode = Literal["forever", "until-change"]
+# What the user decided for one step in the review (see ``decide``): take it as planned,
+# leave it out of this run, ignore it, or (a conflict) let one side win.
+Choice = Literal["include", "exclude", "ignore-until-change", "ignore-forever", "crm",
+                 "groupware"]
+CHOICES: tuple[Choice, ...] = ("include", "exclude", "ignore-until-change",
+                               "ignore-forever", "crm", "groupware")
 
 
 @dataclass
@@ -82,6 +88,34 @@ class Ignore:
 
     def version_on(self, side: Side) -> str | None:
         return self.crm_version if side == "crm" else self.gw_version
+
+
+@dataclass(frozen=True)
+class NewIgnore:
+    """An ignore to store: the item (``side``, ``item_id``) and, for ``until-change``,
+    both sides' versions as the plan saw them."""
+
+    side: Side
+    item_id: str
+    ignore: Ignore
+
+
+@dataclass
+class Decisions:
+    """The user's choices in the review, by step key (:attr:`Step.key`); a step not named
+    runs as planned. Plain data: the review screen fills it, :func:`decide` applies it."""
+
+    choices: dict[str, Choice] = field(default_factory=dict)
+
+    def set(self, keys: Iterable[str], choice: Choice) -> None:
+        for key in keys:
+            if choice == "include":
+                self.choices.pop(key, None)
+            else:
+                self.choices[key] = choice
+
+    def get(self, key: str) -> Choice:
+        return self.choices.get(key, "include")
 
 
 @dataclass
@@ -169,6 +203,8 @@ class Plan:
     guard: dict[Side, tuple[int, int]] = field(default_factory=dict)
     # "Until-change" ignores whose item changed: lifted when the plan is applied.
     lapsed: list[tuple[Side, str]] = field(default_factory=list)
+    # Ignores the user chose in the review: stored when the plan is applied.
+    ignores: list[NewIgnore] = field(default_factory=list)
 
     def actions(self) -> Iterator[tuple[Step, Action]]:
         for step in self.steps:
@@ -188,6 +224,76 @@ class Plan:
     @property
     def conflicts(self) -> int:
         return sum(1 for _, a in self.actions() if a.op == "conflict")
+
+
+# --- the user's decisions -----------------------------------------------------------------
+
+
+def decide(plan: Plan, decisions: Decisions, policy: Policy, common: frozenset[str]) -> Plan:
+    """The plan as the user decided it in the review; ``plan`` is left as it was.
+
+    * ``exclude``: the step writes nothing this run and its items come back on the next
+      (a skip whose state is "retry": the executor keeps them pending).
+    * ``ignore-*``: a skip that settles the step; the ignore is stored when the plan is
+      applied (:attr:`Plan.ignores`), the planner's ``ignored`` skips it from then on.
+    * ``crm``/``groupware`` on a conflict: the step planned again as if that side were the
+      conflict rule (the planner's own path, prevent switches included). Keeping both
+      items is not offered: a copy needs a new UID on each side and unpairing the two.
+
+    ``policy`` and ``common`` are the ones the plan was made with.
+    """
+    steps: list[Step] = []
+    ignores: list[NewIgnore] = []
+    for step in plan.steps:
+        choice = decisions.get(step.key)
+        if choice == "include":
+            steps.append(step)
+        elif choice == "exclude":
+            steps.append(replace(step, actions=[Action(
+                "skip", reason="excluded in the review: shown again on the next run")],
+                state="retry"))
+        elif choice in ("ignore-until-change", "ignore-forever"):
+            new = _ignore_of(step, "forever" if choice == "ignore-forever" else "until-change")
+            if new is None:
+                steps.append(step)
+                continue
+            ignores.append(new)
+            what = ("ignored forever" if new.ignore.mode == "forever"
+                    else "differences ignored until one side changes")
+            steps.append(replace(step, actions=[Action("skip", new.side,
+                                                       reason=f"{what} (in the review)")],
+                                 state="settle"))
+        else:
+            steps.append(_resolve(step, choice, policy, common))
+    chosen = {(n.side, n.item_id) for n in ignores}
+    out = Plan(plan.kind, steps, lapsed=[k for k in plan.lapsed if k not in chosen],
+               ignores=plan.ignores + ignores)
+    totals = {side: total for side, (_, total) in plan.guard.items()}
+    out.guard = {s: g for s, g in _mass_delete_guard(out, policy, totals).items()
+                 if s in plan.guard}
+    return out
+
+
+def _ignore_of(step: Step, mode: IgnoreMode) -> NewIgnore | None:
+    """The ignore of a step's items, kept on the CRM side when it has an id there."""
+    ids = step.ids()
+    side: Side | None = "crm" if "crm" in ids else ("groupware" if ids else None)
+    if side is None:
+        return None
+    versions = {s: (i.version if (i := step.item(s)) else None) for s in SIDES}
+    if mode == "forever":
+        return NewIgnore(side, ids[side], Ignore("forever"))
+    return NewIgnore(side, ids[side], Ignore(mode, versions["crm"], versions["groupware"]))
+
+
+def _resolve(step: Step, winner: Side, policy: Policy, common: frozenset[str]) -> Step:
+    """A conflict step planned again with ``winner`` as the conflict rule; any other
+    step as it was (a winner means nothing without a conflict)."""
+    if not any(a.op == "conflict" for a in step.actions):
+        return step
+    planner = _Planner(replace(policy, conflict=winner), common, {}, None, None)
+    again = planner.step(step.kind, View(step.pair, step.crm, step.gw))
+    return again if again is not None else step
 
 
 # --- planning ----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ Why a killed run is safe to run again:
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -42,11 +43,13 @@ from crmsync.plan import (
     SIDE_NAME,
     WRITES,
     Action,
+    Decisions,
     IgnoreMode,
     Pair,
     Plan,
     Step,
     View,
+    decide,
     make_plan,
 )
 from crmsync.policy import Policy
@@ -300,6 +303,13 @@ class Syncer:
             emails, alternates=policy.match_alternate_emails)
         return frozenset(found)
 
+    def decide(self, prepared: Sequence[Prepared], decisions: Decisions) -> list[Prepared]:
+        """The prepared plans as the user decided them in the review (see
+        :func:`crmsync.plan.decide`); nothing is written until they are run."""
+        return [dataclasses.replace(p, plan=decide(p.plan, decisions, self.policy(p.kind),
+                                                   self.common_fields(p.kind)))
+                for p in prepared]
+
     # --- ignores ---------------------------------------------------------------------------
 
     def ignore(self, kind: ObjectKind, item_id: str, side: Side | None,
@@ -443,6 +453,10 @@ class _Executor:
 
     def execute(self, prep: Prepared) -> None:
         steps = prep.plan.steps
+        for new in prep.plan.ignores:
+            # Chosen in the review: stored first, as their steps settle without a write.
+            self.store.ignore(self.syncer.profile.id, self.kind, new.side, new.item_id,
+                              new.ignore.mode, {s: new.ignore.version_on(s) for s in SIDES})
         total = sum(len(s.actions) for s in steps) or len(steps)
         done = 0
         for start in range(0, len(steps), CHUNK):
