@@ -71,7 +71,8 @@ def test_profile_add_sync_dry_run_then_yes(home: Path, sides: Sides):
     assert status["objects"]["calendar"]["paired"] == 1
     assert status["objects"]["calendar"]["last_status"] == "ok"
     runs = json.loads(crmsync(home, "history", "work", "--json").stdout)
-    assert len(runs) == 1
+    # The dry run keeps its report too; the status shows the last run that wrote.
+    assert [r["mode"] for r in runs] == ["manual", "dry-run"]
     run = json.loads(crmsync(home, "history", "work", str(runs[0]["id"]), "--json").stdout)
     assert {i["action"] for i in run["items"]} == {"create:groupware", "create:crm"}
     assert "work" in crmsync(home, "status", "work").stdout
