@@ -31,6 +31,7 @@ from crmsync.connectors.base import (
     Credentials,
     Delete,
     Item,
+    ReadProgress,
     Result,
     Side,
     Update,
@@ -218,7 +219,8 @@ class Syncer:
         old = {s: self.store.cursor(pid, kind, s) for s in SIDES}
         # Read before listing: what a checkpoint marks pending is this run's own listing.
         pend = self.store.pending(pid, kind)
-        changes = {s: self._list(s, kind, old[s]) for s in SIDES}
+        tally = _Tally(progress, "fetching", kind)
+        changes = {s: self._list(s, kind, old[s], tally.part(f"list {s}")) for s in SIDES}
         listed = {s: changes[s].cursor for s in SIDES}
         if not any(changes[s].upserts or changes[s].deleted or changes[s].complete or pend[s]
                    for s in SIDES):
@@ -273,18 +275,15 @@ class Syncer:
                 to_fetch += sorted(index[side].keys() - seen - set(to_fetch))
             wanted[side] = to_fetch
             deleted[side] = gone
-        fetching = sum(len(ids) for ids in wanted.values())
-        done = 0
         for side, to_fetch in wanted.items():
+            report = tally.part(f"fetch {side}")
             for start in range(0, len(to_fetch), FETCH_CHUNK):
                 chunk = to_fetch[start:start + FETCH_CHUNK]
                 fetched = self.connector(side, kind).fetch(kind, chunk)
                 deleted[side] |= set(chunk) - fetched.keys()
                 for item_id, item in fetched.items():
                     place(side, item_id, item)
-                done += len(chunk)
-                if progress:
-                    progress("fetching", kind, done, fetching)
+                report(start + len(chunk), len(to_fetch))
             for item_id in deleted[side]:
                 if item_id in index[side]:
                     place(side, item_id, None)
@@ -362,7 +361,8 @@ class Syncer:
         self.store.ignore(pid, kind, where, item_id, mode, versions)
         return where
 
-    def _list(self, side: Side, kind: ObjectKind, cursor: str | None) -> Changes:
+    def _list(self, side: Side, kind: ObjectKind, cursor: str | None,
+              progress: ReadProgress | None = None) -> Changes:
         """One side's changes since ``cursor``, saving progress through long listings."""
         pid = self.profile.id
         paired: dict[Side, int] | None = None
@@ -385,7 +385,8 @@ class Syncer:
         if cursor is None and kind != "contacts" and not has_pairs():
             window = self.policy(kind).window(self.clock())
         return self.connector(side, kind).list_changes(kind, cursor, window=window,
-                                                       checkpoint=checkpoint)
+                                                       checkpoint=checkpoint,
+                                                       progress=progress)
 
     # --- applying --------------------------------------------------------------------------
 
@@ -524,6 +525,25 @@ class Syncer:
         # No step: nothing to do for it now (e.g. it left the sync range); the pair stays.
         return plan.steps[0] if plan.steps else Step(kind, step.pair, None, None,
                                                      state="settle")
+
+
+class _Tally:
+    """One progress report summed from several sources (each side's listing and
+    fetching), so that a view shows one count and one total per phase and object."""
+
+    def __init__(self, progress: Progress | None, phase: str, kind: str) -> None:
+        self.progress = progress
+        self.phase = phase
+        self.kind = kind
+        self.parts: dict[str, tuple[int, int]] = {}
+
+    def part(self, name: str) -> ReadProgress:
+        def report(done: int, total: int) -> None:
+            self.parts[name] = (done, total)
+            if self.progress is not None:
+                self.progress(self.phase, self.kind, sum(d for d, _ in self.parts.values()),
+                              sum(t for _, t in self.parts.values()))
+        return report
 
 
 def _user() -> str | None:
