@@ -39,7 +39,8 @@ def add_profile(home: Path, sides: Sides, *extra: str) -> None:
 def test_help_on_every_command_and_exit_codes_documented(home: Path):
     out = crmsync(home, "--help").stdout
     assert "Exit codes" in out and "mass-delete" in out
-    for cmd in (["sync"], ["status"], ["history"], ["demo"], ["profile"], ["profile", "add"],
+    for cmd in (["sync"], ["apply"], ["status"], ["history"], ["demo"], ["profile"],
+                ["profile", "add"],
                 ["profile", "list"], ["profile", "show"], ["profile", "remove"]):
         assert "Usage" in crmsync(home, *cmd, "--help").stdout
 

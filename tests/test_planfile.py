@@ -106,8 +106,11 @@ def test_a_plan_whose_item_changed_is_replanned_not_forced(home: Path, sides: Si
     assert update["key"] in report["replanned"]
     # Planned again from the current item: "Third", never the file's "Second".
     assert sides.records("groupware", "calendar")["a@x"].summary == "Third"
+    sides.edit("crm", "calendar", "a@x.ics", summary="Fourth")
     text = crmsync(home, "apply", "work", str(path)).stdout
-    assert "re-planned" in text
+    assert f"re-planned {update['key']}: changed in crm" in text
+    assert "Not applied: 1 re-planned step(s)" in text
+    assert sides.records("groupware", "calendar")["a@x"].summary == "Third"
 
 
 def test_a_conflict_is_resolved_by_the_winner_chosen_in_the_file(home: Path, sides: Sides,

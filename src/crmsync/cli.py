@@ -466,6 +466,14 @@ def apply_command(
                                   default=False)):
             for o in outcomes:
                 o.hold_replanned()
+            if not json_out:
+                _console().print(f"Not applied: {len(unseen)} re-planned step(s) (pass "
+                                 "--yes to apply them); they are left for the next run.",
+                                 highlight=False)
+        held = sum(len(o.held) for o in outcomes)
+        if held and not json_out:
+            _console().print(f"{held} change(s) not in the plan file are left for the next "
+                             "run.", highlight=False)
         guard = {o.plan.kind: o.plan.guard for o in outcomes if o.plan.guard}
         if guard and not allow_mass_delete:
             msg = "; ".join(f"{kind}: {n} of {total} items in {side}"
@@ -497,10 +505,6 @@ def _show_replanned(outcomes, replanned: dict[str, str]) -> None:
         steps = [s for s in o.plan.steps if s.key in replanned and s.actions]
         if steps:
             console.print(show.plan_table(type(o.plan)(o.plan.kind, steps)))
-    held = sum(len(o.held) for o in outcomes)
-    if held:
-        console.print(f"{held} change(s) not in the plan file are left for the next run.",
-                      highlight=False)
 
 
 class _ProgressBar:
