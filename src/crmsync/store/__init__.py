@@ -410,11 +410,16 @@ class Store:
 
     def last_runs(self, profile_id: int) -> dict[str, dict[str, Any]]:
         """The latest finished, non-dry run per object kind."""
+        # Dry runs are left out in the query: many of them must not hide the last real run.
+        query = (select(runs).where(runs.c.profile_id == profile_id, runs.c.dry_run.is_(False),
+                                    runs.c.status != "running")
+                 .order_by(runs.c.id.desc()).limit(200))
+        with self.engine.connect() as conn:
+            recent = [_run(r) for r in conn.execute(query)]
         out: dict[str, dict[str, Any]] = {}
-        for run in reversed(self.runs(profile_id, limit=200)):
-            if run["status"] != "running" and not run["dry_run"]:
-                for kind in run["objects"]:
-                    out[kind] = run
+        for run in reversed(recent):
+            for kind in run["objects"]:
+                out[kind] = run
         return out
 
 
