@@ -19,8 +19,10 @@ from conftest import Sides, day, event
 
 def crmsync(home: Path, *args: str, input: str | None = None, check: int | None = 0):
     env = os.environ | {"CRMSYNC_HOME": str(home), "COLUMNS": "200"}
+    # Never a terminal on stdin, however pytest was started: scripts are what this tests.
     proc = subprocess.run([sys.executable, "-m", "crmsync", *args], capture_output=True,
-                          text=True, env=env, input=input, timeout=120)
+                          text=True, env=env, input=input, timeout=120,
+                          stdin=subprocess.DEVNULL if input is None else None)
     if check is not None:
         assert proc.returncode == check, proc.stdout + proc.stderr
     return proc

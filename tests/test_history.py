@@ -13,9 +13,10 @@ from crmsync.config import Paths, store_url
 from crmsync.model import Event
 from crmsync.store import Store
 from scenario import Scenario
-from test_planfile import add_profile, crmsync
+from test_planfile import add_profile
 
 from conftest import Sides, day, event
+from test_cli import crmsync
 
 
 @pytest.fixture

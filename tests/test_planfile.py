@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,15 +10,7 @@ import pytest
 from crmsync.model import Contact
 
 from conftest import Sides, event
-
-
-def crmsync(home: Path, *args: str, check: int | None = 0) -> subprocess.CompletedProcess:
-    env = os.environ | {"CRMSYNC_HOME": str(home), "COLUMNS": "200"}
-    proc = subprocess.run([sys.executable, "-m", "crmsync", *args], capture_output=True,
-                          text=True, env=env, timeout=120, stdin=subprocess.DEVNULL)
-    if check is not None:
-        assert proc.returncode == check, proc.stdout + proc.stderr
-    return proc
+from test_cli import crmsync
 
 
 @pytest.fixture
