@@ -155,6 +155,7 @@ class Syncer:
         self.store = store
         # Run reports older than this are forgotten when a run starts; 0 keeps them all.
         self.keep_days = keep_days
+        self._began = time.monotonic()  # the current run's start, for its duration
         self.profile = profile
         # Connectors given here serve every object of their side (tests, embedding);
         # the others are opened on first use, one per endpoint.
