@@ -19,8 +19,10 @@ from conftest import Sides, day, event
 
 def crmsync(home: Path, *args: str, input: str | None = None, check: int | None = 0):
     env = os.environ | {"CRMSYNC_HOME": str(home), "COLUMNS": "200"}
+    # Never a terminal on stdin, however pytest was started: scripts are what this tests.
     proc = subprocess.run([sys.executable, "-m", "crmsync", *args], capture_output=True,
-                          text=True, env=env, input=input, timeout=120)
+                          text=True, env=env, input=input, timeout=120,
+                          stdin=subprocess.DEVNULL if input is None else None)
     if check is not None:
         assert proc.returncode == check, proc.stdout + proc.stderr
     return proc
@@ -39,7 +41,8 @@ def add_profile(home: Path, sides: Sides, *extra: str) -> None:
 def test_help_on_every_command_and_exit_codes_documented(home: Path):
     out = crmsync(home, "--help").stdout
     assert "Exit codes" in out and "mass-delete" in out
-    for cmd in (["sync"], ["status"], ["history"], ["demo"], ["profile"], ["profile", "add"],
+    for cmd in (["sync"], ["apply"], ["status"], ["history"], ["demo"], ["profile"],
+                ["profile", "add"],
                 ["profile", "list"], ["profile", "show"], ["profile", "remove"]):
         assert "Usage" in crmsync(home, *cmd, "--help").stdout
 
@@ -71,7 +74,8 @@ def test_profile_add_sync_dry_run_then_yes(home: Path, sides: Sides):
     assert status["objects"]["calendar"]["paired"] == 1
     assert status["objects"]["calendar"]["last_status"] == "ok"
     runs = json.loads(crmsync(home, "history", "work", "--json").stdout)
-    assert len(runs) == 1
+    # The dry run keeps its report too; the status shows the last run that wrote.
+    assert [r["mode"] for r in runs] == ["manual", "dry-run"]
     run = json.loads(crmsync(home, "history", "work", str(runs[0]["id"]), "--json").stdout)
     assert {i["action"] for i in run["items"]} == {"create:groupware", "create:crm"}
     assert "work" in crmsync(home, "status", "work").stdout

@@ -305,6 +305,10 @@ def sync(
         "--json", help="Print the plan (with --dry-run) or the run report as JSON.")] = False,
     allow_mass_delete: Annotated[bool, typer.Option(
         "--allow-mass-delete", help="Apply even when the mass-delete guard trips.")] = False,
+    plan_out: Annotated[Path | None, typer.Option(
+        "--plan-out", help="Save the plan to this file and write nothing; edit it if you "
+        "like (remove steps or actions, choose conflict winners), then 'crmsync apply NAME "
+        "FILE'.", show_default=False)] = None,
 ) -> None:
     """Sync a profile: plan, review, confirm, apply.
 
@@ -312,31 +316,53 @@ def sync(
     items on the right. Nothing is written before you confirm (or pass --yes).
     """
     raise typer.Exit(_run_sync(name, objects, dry_run=dry_run, yes=yes, json_out=json_out,
-                               allow_mass_delete=allow_mass_delete))
+                               allow_mass_delete=allow_mass_delete, plan_out=plan_out))
 
 
-def _run_sync(name: str, objects: list[str] | None, **options: bool) -> int:
-    from crmsync.secrets import credentials_for
-    from crmsync.sync import Syncer
-
-    store = _store()
-    profile = store.profile(name)
-    paths = _paths()
-    syncer = Syncer(store, profile,
-                    credentials=lambda side: credentials_for(paths, profile.name, side))
+def _run_sync(name: str, objects: list[str] | None, plan_out: Path | None = None,
+              **options: bool) -> int:
+    syncer = _syncer(name)
+    bar = _progress_bar(options["json_out"])
     try:
         off = syncer.switched_off(objects or None)  # type: ignore[arg-type]
         if off and not options["json_out"]:
             _console().print(f"Not synced (mode off): {', '.join(off)}. Turn one on with "
                              f"'crmsync settings {name} OBJECT mode manual'.", highlight=False)
-        prepared = syncer.prepare(objects or None)  # type: ignore[arg-type]
-        return _sync_apply(syncer, prepared, [p.plan for p in prepared], off=off, **options)
+        prepared = syncer.prepare(objects or None, bar)  # type: ignore[arg-type]
+        if plan_out is not None:
+            return _save_plan(syncer, prepared, plan_out, options["json_out"])
+        return _sync_apply(syncer, prepared, [p.plan for p in prepared], off=off,
+                           progress=bar, **options)
     finally:
+        if bar is not None:
+            bar.close()
         syncer.close()
 
 
+def _save_plan(syncer, prepared, path: Path, json_out: bool) -> int:
+    from crmsync import planfile, show
+    from crmsync.store import now
+
+    plans = [p.plan for p in prepared]
+    data = planfile.dump(syncer.profile.name, syncer.profile.id, plans, now())
+    try:
+        path.write_text(planfile.dumps(data), encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the plan to {path}: {exc.strerror}") from None
+    report = syncer.record_dry_run(prepared)
+    if json_out:
+        _emit_json({"profile": syncer.profile.name, "plan_file": str(path),
+                    "run": report.run_id, "counts": {p.kind: p.counts() for p in plans}})
+    else:
+        _console().print(f"Saved the plan ({show.summary(plans)}) to {path}; nothing was "
+                         f"written. Apply it with 'crmsync apply {syncer.profile.name} "
+                         f"{path}'.", highlight=False)
+    return EXIT_OK
+
+
 def _sync_apply(syncer, prepared, plans, *, dry_run: bool, yes: bool, json_out: bool,
-                allow_mass_delete: bool, off: list[str] | tuple[str, ...] = ()) -> int:
+                allow_mass_delete: bool, off: list[str] | tuple[str, ...] = (),
+                progress=None) -> int:
     from crmsync import show
 
     interactive = sys.stdin.isatty() and not json_out
@@ -370,6 +396,7 @@ def _sync_apply(syncer, prepared, plans, *, dry_run: bool, yes: bool, json_out: 
                     console.print(show.plan_table(plan))
             console.print(f"Plan: {show.summary(plans)}")
     if dry_run:
+        syncer.record_dry_run(prepared)
         return EXIT_OK
     if guard and not allow_mass_delete:
         msg = "; ".join(f"{kind}: {n} of {total} items in {side}"
@@ -387,9 +414,16 @@ def _sync_apply(syncer, prepared, plans, *, dry_run: bool, yes: bool, json_out: 
         if not typer.confirm(f"Apply {show.summary(plans)}?", default=False):
             _console().print("Cancelled; nothing was written.")
             return EXIT_CANCELLED
-    report = syncer.run(prepared, progress=_progress_bar(json_out))
+    report = syncer.run(prepared, progress=progress)
+    return _report_out(report, json_out, {"off": list(off)} if off else {})
+
+
+def _report_out(report, json_out: bool, extra: dict[str, Any]) -> int:
+    """Print a run's report; its exit code."""
+    from crmsync import show
+
     if json_out:
-        _emit_json(report.to_dict() | ({"off": list(off)} if off else {}))
+        _emit_json(report.to_dict() | extra)
     else:
         _console().print(show.report_table(report))
         for obj in report.objects.values():
@@ -403,30 +437,145 @@ def _sync_apply(syncer, prepared, plans, *, dry_run: bool, yes: bool, json_out: 
     return EXIT_OK
 
 
-def _progress_bar(quiet: bool):
-    """A Rich progress bar on a terminal; nothing when quiet or not on a terminal."""
+@app.command("apply", epilog=EXIT_CODES_HELP)
+def apply_command(
+    name: Annotated[str, typer.Argument(help="The profile the plan was made for.")],
+    plan_file: Annotated[Path, typer.Argument(
+        help="A plan saved by 'crmsync sync NAME --plan-out FILE', possibly edited.")],
+    yes: Annotated[bool, typer.Option(
+        "--yes", "-y", help="Also apply steps re-planned because their items changed "
+        "since the plan was made (otherwise asked on a terminal, else left for the next "
+        "run).")] = False,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Print the run report as JSON.")] = False,
+    allow_mass_delete: Annotated[bool, typer.Option(
+        "--allow-mass-delete", help="Apply even when the mass-delete guard trips.")] = False,
+) -> None:
+    """Apply a saved plan, after checking that nothing changed since it was made.
+
+    Both sides are read again. Steps whose items are as they were are applied as the
+    file says: steps or actions removed from it are not applied, and a conflict is
+    resolved by its "choose" ("crm", "groupware" or "skip"). A step whose items changed
+    meanwhile is planned again, never forced, and listed as re-planned; changes the file
+    does not have are left for the next run. A plan for another profile is refused.
+    """
+    from crmsync import planfile
+
+    try:
+        text = plan_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise planfile.PlanFileError(f"cannot read the plan file {plan_file}: "
+                                     f"{getattr(exc, 'strerror', None) or exc}") from None
+    saved = planfile.load(text, str(plan_file))
+    syncer = _syncer(name)
+    bar = _progress_bar(json_out)
+    try:
+        checked = syncer.prepare_file(saved, bar)
+        outcomes = [o for _, o in checked]
+        replanned = {key: why for o in outcomes for key, why in o.replanned.items()}
+        unseen = [s for o in outcomes for s in o.replanned_writes()]
+        if not json_out:
+            _show_replanned(outcomes, replanned)
+        if unseen and not yes and not (
+                sys.stdin.isatty() and not json_out
+                and typer.confirm(f"Apply the {len(unseen)} re-planned step(s) too?",
+                                  default=False)):
+            for o in outcomes:
+                o.hold_replanned()
+            if not json_out:
+                _console().print(f"Not applied: {len(unseen)} re-planned step(s) (pass "
+                                 "--yes to apply them); they are left for the next run.",
+                                 highlight=False)
+        held = sum(len(o.held) for o in outcomes)
+        if held and not json_out:
+            _console().print(f"{held} change(s) not in the plan file are left for the next "
+                             "run.", highlight=False)
+        guard = {o.plan.kind: o.plan.guard for o in outcomes if o.plan.guard}
+        if guard and not allow_mass_delete:
+            msg = "; ".join(f"{kind}: {n} of {total} items in {side}"
+                            for kind, g in guard.items() for side, (n, total) in g.items())
+            _console(stderr=True).print(
+                f"[red]stopped:[/] this plan would delete {msg}. Nothing was written. "
+                "Pass --allow-mass-delete to apply it.")
+            return_code = EXIT_MASS_DELETE
+        else:
+            report = syncer.run([p for p, _ in checked], progress=bar)
+            return_code = _report_out(report, json_out, {
+                "plan_file": str(plan_file), "replanned": replanned,
+                "held": sorted(k for o in outcomes for k in o.held),
+                "kept": sorted(k for o in outcomes for k in o.kept)})
+    finally:
+        if bar is not None:
+            bar.close()
+        syncer.close()
+    raise typer.Exit(return_code)
+
+
+def _show_replanned(outcomes, replanned: dict[str, str]) -> None:
+    from crmsync import show
+
+    console = _console()
+    for key, why in replanned.items():
+        console.print(f"re-planned {key}: {why}", highlight=False)
+    for o in outcomes:
+        steps = [s for s in o.plan.steps if s.key in replanned and s.actions]
+        if steps:
+            console.print(show.plan_table(type(o.plan)(o.plan.kind, steps)))
+
+
+class _ProgressBar:
+    """A Rich progress bar (counts and rate) for the core's progress reports, shown only
+    once the work has taken more than a moment, and cleared when it is done."""
+
+    DELAY = 0.5  # seconds before a bar appears: short runs print nothing
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+            console=_console(stderr=True), transient=True)
+        self._tasks: dict[tuple[str, str], Any] = {}
+        self._began = time.monotonic()
+        self._shown = False
+
+    def __call__(self, phase: str, kind: str, done: int, total: int) -> None:
+        key = (phase, kind)
+        if key not in self._tasks:
+            self._tasks[key] = self._progress.add_task(f"{phase} {kind}", total=total,
+                                                       rate="")
+        task = self._tasks[key]
+        self._progress.update(task, completed=done, total=total)
+        speed = self._progress.tasks[task].speed
+        self._progress.update(task, rate=f"{speed:,.0f}/s" if speed else "")
+        if not self._shown and time.monotonic() - self._began > self.DELAY:
+            self._shown = True
+            self._progress.start()
+
+    def close(self) -> None:
+        if self._shown:
+            self._progress.stop()
+
+
+def _progress_bar(quiet: bool) -> _ProgressBar | None:
+    """A progress bar on a terminal; None (no reports shown) when quiet or not a terminal."""
     if quiet or not sys.stderr.isatty():
         return None
-    from rich.progress import Progress
-
-    progress = Progress(console=_console(stderr=True), transient=True)
-    tasks: dict[str, Any] = {}
-
-    def update(kind: str, done: int, total: int) -> None:
-        if kind not in tasks:
-            progress.start()
-            tasks[kind] = progress.add_task(f"applying {kind}", total=total)
-        progress.update(tasks[kind], completed=done)
-        if done >= total:
-            progress.stop()
-
-    return update
+    return _ProgressBar()
 
 
 # --- ignore and record ---------------------------------------------------------------------
 
 
 def _syncer(name: str):
+    from crmsync.config import keep_days
     from crmsync.secrets import credentials_for
     from crmsync.sync import Syncer
 
@@ -434,7 +583,8 @@ def _syncer(name: str):
     profile = store.profile(name)
     paths = _paths()
     return Syncer(store, profile,
-                  credentials=lambda side: credentials_for(paths, profile.name, side))
+                  credentials=lambda side: credentials_for(paths, profile.name, side),
+                  keep_days=keep_days(paths))
 
 
 def _kind(obj: str):
@@ -619,12 +769,19 @@ def status(
 
 @app.command()
 def history(
-    name: str,
-    run: Annotated[int | None, typer.Argument(help="Show this run in full.")] = None,
+    name: Annotated[str, typer.Argument(help="The profile.")],
+    run: Annotated[int | None, typer.Argument(help="Show this run in full.",
+                                              show_default=False)] = None,
     limit: Annotated[int, typer.Option(help="How many runs to list.")] = 20,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """List a profile's runs, or show one run with every item's outcome."""
+    """List a profile's runs, or show one run with every item's outcome.
+
+    Each run keeps its report: who started it, when, the mode (manual, auto, record,
+    dry-run), counts per action and side, each skipped or failed item with its reason,
+    the requests and API calls used and how long it took. Reports are kept 90 days
+    (config.toml: [history] keep_days).
+    """
     store = _store()
     profile = store.profile(name)
     data: Any = store.run(profile.id, run) if run is not None else store.runs(profile.id,
@@ -634,16 +791,43 @@ def history(
         return
     console = _console()
     if run is None:
+        if not data:
+            console.print("No runs yet.")
         for r in data:
-            counts = "; ".join(f"{k}: " + ", ".join(f"{n} {c}" for c, n in v.items())
-                               for k, v in r["counts"].items())
-            console.print(f"#{r['id']:<5} {r['started_at']}  {r['status']:8} {counts}")
+            console.print(f"#{r['id']:<5} {r['started_at']}  {r['mode']:8} "
+                          f"{r['status']:8} {_duration(r['duration_ms']):>7}  "
+                          f"{r['started_by'] or '?':10} {_counts_text(r['counts'])}",
+                          highlight=False, markup=False)
         return
-    console.print(f"run #{data['id']} {data['started_at']} → {data['finished_at']} "
-                  f"{data['status']} by {data['started_by']}")
+    console.print(f"run #{data['id']} ({data['mode']}) by {data['started_by'] or '?'}: "
+                  f"{data['started_at']} → {data['finished_at'] or '…'} "
+                  f"({_duration(data['duration_ms'])}), {data['status']}",
+                  highlight=False, markup=False)
+    if data["error"]:
+        console.print(f"  error: {data['error']}", highlight=False, markup=False)
+    console.print(f"  {_counts_text(data['counts']) or 'nothing to do'}", highlight=False,
+                  markup=False)
+    usage = data["usage"]
+    for side, n in usage.get("requests", {}).items():
+        extra = usage.get("api", {}).get(side, {})
+        more = ", ".join(f"{k} {v}" for k, v in extra.items())
+        console.print(f"  {side}: {n} requests" + (f" ({more})" if more else ""),
+                      highlight=False, markup=False)
     for item in data["items"]:
-        console.print(f"  {item['outcome']:8} {item['action']:18} {item['label'] or ''} "
-                      f"{item['reason'] or ''}")
+        console.print(f"  {item['outcome']:8} {item['kind']:9} {item['action']:18} "
+                      f"{item['label'] or ''}" + (f": {item['reason']}" if item['reason']
+                                                  else ""), highlight=False, markup=False)
+
+
+def _duration(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return f"{ms / 1000:.1f}s" if ms < 60_000 else f"{ms // 60_000}m{ms % 60_000 // 1000:02}s"
+
+
+def _counts_text(counts: dict[str, dict[str, int]]) -> str:
+    return "; ".join(f"{kind}: " + ", ".join(f"{n} {code}" for code, n in c.items())
+                     for kind, c in counts.items() if c)
 
 
 @app.command()

@@ -7,6 +7,9 @@ config.toml::
 
     [store]
     url = "postgresql+psycopg://crmsync@db/crmsync"   # default: SQLite in the data folder
+
+    [history]
+    keep_days = 90      # run reports older than this are forgotten; 0 keeps them all
 """
 
 from __future__ import annotations
@@ -59,3 +62,12 @@ def load_config(paths: Paths) -> dict:
         return {}
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{paths.config_file}: {exc}") from None
+
+
+def keep_days(paths: Paths, default: int = 90) -> int:
+    """How many days run reports are kept ([history] keep_days; 0: forever)."""
+    value = load_config(paths).get("history", {}).get("keep_days", default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{paths.config_file}: [history] keep_days must be a whole number "
+                          f"of days, 0 or more (0 keeps every run), not {value!r}")
+    return value

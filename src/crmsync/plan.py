@@ -250,7 +250,7 @@ def decide(plan: Plan, decisions: Decisions, policy: Policy, common: frozenset[s
             steps.append(step)
         elif choice == "exclude":
             steps.append(replace(step, actions=[Action(
-                "skip", reason="excluded in the review: shown again on the next run")],
+                "skip", reason="excluded by the user: shown again on the next run")],
                 state="retry"))
         elif choice in ("ignore-until-change", "ignore-forever"):
             new = _ignore_of(step, "forever" if choice == "ignore-forever" else "until-change")

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from crmsync import selection
@@ -31,6 +32,7 @@ from crmsync.connectors.base import (
     Credentials,
     Delete,
     Item,
+    ReadProgress,
     Result,
     Side,
     Update,
@@ -52,12 +54,20 @@ from crmsync.plan import (
     decide,
     make_plan,
 )
+from crmsync.planfile import Outcome, PlanFile, PlanFileError, reconcile
 from crmsync.policy import Policy
 from crmsync.store import Profile, RunItem, Store, now
 
-Progress = Callable[[str, int, int], None]
+# Progress reports: (phase, object, done, total), phase "fetching" or "applying". The
+# core only counts; a view (the CLI's progress bar) decides whether and how to show it.
+Progress = Callable[[str, str, int, int], None]
 MAX_REPLANS = 3
 CHUNK = 200
+# Items fetched per progress report: a multiple of the connectors' own batches (DAV
+# multiget 100, Salesforce 200 ids per query), so that reporting costs no extra request.
+FETCH_CHUNK = 200
+# How long run reports are kept by default (config.toml: [history] keep_days).
+KEEP_DAYS = 90
 
 
 @dataclass
@@ -97,6 +107,9 @@ class Report:
     # A side's other counters, e.g. a CRM's API calls and daily allowance:
     # {"crm": {"api_calls": 4, "api_usage": 812, "api_limit": 15000}}
     api: dict[str, dict[str, int]] = field(default_factory=dict)
+    mode: str = "manual"  # manual | auto | record | dry-run
+    user: str | None = None
+    duration_ms: int | None = None
 
     @property
     def failed(self) -> int:
@@ -110,9 +123,12 @@ class Report:
         return {
             "run": self.run_id,
             "profile": self.profile,
+            "mode": self.mode,
+            "user": self.user,
             "status": self.status,
             "started": self.started,
             "finished": self.finished,
+            "duration_ms": self.duration_ms,
             "error": self.error,
             "requests": self.requests,
             **({"api": self.api} if self.api else {}),
@@ -120,8 +136,9 @@ class Report:
                 kind: {
                     "counts": dict(sorted(r.counts.items())),
                     "items": [
-                        {"action": i.action, "outcome": i.outcome, "label": i.label,
-                         "reason": i.reason, "crm_id": i.crm_id, "groupware_id": i.gw_id}
+                        {"action": i.action, "side": i.side, "outcome": i.outcome,
+                         "label": i.label, "reason": i.reason, "crm_id": i.crm_id,
+                         "groupware_id": i.gw_id}
                         for i in r.items if i.outcome != "applied"
                     ],
                 }
@@ -136,8 +153,12 @@ class Syncer:
     def __init__(self, store: Store, profile: Profile, crm: Connector | None = None,
                  groupware: Connector | None = None,
                  credentials: Callable[[Side], Credentials | None] | None = None,
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Callable[[], datetime] | None = None,
+                 keep_days: int = KEEP_DAYS) -> None:
         self.store = store
+        # Run reports older than this are forgotten when a run starts; 0 keeps them all.
+        self.keep_days = keep_days
+        self._began = time.monotonic()  # the current run's start, for its duration
         self.profile = profile
         # Connectors given here serve every object of their side (tests, embedding);
         # the others are opened on first use, one per endpoint.
@@ -188,20 +209,22 @@ class Syncer:
 
     # --- gathering -------------------------------------------------------------------------
 
-    def prepare(self, kinds: Sequence[ObjectKind] | None = None) -> list[Prepared]:
+    def prepare(self, kinds: Sequence[ObjectKind] | None = None,
+                progress: Progress | None = None) -> list[Prepared]:
         kinds = list(kinds or self.profile.objects)
         for kind in kinds:
             if kind not in self.profile.objects:
                 raise ConfigError(f"profile {self.profile.name!r} does not sync {kind}")
         off = self.switched_off(kinds)
-        return [self.gather(kind) for kind in kinds if kind not in off]
+        return [self.gather(kind, progress) for kind in kinds if kind not in off]
 
-    def gather(self, kind: ObjectKind) -> Prepared:
+    def gather(self, kind: ObjectKind, progress: Progress | None = None) -> Prepared:
         pid = self.profile.id
         old = {s: self.store.cursor(pid, kind, s) for s in SIDES}
         # Read before listing: what a checkpoint marks pending is this run's own listing.
         pend = self.store.pending(pid, kind)
-        changes = {s: self._list(s, kind, old[s]) for s in SIDES}
+        tally = _Tally(progress, "fetching", kind)
+        changes = {s: self._list(s, kind, old[s], tally.part(f"list {s}")) for s in SIDES}
         listed = {s: changes[s].cursor for s in SIDES}
         if not any(changes[s].upserts or changes[s].deleted or changes[s].complete or pend[s]
                    for s in SIDES):
@@ -232,6 +255,8 @@ class Syncer:
             elif item is not None:
                 unpaired[side].append(item)
 
+        wanted: dict[Side, list[str]] = {}
+        deleted: dict[Side, set[str]] = {}
         for side in SIDES:
             listing = changes[side]
             seen = {u[0] for u in listing.upserts}
@@ -252,12 +277,18 @@ class Syncer:
                 # deleted, or lies outside a ranged listing (a server's time range, the
                 # CRM's reconciliation). Asking for those few tells which.
                 to_fetch += sorted(index[side].keys() - seen - set(to_fetch))
-            if to_fetch:
-                fetched = self.connector(side, kind).fetch(kind, to_fetch)
-                gone |= set(to_fetch) - fetched.keys()
+            wanted[side] = to_fetch
+            deleted[side] = gone
+        for side, to_fetch in wanted.items():
+            report = tally.part(f"fetch {side}")
+            for start in range(0, len(to_fetch), FETCH_CHUNK):
+                chunk = to_fetch[start:start + FETCH_CHUNK]
+                fetched = self.connector(side, kind).fetch(kind, chunk)
+                deleted[side] |= set(chunk) - fetched.keys()
                 for item_id, item in fetched.items():
                     place(side, item_id, item)
-            for item_id in gone:
+                report(start + len(chunk), len(to_fetch))
+            for item_id in deleted[side]:
                 if item_id in index[side]:
                     place(side, item_id, None)
 
@@ -341,7 +372,8 @@ class Syncer:
         self.store.ignore(pid, kind, where, item_id, mode, versions)
         return where
 
-    def _list(self, side: Side, kind: ObjectKind, cursor: str | None) -> Changes:
+    def _list(self, side: Side, kind: ObjectKind, cursor: str | None,
+              progress: ReadProgress | None = None) -> Changes:
         """One side's changes since ``cursor``, saving progress through long listings."""
         pid = self.profile.id
         paired: dict[Side, int] | None = None
@@ -364,16 +396,19 @@ class Syncer:
         if cursor is None and kind != "contacts" and not has_pairs():
             window = self.policy(kind).window(self.clock())
         return self.connector(side, kind).list_changes(kind, cursor, window=window,
-                                                       checkpoint=checkpoint)
+                                                       checkpoint=checkpoint,
+                                                       progress=progress)
 
     # --- applying --------------------------------------------------------------------------
 
     def run(self, prepared: Sequence[Prepared], *, mode: str = "manual",
-            progress: Progress | None = None) -> Report:
-        """Apply prepared plans, record the run, and move the cursors."""
-        report = Report(self.profile.name)
-        kinds = [p.kind for p in prepared]
-        report.run_id = self.store.start_run(self.profile.id, kinds, mode, _user())
+            progress: Progress | None = None, user: str | None = None) -> Report:
+        """Apply prepared plans, record the run, and move the cursors.
+
+        ``user`` is who started it (a server's user); default the OS user.
+        """
+        report = self._start(prepared, mode, user)
+        assert report.run_id is not None
         try:
             for prep in prepared:
                 obj = report.objects[prep.kind] = ObjectReport()
@@ -391,23 +426,86 @@ class Syncer:
         self._finish(report)
         return report
 
-    def _finish(self, report: Report) -> None:
+    def record_dry_run(self, prepared: Sequence[Prepared], user: str | None = None) -> Report:
+        """Keep the report of a run that only planned (a dry run, a saved plan file):
+        what it would do, and each skipped or failed item with its reason."""
+        report = self._start(prepared, "dry-run", user, dry_run=True)
+        items: list[RunItem] = []
+        for prep in prepared:
+            obj = report.objects[prep.kind] = ObjectReport()
+            for step, action in prep.plan.actions():
+                code = "failed" if action.failed else action.code
+                obj.counts[code] += 1
+                if action.op in ("skip", "conflict") or action.failed:
+                    ids = step.ids()
+                    obj.items.append(RunItem(
+                        prep.kind, action.code,
+                        "failed" if action.failed else
+                        "conflict" if action.op == "conflict" else "skipped",
+                        step.label(), action.reason, ids.get("crm"), ids.get("groupware"),
+                        action.side))
+            items += obj.items
+        self._finish(report, items)
+        return report
+
+    def _start(self, prepared: Sequence[Prepared], mode: str, user: str | None,
+               dry_run: bool = False) -> Report:
+        if self.keep_days > 0:
+            # Real time, not self.clock (the planning "now"): run times are real.
+            cutoff = datetime.now(UTC) - timedelta(days=self.keep_days)
+            self.store.purge_runs(self.profile.id, cutoff.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        report = Report(self.profile.name, mode=mode, user=user or _user())
+        report.run_id = self.store.start_run(self.profile.id, [p.kind for p in prepared], mode,
+                                             report.user, dry_run=dry_run)
+        self._began = time.monotonic()
+        return report
+
+    def _finish(self, report: Report, items: Sequence[RunItem] = ()) -> None:
         report.finished = now()
+        report.duration_ms = round((time.monotonic() - self._began) * 1000)
         stats = self.stats()
         report.requests = {side: n["requests"] for side, n in stats.items() if "requests" in n}
         report.api = {side: {k: v for k, v in n.items() if k != "requests"}
                       for side, n in stats.items() if set(n) - {"requests"}}
         counts: dict[str, Any] = {k: dict(r.counts) for k, r in report.objects.items()}
+        usage: dict[str, Any] = {}
         if report.requests:
-            counts["requests"] = report.requests
+            usage["requests"] = report.requests
         if report.api:
-            counts["api"] = report.api
+            usage["api"] = report.api
         assert report.run_id is not None
         try:
-            self.store.finish_run(report.run_id, report.status, counts, report.error)
+            self.store.finish_run(report.run_id, report.status, counts, report.error,
+                                  usage=usage, duration_ms=report.duration_ms, items=items)
         except Exception:  # noqa: BLE001 - the store may be what failed; keep the first error
             if report.status == "ok":
                 raise
+
+    # --- plan files ------------------------------------------------------------------------
+
+    def prepare_file(self, saved: PlanFile, progress: Progress | None = None
+                     ) -> list[tuple[Prepared, Outcome]]:
+        """Re-check a plan file against the sides: list and fetch again, plan again, and
+        keep of each object's fresh plan what the file says (see crmsync.planfile)."""
+        if saved.profile != self.profile.name or saved.profile_id not in (None,
+                                                                          self.profile.id):
+            theirs = (saved.profile if saved.profile != self.profile.name
+                      else f"an earlier profile named {saved.profile!r}")
+            raise PlanFileError(f"this plan was made for {theirs}, not for profile "
+                                f"{self.profile.name!r}: refusing to apply it")
+        out = []
+        for prep in self.prepare(saved.kinds, progress):
+            def choose(step: Step, choice: str | None, kind: ObjectKind = prep.kind) -> Step:
+                # The file's "choose" is the same choice made in the review.
+                one = Decisions({step.key: "exclude" if choice in (None, "skip")
+                                 else choice})  # type: ignore[dict-item]
+                return decide(Plan(kind, [step]), one, self.policy(kind),
+                              self.common_fields(kind)).steps[0]
+
+            outcome = reconcile(prep.plan, saved.steps[prep.kind], choose)
+            prep.plan = outcome.plan
+            out.append((prep, outcome))
+        return out
 
     def replan(self, kind: ObjectKind, step: Step) -> Step:
         """Plan one step again from the sides' current items (after a precondition failed)."""
@@ -429,6 +527,25 @@ class Syncer:
         # No step: nothing to do for it now (e.g. it left the sync range); the pair stays.
         return plan.steps[0] if plan.steps else Step(kind, step.pair, None, None,
                                                      state="settle")
+
+
+class _Tally:
+    """One progress report summed from several sources (each side's listing and
+    fetching), so that a view shows one count and one total per phase and object."""
+
+    def __init__(self, progress: Progress | None, phase: str, kind: str) -> None:
+        self.progress = progress
+        self.phase = phase
+        self.kind = kind
+        self.parts: dict[str, tuple[int, int]] = {}
+
+    def part(self, name: str) -> ReadProgress:
+        def report(done: int, total: int) -> None:
+            self.parts[name] = (done, total)
+            if self.progress is not None:
+                self.progress(self.phase, self.kind, sum(d for d, _ in self.parts.values()),
+                              sum(t for _, t in self.parts.values()))
+        return report
 
 
 def _user() -> str | None:
@@ -468,7 +585,7 @@ class _Executor:
                 chunk = [self.syncer.replan(self.kind, s) for s in chunk]
             done += sum(len(s.actions) for s in steps[start:start + CHUNK])
             if self.progress:
-                self.progress(self.kind, min(done, total), total)
+                self.progress("applying", self.kind, min(done, total), total)
         if prep.plan.lapsed:
             # Their item changed: "ignore until one side changes" is over.
             self.store.unignore(self.syncer.profile.id, self.kind, prep.plan.lapsed)
@@ -603,7 +720,7 @@ class _Executor:
             code = action.code
             self.report.counts["failed" if outcome == "failed" else code] += 1
             out.append(RunItem(self.kind, code, outcome, step.label(parse=outcome != "applied"),
-                               reason, ids.get("crm"), ids.get("groupware")))
+                               reason, ids.get("crm"), ids.get("groupware"), action.side))
         return out
 
 

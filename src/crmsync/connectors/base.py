@@ -162,6 +162,8 @@ Window = tuple[datetime, datetime]
 # The core saves the cursor with those ids marked pending, so that a run cut off part-way
 # resumes from there and looks at those ids again instead of listing everything anew.
 Checkpoint = Callable[[str, Sequence[str], bool], None]
+# Reading items while listing: (items read so far, items to read), for progress bars.
+ReadProgress = Callable[[int, int], None]
 
 WriteStatus = Literal["ok", "changed", "exists", "failed"]
 
@@ -224,12 +226,15 @@ class Connector(ABC):
     @abstractmethod
     def list_changes(self, kind: ObjectKind, cursor: str | None, *,
                      window: Window | None = None,
-                     checkpoint: Checkpoint | None = None) -> Changes:
+                     checkpoint: Checkpoint | None = None,
+                     progress: ReadProgress | None = None) -> Changes:
         """Items changed or deleted since ``cursor`` (all items when it is None).
 
         ``window``, given with no cursor, allows leaving out items wholly outside the sync
         range (the listing is then not complete). ``checkpoint`` is called as a long
         listing progresses; a connector that lists in one step never calls it.
+        ``progress`` is told how many items were read so far when a listing reads them
+        one by one or in batches (a listing that gets them in one answer need not).
         """
 
     @abstractmethod

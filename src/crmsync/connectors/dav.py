@@ -57,6 +57,7 @@ from crmsync.connectors.base import (
     Credentials,
     Delete,
     Item,
+    ReadProgress,
     Result,
     Side,
     Update,
@@ -825,7 +826,8 @@ class DavConnector(Connector):
 
     def list_changes(self, kind: ObjectKind, cursor: str | None, *,
                      window: Window | None = None,
-                     checkpoint: Checkpoint | None = None) -> Changes:
+                     checkpoint: Checkpoint | None = None,
+                     progress: ReadProgress | None = None) -> Changes:
         self._check_kind(kind)
         key = cursor or ""
         listing = self._listing
@@ -836,7 +838,7 @@ class DavConnector(Connector):
             listing = self._list(kind, key, window, checkpoint)
             self._listing = listing
         listing.served.add(kind)
-        return self._changes(kind, listing)
+        return self._changes(kind, listing, progress)
 
     def _list(self, kind: ObjectKind, key: str, window: Window | None,
               checkpoint: Checkpoint | None) -> _Listing:
@@ -1007,10 +1009,11 @@ class DavConnector(Connector):
         self._items_of(members, None, listing.items)
         return listing
 
-    def _changes(self, kind: ObjectKind, listing: _Listing) -> Changes:
+    def _changes(self, kind: ObjectKind, listing: _Listing,
+                 progress: ReadProgress | None = None) -> Changes:
         """The listing's share for ``kind``."""
         if len(listing.cursor.kinds or KINDS[self.protocol]) > 1:
-            self._sort(listing)
+            self._sort(listing, progress)
         upserts: list[tuple[str, str, Item | None]] = []
         for path in sorted(listing.changed):
             if kind not in listing.objects.get(path, (kind,)):
@@ -1023,13 +1026,13 @@ class DavConnector(Connector):
         return Changes(upserts, sorted(listing.deleted), listing.cursor.encode(),
                        listing.complete)
 
-    def _sort(self, listing: _Listing) -> None:
+    def _sort(self, listing: _Listing, progress: ReadProgress | None = None) -> None:
         """Read the changed items whose object is unknown: sync-collection and etag
         listings cannot tell an event from a task."""
         todo = [p for p in listing.changed if p not in listing.objects]
         if not todo:
             return
-        found = self._read(todo)
+        found = self._read(todo, progress)
         for path in todo:
             item = found.get(path)
             if item is None:  # deleted since it was listed
@@ -1052,7 +1055,8 @@ class DavConnector(Connector):
         return {path: _as_kind(item, kind) for path, item in self._read(ids).items()
                 if kind in self._objects(item)}
 
-    def _read(self, paths: Sequence[str]) -> dict[str, Item]:
+    def _read(self, paths: Sequence[str],
+              progress: ReadProgress | None = None) -> dict[str, Item]:
         """The items at ``paths`` (absent when gone), by multiget in batches.
 
         Some servers answer a multiget with fewer items than asked for, silently: each
@@ -1072,6 +1076,8 @@ class DavConnector(Connector):
             for path in batch:
                 if path not in answered and (item := self._get(path)) is not None:
                     out[path] = item
+            if progress is not None:
+                progress(start + len(batch), len(unique))
         return out
 
     def _items(self, response: httpx.Response, wanted: set[str] | None,

@@ -111,6 +111,7 @@ from crmsync.connectors.base import (
     Credentials,
     Delete,
     Item,
+    ReadProgress,
     Result,
     Side,
     Update,
@@ -428,7 +429,8 @@ class SalesforceConnector(Connector):
 
     def list_changes(self, kind: ObjectKind, cursor: str | None, *,
                      window: Window | None = None,
-                     checkpoint: Checkpoint | None = None) -> Changes:
+                     checkpoint: Checkpoint | None = None,
+                     progress: ReadProgress | None = None) -> Changes:
         # One composite call lists an object: there is no progress to save part-way, and
         # SOQL by SystemModstamp cannot leave out what lies outside the sync range.
         obj = SOBJECT[kind]

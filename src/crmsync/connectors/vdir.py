@@ -33,6 +33,7 @@ from crmsync.connectors.base import (
     Create,
     Delete,
     Item,
+    ReadProgress,
     Result,
     Side,
     Update,
@@ -54,6 +55,8 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9_.@+=-]{1,160}")
 # name -> [mtime_ns, size, inode, hash]
 FileState = list
 _CURSOR_VERSION = 1
+# Files read per progress report.
+PROGRESS_EVERY = 100
 _tmp_names = itertools.count()
 
 
@@ -105,33 +108,37 @@ class VdirConnector(Connector):
 
     def list_changes(self, kind: ObjectKind, cursor: str | None, *,
                      window: Window | None = None,
-                     checkpoint: Checkpoint | None = None) -> Changes:
+                     checkpoint: Checkpoint | None = None,
+                     progress: ReadProgress | None = None) -> Changes:
         # A folder lists in one step, and reading it whole is cheaper than filtering it.
         folder = self._ensure_folder(kind)
         old: dict[str, FileState] = _decode_cursor(cursor)
         ext = EXTENSION[kind]
         files: dict[str, FileState] = {}
         changes = Changes(complete=cursor is None)
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                name = entry.name
-                if not name.endswith(ext) or name.startswith("."):
-                    continue
-                try:
-                    st = entry.stat()
-                except FileNotFoundError:
-                    continue  # removed while we listed: it is a deletion if it was known
-                prev = old.get(name)
-                if prev is not None and prev[0] == st.st_mtime_ns and prev[1] == st.st_size \
-                        and prev[2] == st.st_ino:
-                    files[name] = prev
-                    continue
-                item = self._read(kind, folder, name)
-                if item is None:
-                    continue
-                files[name] = [st.st_mtime_ns, st.st_size, st.st_ino, item.version]
-                if prev is None or prev[3] != item.version:
-                    changes.upserts.append((name, item.version, item))
+        with os.scandir(folder) as scan:
+            entries = list(scan)
+        for n, entry in enumerate(entries, 1):
+            if progress is not None and (n % PROGRESS_EVERY == 0 or n == len(entries)):
+                progress(n, len(entries))
+            name = entry.name
+            if not name.endswith(ext) or name.startswith("."):
+                continue
+            try:
+                st = entry.stat()
+            except FileNotFoundError:
+                continue  # removed while we listed: it is a deletion if it was known
+            prev = old.get(name)
+            if prev is not None and prev[0] == st.st_mtime_ns and prev[1] == st.st_size \
+                    and prev[2] == st.st_ino:
+                files[name] = prev
+                continue
+            item = self._read(kind, folder, name)
+            if item is None:
+                continue
+            files[name] = [st.st_mtime_ns, st.st_size, st.st_ino, item.version]
+            if prev is None or prev[3] != item.version:
+                changes.upserts.append((name, item.version, item))
         changes.deleted = sorted(old.keys() - files.keys())
         changes.upserts.sort(key=lambda u: u[0])
         self._files[kind] = files

@@ -37,7 +37,7 @@ from crmsync.plan import Ignore, IgnoreMode, Pair
 from crmsync.store.schema import cursors, ignores, pairs, pending, profiles, run_items, runs
 
 # The Alembic revision this code expects; checked on open without importing Alembic.
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 MIGRATIONS = Path(__file__).with_name("migrations")
 _PREFIX: dict[Side, str] = {"crm": "crm", "groupware": "gw"}
 
@@ -84,6 +84,7 @@ class RunItem:
     reason: str = ""
     crm_id: str | None = None
     gw_id: str | None = None
+    side: str | None = None
 
 
 class Store:
@@ -360,18 +361,33 @@ class Store:
     # --- runs ------------------------------------------------------------------------------
 
     def start_run(self, profile_id: int, objects: Sequence[str], mode: str,
-                  user: str | None, dry_run: bool = False) -> int:
+                  user: str | None, dry_run: bool = False, at: str | None = None) -> int:
+        """Record that a run started (``at``, default now); returns its id."""
         with self.engine.begin() as conn:
             return conn.execute(insert(runs).values(
                 profile_id=profile_id, objects=json.dumps(list(objects)), mode=mode,
-                started_by=user, status="running", started_at=now(), dry_run=dry_run,
+                started_by=user, status="running", started_at=at or now(), dry_run=dry_run,
             ).returning(runs.c.id)).scalar_one()
 
     def finish_run(self, run_id: int, status: str, counts: dict[str, Any],
-                   error: str | None = None) -> None:
+                   error: str | None = None, *, usage: dict[str, Any] | None = None,
+                   duration_ms: int | None = None, items: Sequence[RunItem] = ()) -> None:
+        """Record a run's outcome (and ``items`` not logged with their pairs yet)."""
         with self.engine.begin() as conn:
             conn.execute(update(runs).where(runs.c.id == run_id).values(
-                status=status, finished_at=now(), counts=json.dumps(counts), error=error))
+                status=status, finished_at=now(), counts=json.dumps(counts), error=error,
+                usage=json.dumps(usage) if usage else None, duration_ms=duration_ms))
+            if items:
+                _insert_run_items(conn, run_id, items)
+
+    def purge_runs(self, profile_id: int, before: str) -> int:
+        """Forget the runs (and their items) started before ``before``; returns how many."""
+        old = select(runs.c.id).where(runs.c.profile_id == profile_id,
+                                      runs.c.started_at < before)
+        with self.engine.begin() as conn:
+            conn.execute(delete(run_items).where(run_items.c.run_id.in_(old)))
+            return conn.execute(delete(runs).where(runs.c.profile_id == profile_id,
+                                                   runs.c.started_at < before)).rowcount
 
     def runs(self, profile_id: int, limit: int = 50) -> list[dict[str, Any]]:
         query = (select(runs).where(runs.c.profile_id == profile_id)
@@ -394,17 +410,23 @@ class Store:
 
     def last_runs(self, profile_id: int) -> dict[str, dict[str, Any]]:
         """The latest finished, non-dry run per object kind."""
+        # Dry runs are left out in the query: many of them must not hide the last real run.
+        query = (select(runs).where(runs.c.profile_id == profile_id, runs.c.dry_run.is_(False),
+                                    runs.c.status != "running")
+                 .order_by(runs.c.id.desc()).limit(200))
+        with self.engine.connect() as conn:
+            recent = [_run(r) for r in conn.execute(query)]
         out: dict[str, dict[str, Any]] = {}
-        for run in reversed(self.runs(profile_id, limit=200)):
-            if run["status"] != "running" and not run["dry_run"]:
-                for kind in run["objects"]:
-                    out[kind] = run
+        for run in reversed(recent):
+            for kind in run["objects"]:
+                out[kind] = run
         return out
 
 
 def _insert_run_items(conn, run_id: int, items: Sequence[RunItem]) -> None:
     conn.execute(insert(run_items), [
-        {"run_id": run_id, "kind": i.kind, "action": i.action, "crm_id": i.crm_id,
+        {"run_id": run_id, "kind": i.kind, "action": i.action, "side": i.side,
+         "crm_id": i.crm_id,
          "gw_id": i.gw_id, "label": i.label[:500], "outcome": i.outcome, "reason": i.reason}
         for i in items])
 
@@ -428,6 +450,12 @@ def _run(row) -> dict[str, Any]:
     out = dict(row._mapping)
     out["objects"] = json.loads(out["objects"])
     out["counts"] = json.loads(out["counts"]) if out["counts"] else {}
+    usage = json.loads(out["usage"]) if out.get("usage") else {}
+    for key in ("requests", "api"):
+        # Runs recorded before 0003 kept these among the counts.
+        if key in out["counts"]:
+            usage.setdefault(key, out["counts"].pop(key))
+    out["usage"] = usage
     return out
 
 

@@ -121,6 +121,10 @@ runs = Table(
     Column("counts", Text),
     Column("error", Text),
     Column("dry_run", Boolean, nullable=False, default=False),
+    Column("duration_ms", Integer),
+    # JSON: requests sent per side and a side's other counters (API calls, allowance):
+    # {"requests": {"crm": 4}, "api": {"crm": {"api_calls": 4, "api_limit": 15000}}}
+    Column("usage", Text),
 )
 Index("ix_runs_profile_started", runs.c.profile_id, runs.c.started_at)
 
@@ -132,6 +136,8 @@ run_items = Table(
            index=True),
     Column("kind", String(16), nullable=False),
     Column("action", String(32), nullable=False),
+    # The side the action writes or, for a skip, concerns; NULL when neither.
+    Column("side", String(16)),
     Column("crm_id", Text),
     Column("gw_id", Text),
     Column("label", Text),
