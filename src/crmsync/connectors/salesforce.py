@@ -292,13 +292,7 @@ def _version(records: Iterable[dict[str, Any]]) -> str:
 
 def _stamp(value: str) -> str:
     """A SystemModstamp in one form, milliseconds kept: two writes in one second differ."""
-    text = value.replace("Z", "+00:00")
-    if re.search(r"[+-]\d{4}$", text):
-        text = text[:-2] + ":" + text[-2:]
-    when = datetime.fromisoformat(text)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:23] + "Z"
+    return sf.parse_sf_datetime(value).strftime("%Y-%m-%dT%H:%M:%S.%f")[:23] + "Z"
 
 
 def _clean(record: dict[str, Any]) -> dict[str, Any]:

@@ -101,17 +101,22 @@ def join_description(text: str, attendees: Iterable[Attendee] = (),
 # --- values ------------------------------------------------------------------------------
 
 
-def sf_datetime(value: str | None) -> str | None:
-    """A Salesforce dateTime (``2026-11-22T10:00:00.000+0000``) as a MOMENT (UTC)."""
-    if not value:
-        return None
+def parse_sf_datetime(value: str) -> datetime:
+    """A Salesforce dateTime (``2026-11-22T10:00:00.000+0000``) as an aware UTC datetime."""
     text = value.replace("Z", "+00:00")
     if re.search(r"[+-]\d{4}$", text):
         text = text[:-2] + ":" + text[-2:]
     when = datetime.fromisoformat(text)
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return when.astimezone(UTC).replace(microsecond=0, tzinfo=None).isoformat() + "Z"
+    return when.astimezone(UTC)
+
+
+def sf_datetime(value: str | None) -> str | None:
+    """A Salesforce dateTime as a MOMENT (UTC, whole seconds)."""
+    if not value:
+        return None
+    return parse_sf_datetime(value).replace(microsecond=0, tzinfo=None).isoformat() + "Z"
 
 
 def to_sf_datetime(m: str) -> str:
