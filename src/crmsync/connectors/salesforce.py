@@ -942,7 +942,9 @@ class SalesforceConnector(Connector):
         return out
 
     def _delete_ids(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        """DELETE composite/sobjects; Id -> answer. Locked rows are tried again."""
+        """DELETE composite/sobjects; the Ids refused -> Salesforce's answer. Locked rows
+        are tried again; a record already gone is no refusal: that is what a delete wants,
+        and deleting again is a no-op."""
         out: dict[str, dict[str, Any]] = {}
         todo = ids
         for attempt in range(LOCK_RETRIES + 1):
@@ -954,7 +956,8 @@ class SalesforceConnector(Connector):
                     if not answer.get("success") and _code(answer.get("errors")) == \
                             "UNABLE_TO_LOCK_ROW" and attempt < LOCK_RETRIES:
                         locked.append(rid)
-                    else:
+                    elif not answer.get("success") and _code(answer.get("errors")) not in (
+                            "ENTITY_IS_DELETED", "NOT_FOUND"):
                         out[rid] = answer
             if not locked:
                 break
@@ -966,11 +969,9 @@ class SalesforceConnector(Connector):
                 results: list[Result | None]) -> None:
         if not deletes:
             return
-        answers = self._delete_ids([rid for _, ids in deletes for rid in ids])
+        refused = self._delete_ids([rid for _, ids in deletes for rid in ids])
         for i, ids in deletes:
-            errors = [a for rid in ids if not (a := answers.get(rid, {})).get("success")
-                      and _code(a.get("errors")) not in ("ENTITY_IS_DELETED", "NOT_FOUND")]
-            # Already deleted is what a delete wants: deleting again is a no-op.
+            errors = [refused[rid] for rid in ids if rid in refused]
             results[i] = Result("failed", error=_failure("record", errors[0])) if errors \
                 else Result("ok")
 
@@ -1095,9 +1096,7 @@ class SalesforceConnector(Connector):
                 if not answer.get("success"):
                     errors.setdefault(owner[n], _failure("EventRelation", answer))
         for rid, answer in (self._delete_ids(list(drops)) if drops else {}).items():
-            if not answer.get("success") and _code(answer.get("errors")) not in (
-                    "ENTITY_IS_DELETED", "NOT_FOUND"):
-                errors.setdefault(drops[rid], _failure("EventRelation", answer))
+            errors.setdefault(drops[rid], _failure("EventRelation", answer))
         return errors
 
     # --- series --------------------------------------------------------------------------
@@ -1133,8 +1132,7 @@ class SalesforceConnector(Connector):
             if not answer.get("success") and results[i] is None:
                 results[i] = Result("failed", error=_failure("Event occurrence", answer))
         for rid, answer in (self._delete_ids(list(drops)) if drops else {}).items():
-            if not answer.get("success") and _code(answer.get("errors")) not in (
-                    "ENTITY_IS_DELETED", "NOT_FOUND") and results[drops[rid]] is None:
+            if results[drops[rid]] is None:
                 results[drops[rid]] = Result("failed",
                                              error=_failure("Event occurrence", answer))
         return done
