@@ -310,10 +310,14 @@ class Syncer:
         policy = self.policy(kind)
         self._known[kind] = self.known_emails(kind, policy, unpaired["groupware"])
         plan = make_plan(kind, views, policy, self.common_fields(kind),
-                         unpaired=unpaired, totals=totals,
-                         ignored=self.store.ignored(pid, kind), known_emails=self._known[kind],
-                         now=self.clock())
+                         unpaired=unpaired, totals=totals, **self._rules(kind))
         return Prepared(kind, plan, listed, old, pend)
+
+    def _rules(self, kind: ObjectKind) -> dict[str, Any]:
+        """What the planner needs beyond the items, the same for a run's plan and for
+        each step planned again: stored ignores, this run's known emails, now."""
+        return {"ignored": self.store.ignored(self.profile.id, kind),
+                "known_emails": self._known.get(kind), "now": self.clock()}
 
     def known_emails(self, kind: ObjectKind, policy: Policy,
                      new: Sequence[Item]) -> frozenset[str] | None:
@@ -515,8 +519,7 @@ class Syncer:
             current[side] = (self.connector(side, kind).fetch(kind, [item_id]).get(item_id)
                              if item_id else None)
         view = View(step.pair, current["crm"], current["groupware"])
-        rules: dict[str, Any] = {"ignored": self.store.ignored(self.profile.id, kind),
-                                 "known_emails": self._known.get(kind), "now": self.clock()}
+        rules = self._rules(kind)
         if step.pair is None:
             plan = make_plan(kind, [], self.policy(kind), self.common_fields(kind),
                              unpaired={s: [i] for s, i in current.items() if i is not None},
