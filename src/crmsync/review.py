@@ -33,7 +33,7 @@ from textual.widgets import Button, DataTable, Footer, Header, Static
 
 from crmsync.merge import SEP, flatten
 from crmsync.plan import SIDE_NAME, Action, Choice, Decisions, Plan, Step
-from crmsync.show import ARROWS, STYLE
+from crmsync.show import ARROWS, STYLE, count_parts
 
 # From a Decisions to the plans it gives (Syncer.decide): for the rows and the summary.
 Preview = Callable[[Decisions], list[Plan]]
@@ -138,17 +138,8 @@ def detail_text(kind: str, step: Step) -> Text:
 
 def summary(plans: Sequence[Plan], decisions: Decisions) -> str:
     """ "12 creates in CRM, 3 updates in groupware, 1 delete in groupware; 2 excluded" """
-    totals: dict[str, int] = defaultdict(int)
-    for plan in plans:
-        for code, n in plan.counts().items():
-            totals[code] += n
-    parts = []
-    for code, n in sorted(totals.items()):
-        op, _, side = code.partition(":")
-        if op in ("skip", "link"):
-            continue  # excluded and ignored steps are skips: counted from the decisions
-        where = f" in {SIDE_NAME[side]}" if side in SIDE_NAME else ""
-        parts.append(f"{n} {_WORDS.get(op, (op, op))[n != 1]}{where}")
+    # Excluded and ignored steps are skips: counted from the decisions.
+    parts = count_parts(plans, _WORDS, leave_out=("skip", "link"))
     chosen: dict[str, int] = defaultdict(int)
     for choice in decisions.choices.values():
         chosen[choice] += 1

@@ -7,6 +7,8 @@ groupware item.
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from crmsync.plan import SIDE_NAME, Action, Plan, Step
@@ -58,18 +60,27 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
     }
 
 
-def summary(plans: list[Plan]) -> str:
+def summary(plans: Sequence[Plan]) -> str:
     """ "12 create in CRM, 3 update in groupware, 1 conflict" """
-    totals: dict[str, int] = {}
+    return ", ".join(count_parts(plans)) or "nothing to do"
+
+
+def count_parts(plans: Sequence[Plan], words: dict[str, tuple[str, str]] | None = None,
+                leave_out: Collection[str] = ()) -> list[str]:
+    """The plans' action counts as ``["12 create in CRM", ...]``; ``words`` names an
+    operation (singular, plural), ``leave_out`` are operations not counted."""
+    totals: dict[str, int] = defaultdict(int)
     for plan in plans:
         for code, n in plan.counts().items():
-            totals[code] = totals.get(code, 0) + n
+            totals[code] += n
     parts = []
     for code, n in sorted(totals.items()):
         op, _, side = code.partition(":")
-        where = {"crm": " in CRM", "groupware": " in groupware"}.get(side, "")
-        parts.append(f"{n} {op}{where}")
-    return ", ".join(parts) or "nothing to do"
+        if op in leave_out:
+            continue
+        where = f" in {SIDE_NAME[side]}" if side in SIDE_NAME else ""
+        parts.append(f"{n} {(words or {}).get(op, (op, op))[n != 1]}{where}")
+    return parts
 
 
 def plan_table(plan: Plan, limit: int = 100):
