@@ -37,7 +37,7 @@ from crmsync.plan import Ignore, IgnoreMode, Pair
 from crmsync.store.schema import cursors, ignores, pairs, pending, profiles, run_items, runs
 
 # The Alembic revision this code expects; checked on open without importing Alembic.
-SCHEMA_HEAD = "0003"
+SCHEMA_HEAD = "0004"
 MIGRATIONS = Path(__file__).with_name("migrations")
 _PREFIX: dict[Side, str] = {"crm": "crm", "groupware": "gw"}
 

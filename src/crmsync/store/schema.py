@@ -145,3 +145,115 @@ run_items = Table(
     Column("outcome", String(16), nullable=False),
     Column("reason", Text),
 )
+
+
+# --- the server edition (crmsync.server) ------------------------------------------------
+# A user of the server owns one profile: its endpoints, objects and own settings. What a
+# run uses is that profile's settings under the admin's defaults and locks
+# (crmsync.server.settings).
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    # Lower-cased; the sign-in name.
+    Column("email", String(254), nullable=False, unique=True),
+    # argon2id hash (argon2-cffi's PasswordHasher); never the password.
+    Column("password_hash", Text, nullable=False),
+    Column("is_admin", Boolean, nullable=False, server_default=false()),
+    Column("disabled", Boolean, nullable=False, server_default=false()),
+    Column("profile_id", Integer, ForeignKey("profiles.id", ondelete="SET NULL"),
+           unique=True),
+    Column("created_at", String(32), nullable=False),
+)
+
+# Admin defaults for every user, per object and setting; a locked one overrides the
+# user's own value and the server refuses changes to it.
+admin_settings = Table(
+    "admin_settings",
+    metadata,
+    Column("kind", String(16), primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("value", Text),  # JSON; NULL: no default, only a lock on the built-in one
+    Column("locked", Boolean, nullable=False, server_default=false()),
+    Column("updated_at", String(32), nullable=False),
+)
+
+# Server-wide switches, e.g. "paused" (admin: pause all sync). JSON values.
+server_flags = Table(
+    "server_flags",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", String(32), nullable=False),
+)
+
+# A user's connection secrets (crmsync.connectors.base.Credentials as JSON), encrypted
+# with the server's Fernet key(s); never sent back to a browser.
+user_secrets = Table(
+    "user_secrets",
+    metadata,
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("name", String(64), primary_key=True),  # "crm" | "groupware" | ...
+    Column("ciphertext", Text, nullable=False),
+    Column("updated_at", String(32), nullable=False),
+)
+
+# Signed-in browser sessions. The cookie holds a random token; only its SHA-256 is kept.
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("csrf_token", String(64), nullable=False),
+    Column("created_at", String(32), nullable=False),
+    Column("expires_at", String(32), nullable=False),
+)
+
+# Failed sign-ins, for rate limiting across every web instance (key: email or address).
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("key", String(300), nullable=False),
+    Column("at", String(32), nullable=False),
+)
+Index("ix_login_failures_key_at", login_failures.c.key, login_failures.c.at)
+
+# The embedded job queue (SQLite mode; PostgreSQL mode uses Procrastinate's own tables).
+# At most one queued and one running job per user and object.
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("status", String(16), nullable=False),  # queued | running | done | failed
+    Column("reason", String(16), nullable=False),  # schedule | now | enabled | retry
+    Column("queued_at", String(32), nullable=False),
+    Column("started_at", String(32)),
+    Column("finished_at", String(32)),
+    # A running job whose worker stops beating is put back on the queue.
+    Column("heartbeat_at", String(32)),
+    Column("worker", String(100)),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("run_id", Integer),
+    Column("error", Text),
+)
+Index("ix_jobs_status_queued", jobs.c.status, jobs.c.queued_at)
+Index("uq_jobs_queued", jobs.c.user_id, jobs.c.kind, unique=True,
+      sqlite_where=jobs.c.status == "queued", postgresql_where=jobs.c.status == "queued")
+Index("uq_jobs_running", jobs.c.user_id, jobs.c.kind, unique=True,
+      sqlite_where=jobs.c.status == "running", postgresql_where=jobs.c.status == "running")
+
+# Scheduled runs taken by a scheduler: the key makes sure several schedulers enqueue a
+# due run once. slot: the due time the run is for (ISO UTC, minute precision).
+schedule_slots = Table(
+    "schedule_slots",
+    metadata,
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("slot", String(32), primary_key=True),
+    Column("taken_at", String(32), nullable=False),
+)
