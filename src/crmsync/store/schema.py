@@ -257,3 +257,20 @@ schedule_slots = Table(
     Column("slot", String(32), primary_key=True),
     Column("taken_at", String(32), nullable=False),
 )
+
+# Manual sync in the server: a run's plan waiting for the user's review (a plan file,
+# crmsync.planfile, with the user's edits), then confirmed and applied by a job.
+plans = Table(
+    "plans",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("kind", String(16), nullable=False),
+    # review | confirmed | applied | discarded | stale
+    Column("status", String(16), nullable=False),
+    Column("body", Text, nullable=False),  # the plan file (JSON), as edited in the review
+    Column("created_at", String(32), nullable=False),
+    Column("updated_at", String(32), nullable=False),
+    Column("run_id", Integer),  # the run that applied it
+)

@@ -1,4 +1,4 @@
-"""The server edition: users, admin defaults and locks, secrets, sessions, the job queue.
+"""The server edition: users, admin defaults and locks, secrets, sessions, jobs, plans.
 
 Revision ID: 0004
 Revises: 0003
@@ -96,9 +96,20 @@ def upgrade() -> None:
         sa.Column("slot", sa.String(32), primary_key=True),
         sa.Column("taken_at", sa.String(32), nullable=False),
     )
+    op.create_table(
+        "plans",
+        sa.Column("id", sa.Integer, primary_key=True),
+        _user_fk(index=True),
+        sa.Column("kind", sa.String(16), nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("body", sa.Text, nullable=False),
+        sa.Column("created_at", sa.String(32), nullable=False),
+        sa.Column("updated_at", sa.String(32), nullable=False),
+        sa.Column("run_id", sa.Integer),
+    )
 
 
 def downgrade() -> None:
-    for table in ("schedule_slots", "jobs", "login_failures", "web_sessions", "user_secrets",
-                  "server_flags", "admin_settings", "users"):
+    for table in ("plans", "schedule_slots", "jobs", "login_failures", "web_sessions",
+                  "user_secrets", "server_flags", "admin_settings", "users"):
         op.drop_table(table)
