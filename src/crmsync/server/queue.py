@@ -27,6 +27,7 @@ from sqlalchemy import and_, exists, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
+from crmsync.policy import Policy
 from crmsync.store import now
 from crmsync.store.schema import jobs
 
@@ -45,6 +46,20 @@ class JobQueue(Protocol):
     def state(self, user_id: int, kind: str) -> JobState | None:
         """The state of the user's job for ``kind``: queued, running, or none."""
         ...
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    """A user's object that runs on a schedule (effective mode "auto"), for the scheduler.
+
+    ``policy`` is the effective one (admin defaults and locks applied); ``last_run`` the
+    start of the object's last finished run, None when it never ran.
+    """
+
+    user_id: int
+    kind: str
+    policy: Policy
+    last_run: datetime | None
 
 
 @dataclass(frozen=True)
