@@ -118,7 +118,7 @@ def test_a_conflict_is_resolved_by_the_winner_chosen_in_the_file(home: Path, sid
     conflict["choose"] = "nobody"
     path.write_text(json.dumps(plan))
     bad = crmsync(home, "apply", "work", str(path), check=2)
-    assert '"choose" must be one of crm, groupware, skip' in bad.stderr
+    assert '"choose" must be one of crm, groupware, both, skip' in bad.stderr
 
     conflict["choose"] = "groupware"
     path.write_text(json.dumps(plan))
@@ -126,6 +126,29 @@ def test_a_conflict_is_resolved_by_the_winner_chosen_in_the_file(home: Path, sid
     assert report["objects"]["calendar"]["counts"] == {"update:crm": 1}
     assert sides.records("crm", "calendar")["a@x"].summary == "Calendar says"
     assert sides.records("groupware", "calendar")["a@x"].summary == "Calendar says"
+
+
+def test_keep_both_in_a_file_copies_each_version_with_a_uid_of_its_own(
+        home: Path, sides: Sides, tmp_path: Path):
+    sides.put("crm", event("a@x", "Start"))
+    add_profile(home, sides, "work", "--objects", "calendar", "--conflict", "ask")
+    crmsync(home, "sync", "work", "--yes")
+    sides.edit("crm", "calendar", "a@x.ics", summary="CRM says")
+    sides.edit("groupware", "calendar", "a@x.ics", summary="Calendar says")
+    path = tmp_path / "plan.json"
+    crmsync(home, "sync", "work", "--plan-out", str(path))
+    plan = json.loads(path.read_text())
+    steps(plan, "calendar")[0]["actions"][0]["choose"] = "both"
+    path.write_text(json.dumps(plan))
+    report = json.loads(crmsync(home, "apply", "work", str(path), "--json").stdout)
+    assert report["objects"]["calendar"]["counts"] == {"create:crm": 1, "create:groupware": 1}
+    for side in ("crm", "groupware"):
+        records = sides.records(side, "calendar")
+        # Both sides keep a@x as it was and hold the other's version under a new UID.
+        assert records["a@x"].summary == ("CRM says" if side == "crm" else "Calendar says")
+        assert sorted(r.summary for r in records.values()) == ["CRM says", "Calendar says"]
+    again = json.loads(crmsync(home, "sync", "work", "--yes", "--json").stdout)
+    assert again["objects"]["calendar"]["counts"] == {}
 
 
 def test_a_plan_for_another_profile_or_a_bad_file_is_refused(home: Path, sides: Sides,

@@ -211,3 +211,74 @@ def test_detail_shows_old_and_new_per_field_and_occurrences(world):
             "summary — -> Weekly (moved)") in lines
     assert summary([plan], Decisions()) == (
         "1 conflict left for later, 3 creates in CRM, 1 create in groupware")
+
+
+def renewals(scn: Scenario) -> tuple[list[str], list[str]]:
+    """The Renewal events' summaries on each side (CRM, groupware), sorted."""
+    crm = sorted(s for s in (r["Subject"] for r in scn.crm_query("SELECT Subject FROM Event"))
+                 if s.startswith("Renewal"))
+    gw = sorted(e.summary for e in scn.records().values() if e.summary.startswith("Renewal"))
+    return crm, gw
+
+
+BOTH = ["Renewal (CRM)", "Renewal (calendar)"]
+
+
+def keep_both(syncer: Syncer, prepared: list[Prepared]) -> list[Prepared]:
+    """The review: the conflict kept both ways (b), every other row excluded (x)."""
+    async def script(app: ReviewApp, pilot) -> None:
+        for key in app.shown:
+            if "Renewal" not in app.steps[key][1].label():
+                app.selected.add(key)
+        await pilot.press("x")
+        await go_to(app, pilot, "Renewal")
+        await pilot.press("b")
+        assert "(both kept)" in str(app._cells(app.current_key(), "calendar",
+                                              app.steps[app.current_key()][1])[3])
+        await pilot.press("y")
+        assert str(app.screen.query_one("#summary").render()).startswith(
+            "1 create in CRM, 1 create in groupware; 4 excluded")
+        await pilot.click("#apply")
+
+    decisions = drive(syncer, prepared, script)
+    assert decisions is not None
+    return syncer.decide(prepared, decisions)
+
+
+def test_keep_both_leaves_each_version_on_both_sides_and_nothing_more(world):
+    scn, syncer, prepared = world
+    report = syncer.run(keep_both(syncer, prepared))
+    assert report.status == "ok", report.to_dict()
+    assert renewals(scn) == (BOTH, BOTH)
+    # Each item is paired with its copy: the next runs find nothing to do for them.
+    for _ in range(2):
+        plans, _ = scn.sync()
+        assert [s.actions for s in plans[0].steps if "Renewal" in s.label()] == []
+    assert renewals(scn) == (BOTH, BOTH)
+    # The two Renewal pairs, and the four rows excluded in the review, synced since.
+    assert len(syncer.store.pairs(syncer.profile.id, "calendar")) == 2 + 4
+
+
+def test_keep_both_stopped_after_its_copies_were_made_pairs_them_on_the_next_run(world):
+    from crmsync.errors import ConnectionFailed
+
+    from sfsandbox import control
+
+    scn, syncer, prepared = world
+    decided = keep_both(syncer, prepared)
+    # The CRM makes the copy, but its answer is lost: the run stops there.
+    control(scn.sandbox, "faults", path_regex="/composite/sobjects$", method="POST",
+            status=503, times=1, after=True)
+    with pytest.raises(ConnectionFailed):
+        syncer.run(decided)
+    # The CRM (written first) has its copy; the groupware's copy was never made.
+    assert renewals(scn) == (BOTH, ["Renewal (calendar)"])
+    # The next run pairs the CRM's copy with the calendar's item by content and makes
+    # the missing copy; the one after has nothing left to do. No duplicates.
+    plans, report = scn.sync()
+    assert report.status == "ok", report.to_dict()
+    assert sorted(a.code for s in plans[0].steps if "Renewal" in s.label()
+                  for a in s.actions) == ["create:groupware", "link"]
+    assert renewals(scn) == (BOTH, BOTH)
+    plans, _ = scn.sync()
+    assert [s for s in plans[0].steps if "Renewal" in s.label()] == []

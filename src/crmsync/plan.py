@@ -31,7 +31,7 @@ WRITES: frozenset[Op] = frozenset({"create", "update", "delete"})
 _RANK = {"delete": 0, "conflict": 1, "update": 2, "create": 3, "link": 4, "skip": 5}
 SIDE_NAME = {"crm": "CRM", "groupware": "groupware"}
 # What the review may do with a conflict left for the user (conflict rule "ask").
-CONFLICT_CHOICES = ("crm", "groupware", "skip")
+CONFLICT_CHOICES = ("crm", "groupware", "both", "skip")
 # Field values that say "nothing here" (see _Planner._merge).
 _EMPTY: tuple[Any, ...] = (None, "", [], {})
 
@@ -43,9 +43,11 @@ IgnoreMode = Literal["forever", "until-change"]
 # What the user decided for one step in the review (see ``decide``): take it as planned,
 # leave it out of this run, ignore it, or (a conflict) let one side win.
 Choice = Literal["include", "exclude", "ignore-until-change", "ignore-forever", "crm",
-                 "groupware"]
+                 "groupware", "both"]
 CHOICES: tuple[Choice, ...] = ("include", "exclude", "ignore-until-change",
-                               "ignore-forever", "crm", "groupware")
+                               "ignore-forever", "crm", "groupware", "both")
+# The choices that settle a conflict by its items' content (not by leaving it out).
+WINNERS: tuple[Choice, ...] = ("crm", "groupware", "both")
 
 
 @dataclass
@@ -148,6 +150,9 @@ class Action:
     failed: bool = False
     # conflict: what the review may choose ("crm": keep the CRM's values, ...).
     choices: tuple[str, ...] = ()
+    # create: a new item with an identity of its own, copied from the other side's item
+    # of the step, which keeps its own pair ("keep both" on a conflict).
+    copy: bool = False
 
     @property
     def code(self) -> str:
@@ -237,8 +242,9 @@ def decide(plan: Plan, decisions: Decisions, policy: Policy, common: frozenset[s
     * ``ignore-*``: a skip that settles the step; the ignore is stored when the plan is
       applied (:attr:`Plan.ignores`), the planner's ``ignored`` skips it from then on.
     * ``crm``/``groupware`` on a conflict: the step planned again as if that side were the
-      conflict rule (the planner's own path, prevent switches included). Keeping both
-      items is not offered: a copy needs a new UID on each side and unpairing the two.
+      conflict rule (the planner's own path, prevent switches included).
+    * ``both`` on a conflict: each item stays as it is, and each is copied to the other
+      side as a new item of its own (see :func:`_keep_both`).
 
     ``policy`` and ``common`` are the ones the plan was made with.
     """
@@ -263,6 +269,8 @@ def decide(plan: Plan, decisions: Decisions, policy: Policy, common: frozenset[s
             steps.append(replace(step, actions=[Action("skip", new.side,
                                                        reason=f"{what} (in the review)")],
                                  state="settle"))
+        elif choice == "both":
+            steps.append(_keep_both(step, policy, common))
         else:
             steps.append(_resolve(step, choice, policy, common))
     chosen = {(n.side, n.item_id) for n in ignores}
@@ -294,6 +302,29 @@ def _resolve(step: Step, winner: Side, policy: Policy, common: frozenset[str]) -
     planner = _Planner(replace(policy, conflict=winner), common, {}, None, None)
     again = planner.step(step.kind, View(step.pair, step.crm, step.gw))
     return again if again is not None else step
+
+
+def _keep_both(step: Step, policy: Policy, common: frozenset[str]) -> Step:
+    """A conflict kept both ways: the pair splits into two, nothing existing is changed.
+
+    The CRM item gets a new groupware copy and the groupware item a new CRM copy, each
+    with an identity of its own (a fresh UID); the executor forgets the old pair before
+    writing and pairs each item with its copy. A copy a prevent switch forbids is left
+    out: its item stays unpaired. Any other step is left as it was.
+    """
+    if (step.pair is None or step.crm is None or step.gw is None
+            or not any(a.op == "conflict" for a in step.actions)):
+        return step
+    planner = _Planner(policy, common, {}, None, None)
+    actions = []
+    for target in SIDES:
+        if policy.prevents(target, "create"):
+            actions.append(planner._prevented(target, "create"))
+        else:
+            source = SIDE_NAME[other(target)]
+            actions.append(Action("create", target, copy=True, reason=(
+                f"conflict kept both: the {source}'s version as a new item")))
+    return replace(step, actions=actions, state="record")
 
 
 # --- planning ----------------------------------------------------------------------------
@@ -629,7 +660,7 @@ class _Planner:
                 step.actions.append(Action(
                     "conflict",
                     reason=(f"{what}: both sides changed {', '.join(clash)}; choose: keep "
-                            "the CRM's, keep the groupware's, or skip this time"),
+                            "the CRM's, the groupware's or both, or skip this time"),
                     conflicts={k: (now["crm"].get(k), now["groupware"].get(k)) for k in clash},
                     choices=CONFLICT_CHOICES,
                 ))

@@ -11,7 +11,7 @@ clicking one there does the same):
     up/down, click   move            space         select / unselect the row
     shift+up/down    extend the selection
     i  include       x  exclude       u  ignore until one side changes   f  ignore forever
-    c  CRM wins      g  groupware wins (conflicts)
+    c  CRM wins      g  groupware wins    b  keep both (conflicts)
     o  filter by object               a  filter by action
     y  apply (shows the summary to confirm)          q, escape  cancel: write nothing
 
@@ -32,7 +32,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Footer, Header, Static
 
 from crmsync.merge import SEP, flatten
-from crmsync.plan import SIDE_NAME, Action, Choice, Decisions, Plan, Step
+from crmsync.plan import SIDE_NAME, WINNERS, Action, Choice, Decisions, Plan, Step
 from crmsync.show import ARROWS, STYLE, count_parts
 
 # From a Decisions to the plans it gives (Syncer.decide): for the rows and the summary.
@@ -203,6 +203,7 @@ class ReviewApp(App[Decisions | None]):
         Binding("f", "choose('ignore-forever')", "ignore forever"),
         Binding("c", "choose('crm')", "CRM wins"),
         Binding("g", "choose('groupware')", "groupware wins"),
+        Binding("b", "choose('both')", "keep both"),
         Binding("o", "filter_object", "object"),
         Binding("a", "filter_action", "action"),
     ]
@@ -267,9 +268,10 @@ class ReviewApp(App[Decisions | None]):
         if choice in CHOICE_CELL:
             label, style = CHOICE_CELL[choice]
             action = Text(label, style=style)
-        elif choice in ("crm", "groupware"):
+        elif choice in WINNERS:
             action = action_cell(self._decided.get(key, step))
-            action.append(f"  ({SIDE_NAME[choice]} wins)", style="magenta")
+            action.append("  (both kept)" if choice == "both"
+                          else f"  ({SIDE_NAME[choice]} wins)", style="magenta")
         else:
             action = action_cell(step)
         return [Text("●" if key in self.selected else " ", style="bold cyan"), kind,
@@ -295,7 +297,7 @@ class ReviewApp(App[Decisions | None]):
         if choice != "include":
             decided = self._decided.get(key)
             text.append(f"\nyour choice: {choice}\n", style="bold")
-            if decided is not None and choice in ("crm", "groupware"):
+            if decided is not None and choice in WINNERS:
                 text.append(detail_text(kind, decided))
         detail.update(text)
 
@@ -328,7 +330,7 @@ class ReviewApp(App[Decisions | None]):
 
     def action_choose(self, choice: Choice) -> None:
         targets = self._targets()
-        if choice in ("crm", "groupware"):
+        if choice in WINNERS:
             # A winner only means something for a conflict.
             targets = [k for k in targets
                        if any(a.op == "conflict" for a in self.steps[k][1].actions)]

@@ -609,6 +609,12 @@ class _Executor:
                     if action.op in WRITES:
                         writes[action.side].append(  # type: ignore[index]
                             (action, _write(step, action)))
+        # "Keep both": the old pair is forgotten before its items are copied. Should the run
+        # stop after the copies are made, the next run pairs each item with its copy by
+        # content (see crmsync.plan.pair_up) instead of copying again.
+        split = [s.pair.id for s in steps if s.state == "record" and s.pair is not None
+                 and s.pair.id is not None and any(a.copy for a in s.actions)]
+        self.store.save_pairs(self.syncer.profile.id, self.kind, [], split)
         results: dict[int, Result] = {}
         for side in SIDES:
             connector = self.syncer.connector(side, self.kind)
@@ -672,6 +678,9 @@ class _Executor:
 
     def _record(self, step: Step, results: dict[int, Result], saved: list[Pair],
                 dropped: list[int]) -> None:
+        if any(a.copy for a in step.actions):
+            self._record_copies(step, results, saved)
+            return
         after: dict[Side, Item | None] = {s: step.item(s) for s in SIDES}
         # A side whose create found the item already there has no base yet: the next
         # run compares the two items as after a lost store (conflict rule decides).
@@ -695,6 +704,19 @@ class _Executor:
             gw_base=None if "groupware" in no_base else gw,
             one_way=pair.one_way if pair else False,
         ))
+
+    def _record_copies(self, step: Step, results: dict[int, Result], saved: list[Pair]) -> None:
+        """Each item of a kept-both conflict paired with its new copy on the other side."""
+        for action in step.actions:
+            result = results.get(id(action))
+            if not action.copy or result is None or result.item is None:
+                continue
+            original = step.item(other(action.side))  # type: ignore[arg-type]
+            assert original is not None
+            crm, gw = ((original, result.item) if action.side == "groupware"
+                       else (result.item, original))
+            saved.append(Pair(None, self.kind, crm.id, None, gw.id, None,
+                              crm_base=crm, gw_base=gw))
 
     def _items(self, step: Step, results: dict[int, Result], settled: str) -> list[RunItem]:
         out = []
@@ -733,6 +755,9 @@ def _write(step: Step, action: Action) -> Write:
     if action.op == "create":
         source = step.item(other(target))
         assert source is not None
+        if action.copy:
+            # A copy beside the item the target side already has: an identity of its own.
+            return Create(source=source, record=dataclasses.replace(source.record(), uid=""))
         return Create(source=source)
     item = step.item(target)
     assert item is not None
