@@ -256,7 +256,7 @@ def test_ask_leaves_a_conflict_with_date_subject_and_choices(scn: Scenario):
     dry = json.loads(scn.cli("sync", "p", "--dry-run", "--json", check=0).stdout)
     [action] = dry["objects"]["calendar"]["actions"]
     assert action["action"] == "conflict"
-    assert action["choices"] == ["crm", "groupware", "skip"]
+    assert action["choices"] == ["crm", "groupware", "both", "skip"]
     local = start.astimezone(ZoneInfo("Australia/Sydney"))  # the next day in Sydney
     assert f"{local:%a %Y-%m-%d %H:%M} Renewal (calendar)" in action["reason"]
     assert action["conflicts"]["summary"] == {"crm": "Renewal (CRM)",

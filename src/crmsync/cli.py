@@ -15,6 +15,7 @@ Exit codes (stable; scripts rely on them):
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -527,7 +528,9 @@ class _ProgressBar:
     """A Rich progress bar (counts and rate) for the core's progress reports, shown only
     once the work has taken more than a moment, and cleared when it is done."""
 
-    DELAY = 0.5  # seconds before a bar appears: short runs print nothing
+    # Seconds before a bar appears: short runs print nothing. $CRMSYNC_PROGRESS_DELAY
+    # changes it (0: a bar at once).
+    DELAY = 0.5
 
     def __init__(self) -> None:
         from rich.progress import (
@@ -545,6 +548,7 @@ class _ProgressBar:
         self._tasks: dict[tuple[str, str], Any] = {}
         self._began = time.monotonic()
         self._shown = False
+        self._delay = float(os.environ.get("CRMSYNC_PROGRESS_DELAY", self.DELAY))
 
     def __call__(self, phase: str, kind: str, done: int, total: int) -> None:
         key = (phase, kind)
@@ -555,7 +559,7 @@ class _ProgressBar:
         self._progress.update(task, completed=done, total=total)
         speed = self._progress.tasks[task].speed
         self._progress.update(task, rate=f"{speed:,.0f}/s" if speed else "")
-        if not self._shown and time.monotonic() - self._began > self.DELAY:
+        if not self._shown and time.monotonic() - self._began >= self._delay:
             self._shown = True
             self._progress.start()
 
