@@ -99,7 +99,7 @@ class Item:
         if self._record is None and not parse:
             return self.id
         try:
-            return self.record().label()
+            return self.record().label() or self.id  # a contact without a name, ...
         except FormatError:
             return self.id
 

@@ -41,6 +41,7 @@ from crmsync.connectors.base import (
     Write,
 )
 from crmsync.errors import ConfigError, CrmsyncError
+from crmsync.formats import contentlines
 from crmsync.merge import apply_changes
 from crmsync.model import OBJECT_KINDS, RECORD_TYPES, ObjectKind
 
@@ -279,7 +280,7 @@ class VdirConnector(Connector):
 def _item(kind: ObjectKind, name: str, data: bytes, mtime_ns: int) -> Item:
     version = _hash(data)
     try:
-        raw = data.decode("utf-8")
+        raw = contentlines.decode(data)
     except UnicodeDecodeError as exc:
         return Item(name, version, "", FORMAT[kind], kind, modified=_moment(mtime_ns),
                     error=f"{name} is not valid UTF-8 (byte {exc.start})")

@@ -18,6 +18,25 @@ from crmsync.errors import FormatError
 
 PRODID = "-//crmsync//crmsync//EN"
 
+_FOLD = re.compile(rb"\r?\n[ \t]")
+
+
+def decode(data: bytes) -> str:
+    """An item's bytes as text (UTF-8, as both RFCs require).
+
+    Some writers fold lines inside a multi-byte character (RFC 5545 3.1 counts octets):
+    such text only decodes once unfolded, so it is unfolded first, then decoded.
+    Raises UnicodeDecodeError when the bytes are not UTF-8 either way.
+    """
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        try:
+            return _FOLD.sub(b"", data).decode("utf-8")
+        except UnicodeDecodeError:
+            raise exc from None  # where the item's own bytes go wrong
+
+
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")

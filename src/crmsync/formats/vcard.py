@@ -54,7 +54,9 @@ def _split(line: Line) -> tuple[Params, str]:
             params.setdefault(key, []).extend(v for vs in values for v in vs.split(","))
         if "QUOTED-PRINTABLE" in (v.upper() for v in params.get("ENCODING", [])):
             charset = params.get("CHARSET", ["utf-8"])[0]
-            value = quopri.decodestring(value.encode()).decode(charset)
+            # Line breaks in the text are CRLF on the wire; a record keeps them as "\n",
+            # as an escaped "\n" of vCard 3.0 and 4.0 reads.
+            value = quopri.decodestring(value.encode()).decode(charset).replace("\r\n", "\n")
         line.cache = params, value
     return line.cache
 
