@@ -19,7 +19,7 @@ from crmsync.server.vault import KEYS_ENV, Vault, load_keys
 from crmsync.store import Store
 
 PASSWORD = "correct horse battery"
-REDIRECT = "https://crmsync.test/api/connections/salesforce/callback"
+REDIRECT = "https://crmsync.test/api/connections/crm/callback"
 SESSION_SECRET = "a-session-secret"
 
 
@@ -87,3 +87,19 @@ def run_queued(world: World) -> list[tuple[int, str, str]]:
         world.queue.finish(claimed.id, error)
         done.append((claimed.user_id, claimed.kind, outcome))
     return done
+
+
+def web_app(world: World, **options):
+    from crmsync.server.web import create_app
+
+    return create_app(world.store, world.queue, vault=world.srv.vault,
+                      salesforce=world.srv.salesforce, **options)
+
+
+def sign_in(client, email: str, password: str = PASSWORD) -> str:
+    """Sign a TestClient in; the CSRF token, also set as the client's default header."""
+    answer = client.post("/api/session", json={"email": email, "password": password})
+    assert answer.status_code == 200, answer.text
+    csrf = answer.json()["csrf_token"]
+    client.headers["X-CSRF-Token"] = csrf
+    return csrf
