@@ -182,3 +182,22 @@ def test_a_revoked_token_asks_the_user_to_reconnect(scn: Scenario, world: World)
     connect_salesforce(world, user, scn.sandbox)
     crm = next(c for c in service.connections(world.srv, user) if c.name == "crm")
     assert not crm.needs_reconnect
+
+
+def test_a_provisioned_user_runs_as_a_queue_engine_calls_the_job(scn: Scenario, world: World):
+    """make_user (scripted set-up, the scale benchmark) and run_job(store, user, kind) with
+    the vault registered for the store, as both queue engines call it."""
+    sandbox = scn.sandbox
+    user = service.make_user(world.store, 7, {"url": scn.collections["calendar"]}, {
+        "instance_url": sandbox.url, "login_url": sandbox.login_url,
+        "ca_path": str(sandbox.ca_path), "client_id": sandbox.client_id,
+        "client_secret": sandbox.client_secret, "refresh_token": sandbox.refresh_token},
+        vault=world.srv.vault)
+    _both_sides(scn)
+    [due] = service.scheduled(world.store)
+    assert (due.user_id, due.kind, due.last_run) == (user.id, "calendar", None)
+    service.use_vault(world.store, world.srv.vault)
+    assert service.run_job(world.store, user.id, "calendar") == "synced"
+    assert {e.summary for e in scn.records().values()} == {"From the calendar",
+                                                           "From the CRM"}
+    assert service.scheduled(world.store)[0].last_run is not None

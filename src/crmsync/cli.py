@@ -1218,6 +1218,7 @@ def serve(
         salesforce = service.SalesforceApp(
             salesforce_client_id, secret, (salesforce_login_url or LOGIN_URL).rstrip("/"),
             str(salesforce_ca_bundle.resolve()) if salesforce_ca_bundle else None)
+    service.use_vault(store, vault)
     queue = EmbeddedQueue(store.engine)
     days = keep_days(paths)
     runner = Workers(queue, lambda user_id, kind: service.run_job(

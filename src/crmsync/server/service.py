@@ -20,6 +20,7 @@ import json
 import logging
 import secrets
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,7 +40,7 @@ from crmsync.server import accounts, settings
 from crmsync.server.accounts import User
 from crmsync.server.queue import JobQueue, JobState, Scheduled
 from crmsync.server.settings import AdminSetting
-from crmsync.server.vault import Vault
+from crmsync.server.vault import Vault, load_keys
 from crmsync.store import Profile, Store, now
 from crmsync.store.schema import (
     admin_settings,
@@ -666,7 +667,25 @@ def _confirmed_plan(store: Store, user_id: int, kind: str):
             .order_by(desc(plans.c.id)).limit(1)).first()
 
 
-def run_job(store: Store, user_id: int, kind: str, *, vault: Vault,
+_VAULTS: weakref.WeakKeyDictionary[Store, Vault] = weakref.WeakKeyDictionary()
+
+
+def use_vault(store: Store, vault: Vault) -> None:
+    """The vault jobs on ``store`` use when none is given (``crmsync serve`` sets it)."""
+    _VAULTS[store] = vault
+
+
+def vault_of(store: Store) -> Vault:
+    """The vault registered for ``store``, else one with the process's keys: from
+    $CRMSYNC_SERVER_KEYS, else server.key in the data folder (see crmsync.server.vault)."""
+    if store not in _VAULTS:
+        from crmsync.config import Paths
+
+        _VAULTS[store] = Vault(store, load_keys(Paths.resolve().data_dir))
+    return _VAULTS[store]
+
+
+def run_job(store: Store, user_id: int, kind: str, *, vault: Vault | None = None,
             keep_days: int = KEEP_DAYS, clock: Callable[[], datetime] | None = None) -> str:
     """One sync run of a user's object, by its effective mode; what it did, in a word.
 
@@ -693,6 +712,7 @@ def run_job(store: Store, user_id: int, kind: str, *, vault: Vault,
                 f"{' and '.join('CRM' if s == 'crm' else s for s in missing)} first",
                 user.email)
         return "not connected"
+    vault = vault or vault_of(store)
     run_profile = dataclasses.replace(profile, settings={k: policy.to_dict()})
     try:
         sides = {s: _Blame(connect(_endpoint(profile, s, k) or "", s, vault.get(user.id, s)), s)
@@ -802,3 +822,25 @@ def scheduled(store: Store) -> list[Scheduled]:
                        .replace(tzinfo=UTC) if run else None)
             out.append(Scheduled(user.id, kind, policy, started))
     return out
+
+
+def make_user(store: Store, n: int, caldav: dict[str, str], salesforce: dict[str, str],
+              vault: Vault | None = None) -> User:
+    """Provision user ``n`` whose calendar syncs automatically: a CalDAV collection
+    ({"url", "username", "password"}) and a Salesforce org's ready credentials (a refresh
+    token: {"instance_url", "login_url", "ca_path", "client_id", "client_secret",
+    "refresh_token"}), without a browser. For benchmarks and scripted set-ups."""
+    vault = vault or vault_of(store)
+    user = accounts.create_user(store, f"user{n}@example.com", secrets.token_urlsafe(18))
+    srv = Server(store, vault)
+    add_dav(srv, user, {"calendar": caldav["url"]}, caldav.get("username") or None,
+            caldav.get("password") or None)
+    vault.put(user.id, "crm", Credentials(
+        client_id=salesforce["client_id"], client_secret=salesforce["client_secret"],
+        refresh_token=salesforce["refresh_token"], ca_bundle=salesforce.get("ca_path"),
+        login_url=salesforce.get("login_url")))
+    profile = _profile(store, user)
+    profile.crm = f"salesforce:{salesforce['instance_url']}"
+    profile.settings["calendar"] = {"mode": "auto"}
+    _save_profile(store, profile)
+    return user
