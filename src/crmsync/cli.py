@@ -1143,6 +1143,175 @@ def sandbox_command(
     console.print("Sandbox stopped.")
 
 
+
+# --- the server edition ------------------------------------------------------------------
+
+user_app = typer.Typer(help="Manage the accounts of the crmsync server (crmsync serve).",
+                       no_args_is_help=True)
+app.add_typer(user_app, name="user")
+
+
+def _server_store(database: str | None):
+    from crmsync.config import store_url
+    from crmsync.store import Store
+
+    return Store.open(database or store_url(_paths()))
+
+
+_DATABASE_HELP = ("The server's store (SQLAlchemy URL, e.g. postgresql+psycopg://...); "
+                  "default: config.toml's \\[store] url, else SQLite in the data folder.")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    database: Annotated[str | None, typer.Option(help=_DATABASE_HELP,
+                                                 show_default=False)] = None,
+    workers: Annotated[int, typer.Option(
+        help="Sync jobs run at once, in this process (0: queue only, run none).")] = 2,
+    public_url: Annotated[str | None, typer.Option(
+        help="The server's address as browsers reach it (behind a proxy), e.g. "
+        "https://crmsync.example.com; used for the Salesforce OAuth callback.",
+        show_default=False)] = None,
+    salesforce_client_id: Annotated[str | None, typer.Option(
+        help="Consumer key of the server's Salesforce connected app (its secret comes "
+        "from $CRMSYNC_SALESFORCE_CLIENT_SECRET). Its callback URL is PUBLIC_URL"
+        "/api/connections/crm/callback.", show_default=False)] = None,
+    salesforce_login_url: Annotated[str | None, typer.Option(
+        help="Where users log in to Salesforce (default https://login.salesforce.com).",
+        show_default=False)] = None,
+    salesforce_ca_bundle: Annotated[Path | None, typer.Option(
+        help="A CA bundle to trust for Salesforce (the crmsync sandbox's own CA).",
+        show_default=False)] = None,
+    insecure_cookies: Annotated[bool, typer.Option(
+        "--insecure-cookies", help="Send the session cookie over plain http too (only "
+        "for development on a machine of your own; browsers allow Secure cookies on "
+        "http://localhost anyway).")] = False,
+) -> None:
+    """Run the crmsync server: web app, job workers and scheduler in one process.
+
+    Embedded mode: the store is SQLite in the data folder unless --database says
+    otherwise; jobs wait in the store's jobs table, so queued and interrupted runs
+    survive a restart. Secrets are encrypted with $CRMSYNC_SERVER_KEYS (comma-separated
+    Fernet keys, newest first) or server.key in the data folder, made on first start.
+    """
+    import logging
+    import os
+
+    import uvicorn
+
+    from crmsync.config import keep_days
+    from crmsync.server import service
+    from crmsync.server.queue import EmbeddedQueue, Workers
+    from crmsync.server.vault import Vault, load_keys
+    from crmsync.server.web import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    paths = _paths()
+    store = _server_store(database)
+    vault = Vault(store, load_keys(paths.data_dir))
+    salesforce = None
+    if salesforce_client_id:
+        secret = os.environ.get("CRMSYNC_SALESFORCE_CLIENT_SECRET", "")
+        if not secret:
+            raise ConfigError("--salesforce-client-id needs the connected app's secret in "
+                              "$CRMSYNC_SALESFORCE_CLIENT_SECRET")
+        from crmsync.connectors.sfapi import LOGIN_URL
+
+        salesforce = service.SalesforceApp(
+            salesforce_client_id, secret, (salesforce_login_url or LOGIN_URL).rstrip("/"),
+            str(salesforce_ca_bundle.resolve()) if salesforce_ca_bundle else None)
+    service.use_vault(store, vault)
+    queue = EmbeddedQueue(store.engine)
+    days = keep_days(paths)
+    runner = Workers(queue, lambda user_id, kind: service.run_job(
+        store, user_id, kind, vault=vault, keep_days=days), count=workers) if workers else None
+    app_ = create_app(store, queue, vault=vault, salesforce=salesforce,
+                      secure_cookies=not insecure_cookies, public_url=public_url)
+    if runner is not None:
+        runner.start()  # puts the jobs a stop or crash interrupted back on the queue
+    # HOOK (scheduler, branch 'queue'): start crmsync.server.scheduler here, fed by
+    # service.scheduled(store) and enqueuing on `queue`; stop it after uvicorn returns.
+    _quiet_access_log()
+    _console(stderr=True).print(f"crmsync server on http://{host}:{port} "
+                                f"({workers} worker(s))", highlight=False)
+    try:
+        uvicorn.run(app_, host=host, port=port, log_config=None)
+    finally:
+        if runner is not None:
+            runner.stop(timeout=30)
+        store.close()
+
+
+def _quiet_access_log() -> None:
+    """Access log lines without query strings: an OAuth callback's carries a code."""
+    import logging
+
+    class _NoQuery(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            args = record.args
+            if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+                record.args = (*args[:2], args[2].split("?", 1)[0], *args[3:])
+            return True
+
+    logging.getLogger("uvicorn.access").addFilter(_NoQuery())
+
+
+@user_app.command("add")
+def user_add(
+    email: Annotated[str, typer.Argument(help="The user's email: their sign-in name.")],
+    admin: Annotated[bool, typer.Option("--admin", help="Make the user an admin.")] = False,
+    password_stdin: Annotated[bool, typer.Option(
+        "--password-stdin", help="Read the password from standard input (first line) "
+        "instead of asking.")] = False,
+    database: Annotated[str | None, typer.Option(help=_DATABASE_HELP,
+                                                 show_default=False)] = None,
+) -> None:
+    """Add a user of the server (with their own, empty profile)."""
+    from crmsync.server import accounts
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    user = accounts.create_user(_server_store(database), email, password, is_admin=admin)
+    _console().print(f"Added {'admin' if user.is_admin else 'user'} {user.email}.",
+                     highlight=False)
+
+
+@user_app.command("list")
+def user_list(
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    database: Annotated[str | None, typer.Option(help=_DATABASE_HELP,
+                                                 show_default=False)] = None,
+) -> None:
+    """List the server's users."""
+    from crmsync.server import accounts
+
+    rows = [{"id": u.id, "email": u.email, "admin": u.is_admin, "disabled": u.disabled}
+            for u in accounts.list_users(_server_store(database))]
+    if json_out:
+        _emit_json(rows)
+        return
+    for row in rows:
+        _console().print(f"{row['email']}{' (admin)' if row['admin'] else ''}",
+                         highlight=False)
+
+
+@user_app.command("rotate-keys")
+def user_rotate_keys(
+    database: Annotated[str | None, typer.Option(help=_DATABASE_HELP,
+                                                 show_default=False)] = None,
+) -> None:
+    """Re-encrypt every user's secrets with the first key in $CRMSYNC_SERVER_KEYS."""
+    from crmsync.server.vault import Vault, load_keys
+
+    store = _server_store(database)
+    n = Vault(store, load_keys(_paths().data_dir)).rotate()
+    _console().print(f"Re-encrypted {n} secret(s).")
+
+
 def main() -> None:
     # Every command lets its typed errors through to here: one place says what went wrong
     # and exits with the error's code (see the exit codes above).

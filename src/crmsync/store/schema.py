@@ -197,6 +197,10 @@ user_secrets = Table(
     Column("name", String(64), primary_key=True),  # "crm" | "groupware" | ...
     Column("ciphertext", Text, nullable=False),
     Column("updated_at", String(32), nullable=False),
+    # The last run found the connection refused (e.g. a revoked Salesforce token): the
+    # user must reconnect. Cleared when the connection is saved again or works.
+    Column("error", Text),
+    Column("error_at", String(32)),
 )
 
 # Signed-in browser sessions. The cookie holds a random token; only its SHA-256 is kept.

@@ -52,6 +52,8 @@ def upgrade() -> None:
         sa.Column("name", sa.String(64), primary_key=True),
         sa.Column("ciphertext", sa.Text, nullable=False),
         sa.Column("updated_at", sa.String(32), nullable=False),
+        sa.Column("error", sa.Text),
+        sa.Column("error_at", sa.String(32)),
     )
     op.create_table(
         "web_sessions",

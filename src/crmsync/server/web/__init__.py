@@ -1,0 +1,114 @@
+"""The server's web app (FastAPI): the JSON API under ``/api`` and the HTML pages.
+
+Both are thin over :mod:`crmsync.server.service`, which checks who may do what. This
+module adds what belongs to the web: who is signed in (a session cookie), CSRF (every
+unsafe request echoes the session's token: header ``X-CSRF-Token`` for the API, form
+field ``csrf_token`` for pages), and the mapping of the service's errors to HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+
+from crmsync.errors import ConfigError, ConnectionFailed
+from crmsync.server import accounts
+from crmsync.server.accounts import RateLimited, Session
+from crmsync.server.queue import JobQueue
+from crmsync.server.service import Forbidden, NotFound, SalesforceApp, Server
+from crmsync.server.settings import LockedSetting
+from crmsync.server.vault import Vault
+from crmsync.store import Store
+
+log = logging.getLogger(__name__)
+
+COOKIE = "crmsync_session"
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FIELD = "csrf_token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+TEMPLATES = Path(__file__).with_name("templates")
+
+
+def create_app(store: Store, queue: JobQueue | None, *, vault: Vault,
+               salesforce: SalesforceApp | None = None, secure_cookies: bool = True,
+               public_url: str | None = None, pages: bool = True) -> FastAPI:
+    """The app. ``secure_cookies=False`` only for plain-http development and tests;
+    ``public_url``: the server's address as browsers see it (behind a proxy), for the
+    OAuth redirect."""
+    from crmsync.server.web import api
+
+    app = FastAPI(title="crmsync server", version="1",
+                  description="Sync jobs, settings, connections, reviews and run history "
+                  "of the signed-in user, and the admin's defaults. Sign in with POST "
+                  "/api/session; send the session's csrf_token in the X-CSRF-Token header "
+                  "of every POST, PUT, PATCH and DELETE.")
+    app.state.srv = Server(store, vault, queue, salesforce)
+    app.state.secure_cookies = secure_cookies
+    app.state.public_url = public_url.rstrip("/") if public_url else None
+    _errors(app)
+    app.include_router(api.router)
+    if pages:
+        from crmsync.server.web import pages as pages_module
+
+        app.include_router(pages_module.router)
+    return app
+
+
+def server(request: Request) -> Server:
+    return request.app.state.srv
+
+
+def current_session(request: Request) -> Session | None:
+    return accounts.session_of(server(request).store, request.cookies.get(COOKIE))
+
+
+def signed_in(request: Request) -> Session:
+    """The API's guard: a session (401 otherwise) and, for unsafe methods, its CSRF token
+    in the header (403 otherwise)."""
+    session = current_session(request)
+    if session is None:
+        raise HTTPException(401, "sign in first")
+    if request.method not in SAFE_METHODS and not accounts.csrf_ok(
+            session, request.headers.get(CSRF_HEADER)):
+        raise HTTPException(403, f"the {CSRF_HEADER} header is missing or wrong")
+    return session
+
+
+def set_session_cookie(request: Request, response, token: str) -> None:
+    response.set_cookie(COOKIE, token, max_age=accounts.SESSION_DAYS * 86400, path="/",
+                        httponly=True, samesite="lax",
+                        secure=request.app.state.secure_cookies)
+
+
+def _errors(app: FastAPI) -> None:
+    def answer(status: int, exc: Exception, **extra: object) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), **extra}, status_code=status)
+
+    @app.exception_handler(NotFound)
+    async def not_found(_request: Request, exc: NotFound) -> JSONResponse:
+        return answer(404, exc)
+
+    @app.exception_handler(Forbidden)
+    async def forbidden(_request: Request, exc: Forbidden) -> JSONResponse:
+        return answer(403, exc)
+
+    @app.exception_handler(LockedSetting)
+    async def locked(_request: Request, exc: LockedSetting) -> JSONResponse:
+        return answer(403, exc, setting=exc.name)
+
+    @app.exception_handler(ConfigError)
+    async def config(_request: Request, exc: ConfigError) -> JSONResponse:
+        return answer(400, exc)
+
+    @app.exception_handler(ConnectionFailed)
+    async def connection(_request: Request, exc: ConnectionFailed) -> JSONResponse:
+        # The connection test of a new account, or Salesforce refusing the code.
+        return answer(400, f"the connection failed: {exc}")
+
+    @app.exception_handler(RateLimited)
+    async def limited(_request: Request, exc: RateLimited) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=429,
+                            headers={"Retry-After": str(exc.retry_after)})
