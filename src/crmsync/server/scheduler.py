@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from importlib import import_module
 from typing import Any
 
 from sqlalchemy import and_, delete, tuple_, update
@@ -30,7 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from crmsync.policy import due
-from crmsync.server.queue import JobQueue, Scheduled
+from crmsync.server.queue import JobQueue, Scheduled, load
 from crmsync.store.schema import schedule_slots
 
 log = logging.getLogger(__name__)
@@ -115,12 +114,6 @@ def _purge(engine: Engine, now: datetime) -> None:
     with engine.begin() as conn:
         conn.execute(delete(schedule_slots).where(
             schedule_slots.c.taken_at < _stamp(now - KEEP_SLOTS)))
-
-
-def load(dotted: str) -> Any:
-    """The object at ``"package.module:name"``."""
-    module, _, name = dotted.partition(":")
-    return getattr(import_module(module), name)
 
 
 def service_candidates(store: Any, dotted: str = DEFAULT_CANDIDATES) -> Candidates:
