@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import random
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, text
+from sqlalchemy import distinct, func, insert, select, text, tuple_
 
 from crmsync.server.pgqueue import ProcrastinateQueue, Workers, conninfo, sqlalchemy_url
 from crmsync.store import Store, now
@@ -213,3 +222,129 @@ def test_a_stalled_job_already_asked_for_again_gives_way(
         wait_for(lambda: ran == [(1, "calendar")])
     finally:
         workers.stop()
+
+
+# --- at scale: worker and scheduler processes, one of them killed ---------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = ("calendar", "contacts")
+SCALE_USERS = 200
+
+
+def crmsync(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "crmsync", *args], env=env,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def test_at_scale_every_run_once_never_overlapping_and_a_killed_worker_loses_nothing(
+        tmp_path: Path):
+    """3 workers, 3 schedulers racing, 200 users with 2 scheduled objects, 2 rounds.
+
+    The worker that takes user 1's calendar (a slow run) is killed with SIGKILL in the
+    middle of it: that run must run again elsewhere and finish, once.
+    """
+    import jobprobe
+
+    with fresh_database() as url:
+        s = Store.open(url)
+        jobprobe.create(s.engine)
+        with s.engine.begin() as conn:
+            conn.execute(insert(users), [{"id": n, "email": f"u{n}@example.com",
+                                          "password_hash": "x", "created_at": now()}
+                                         for n in range(1, SCALE_USERS + 1)])
+            conn.execute(insert(jobprobe.probe_schedule), [
+                {"user_id": n, "kind": k, "round": 1}
+                for n in range(1, SCALE_USERS + 1) for k in KINDS])
+        env = os.environ | {
+            "CRMSYNC_DATABASE": url, "CRMSYNC_PROBE_SLEEP": "0.03",
+            "CRMSYNC_PROBE_SLOW": "1:calendar:120",
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])}
+        work = ("worker", "--job", "jobprobe:run", "--stalled-after", "5")
+        workers: list[subprocess.Popen] = []
+
+        def ended(round_: int) -> int:
+            with s.engine.connect() as conn:
+                return conn.execute(select(func.count(distinct(tuple_(
+                    jobprobe.probe_runs.c.user_id, jobprobe.probe_runs.c.kind)))).where(
+                    jobprobe.probe_runs.c.round == round_,
+                    jobprobe.probe_runs.c.ended.is_not(None))).scalar()
+
+        def schedule(round_: int) -> int:
+            schedulers = [crmsync("scheduler", "--once", "--candidates",
+                                  "jobprobe:scheduled", env=env,
+                                  log=tmp_path / f"scheduler{round_}.{n}.log")
+                          for n in range(3)]
+            for p in schedulers:
+                assert p.wait(60) == 0
+            queued = 0
+            for n in range(3):
+                out = (tmp_path / f"scheduler{round_}.{n}.log").read_text()
+                queued += int(re.search(r"(\d+) queued", out)[1])
+            return queued
+
+        try:
+            # The victim works alone (one job at a time) until it holds the slow run.
+            workers.append(crmsync(*work, "--concurrency", "1", env=env,
+                                   log=tmp_path / "victim.log"))
+            assert schedule(1) == SCALE_USERS * len(KINDS)
+            with s.engine.connect() as conn:
+                slow = jobprobe.probe_runs.select().where(
+                    jobprobe.probe_runs.c.user_id == 1,
+                    jobprobe.probe_runs.c.kind == "calendar")
+                wait_for(lambda: conn.execute(slow).first() is not None, timeout=60)
+                assert conn.execute(slow).one().pid == workers[0].pid
+            for n in (1, 2):
+                workers.append(crmsync(*work, "--concurrency", "2", env=env,
+                                       log=tmp_path / f"worker{n}.log"))
+            wait_for(lambda: ended(1) >= 20, timeout=60)  # the others are at work
+            workers[0].send_signal(signal.SIGKILL)
+            workers[0].wait(10)
+            with s.engine.connect() as conn:
+                killed_at = conn.execute(select(func.clock_timestamp())).scalar()
+            wait_for(lambda: ended(1) == SCALE_USERS * len(KINDS), timeout=90)
+
+            # Round 2, with a new worker in place of the dead one.
+            workers.append(crmsync(*work, "--concurrency", "2", env=env,
+                                   log=tmp_path / "worker3.log"))
+            # The first round's runs count as an hour ago: the next ones are due.
+            jobprobe.next_round(s.engine, datetime.now(UTC) - timedelta(hours=1))
+            assert schedule(2) == SCALE_USERS * len(KINDS)
+            assert schedule(2) == 0  # nothing more is due
+            wait_for(lambda: ended(2) == SCALE_USERS * len(KINDS), timeout=90)
+        finally:
+            for p in workers:
+                if p.poll() is None:
+                    p.terminate()
+            for p in workers:
+                p.wait(30)
+        for p in workers[1:]:
+            assert p.returncode == 0, (tmp_path / "worker1.log").read_text()[-2000:]
+
+        with s.engine.connect() as conn:
+            runs = conn.execute(select(jobprobe.probe_runs).order_by(
+                jobprobe.probe_runs.c.started)).all()
+            left = conn.execute(text("SELECT status::text, count(*) FROM procrastinate_jobs "
+                                     "GROUP BY status")).all()
+        s.close()
+
+    # Every object ran exactly once per round, to its end.
+    done = Counter((r.user_id, r.kind, r.round) for r in runs if r.ended is not None)
+    assert set(done) == {(n, k, r) for n in range(1, SCALE_USERS + 1) for k in KINDS
+                         for r in (1, 2)}
+    assert set(done.values()) == {1}
+    # The one run cut short was the victim's, and it ran again after the kill.
+    cut = [r for r in runs if r.ended is None]
+    assert [(r.user_id, r.kind, r.pid) for r in cut] == [(1, "calendar", workers[0].pid)]
+    again = [r for r in runs if (r.user_id, r.kind) == (1, "calendar") and r.round == 1
+             and r.ended is not None]
+    assert len(again) == 1 and again[0].started > killed_at
+    assert again[0].pid != workers[0].pid
+    # Runs of one user and object never overlap (the cut one lasted until the kill).
+    by_object: dict[tuple[int, str], list] = {}
+    for r in runs:
+        by_object.setdefault((r.user_id, r.kind), []).append(r)
+    for object_runs in by_object.values():
+        for before, after in itertools.pairwise(object_runs):
+            assert (before.ended or killed_at) <= after.started
+    # Nothing is left queued, running or failed.
+    assert left == []

@@ -1139,6 +1139,93 @@ def sandbox_command(
     console.print("Sandbox stopped.")
 
 
+# --- the server at scale: workers and schedulers on the PostgreSQL job queue --------------
+
+_DATABASE_HELP = ("The server's PostgreSQL store, postgresql://user@host/db (the job queue "
+                  "lives there too). Prefer $CRMSYNC_DATABASE: a password in it stays out "
+                  "of the process list.")
+
+
+def _scale_store(database: str):
+    from crmsync.server.pgqueue import sqlalchemy_url
+    from crmsync.store import Store
+
+    return Store.open(sqlalchemy_url(database).render_as_string(hide_password=False))
+
+
+@app.command("worker")
+def worker_command(
+    database: Annotated[str, typer.Option("--database", envvar="CRMSYNC_DATABASE",
+                                          help=_DATABASE_HELP, show_default=False)],
+    concurrency: Annotated[int, typer.Option(
+        "--concurrency", min=1, help="Jobs this worker runs at the same time.")] = 2,
+    stalled_after: Annotated[float, typer.Option(
+        "--stalled-after", min=1.0, help="Seconds without a heartbeat after which a "
+        "worker counts as dead and its jobs run again elsewhere.")] = 30.0,
+    job: Annotated[str, typer.Option(
+        "--job", hidden=True, help="The job, module:function(store, user_id, kind).")
+    ] = "crmsync.server.service:run_job",
+) -> None:
+    """Run users' sync jobs from the job queue until stopped (SIGTERM or Ctrl-C).
+
+    Start as many workers as you like, on any machine that reaches the database. A
+    stopping worker finishes its running jobs; one that dies has them run again.
+    """
+    from crmsync.server.pgqueue import ProcrastinateQueue, Workers
+    from crmsync.server.queue import bind_job
+
+    store = _scale_store(database)
+    queue = ProcrastinateQueue(store.engine, bind_job(store, job), stalled_after=stalled_after)
+    _console(stderr=True).print(f"Worker running {concurrency} job(s) at a time. "
+                                "Stop with Ctrl-C.", highlight=False)
+    try:
+        Workers(queue, concurrency).run()
+    finally:
+        queue.close()
+        store.close()
+
+
+@app.command("scheduler")
+def scheduler_command(
+    database: Annotated[str, typer.Option("--database", envvar="CRMSYNC_DATABASE",
+                                          help=_DATABASE_HELP, show_default=False)],
+    every: Annotated[float, typer.Option(
+        "--every", min=1.0, help="Seconds between looks for due runs.")] = 60.0,
+    once: Annotated[bool, typer.Option(
+        "--once", help="Look once, queue what is due, print what it cost and exit.")
+    ] = False,
+    candidates: Annotated[str, typer.Option(
+        "--candidates", hidden=True, help="The scheduled objects, module:function(store).")
+    ] = "crmsync.server.service:scheduled",
+) -> None:
+    """Queue every user's due auto-sync runs, every --every seconds, until stopped.
+
+    Any number may run (``crmsync serve`` runs one too): each due run is queued once.
+    """
+    import signal
+
+    from crmsync.server.pgqueue import ProcrastinateQueue
+    from crmsync.server.scheduler import Scheduler, service_candidates
+
+    store = _scale_store(database)
+    queue = ProcrastinateQueue(store.engine)
+    scheduler = Scheduler(store.engine, queue, service_candidates(store, candidates), every)
+    try:
+        if once:
+            r = scheduler.run_once()
+            _console().print(f"{r.candidates} scheduled, {r.queued} queued; asking "
+                             f"{r.candidates_seconds:.3f}s, tick {r.tick_seconds:.3f}s",
+                             highlight=False)
+            return
+        signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
+        _console(stderr=True).print(f"Scheduler looking every {every:g}s. Stop with Ctrl-C.",
+                                    highlight=False)
+        scheduler.run()
+    finally:
+        queue.close()
+        store.close()
+
+
 def main() -> None:
     # Every command lets its typed errors through to here: one place says what went wrong
     # and exits with the error's code (see the exit codes above).

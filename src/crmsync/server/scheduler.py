@@ -156,8 +156,9 @@ class Scheduler:
         return self.last
 
     def start(self) -> None:
+        """Tick in a thread of its own (``crmsync serve``)."""
         self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="crmsync-scheduler",
+        self._thread = threading.Thread(target=self.run, name="crmsync-scheduler",
                                         daemon=True)
         self._thread.start()
 
@@ -167,7 +168,8 @@ class Scheduler:
             self._thread.join(timeout)
             self._thread = None
 
-    def _loop(self) -> None:
+    def run(self) -> None:
+        """Tick in this thread until :meth:`stop` (``crmsync scheduler``)."""
         while not self._stop.is_set():
             try:
                 self.run_once()
