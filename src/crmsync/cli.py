@@ -1193,8 +1193,10 @@ def serve(
 
     Embedded mode: the store is SQLite in the data folder unless --database says
     otherwise; jobs wait in the store's jobs table, so queued and interrupted runs
-    survive a restart. Secrets are encrypted with $CRMSYNC_SERVER_KEYS (comma-separated
-    Fernet keys, newest first) or server.key in the data folder, made on first start.
+    survive a restart. With a PostgreSQL --database, jobs go through Procrastinate, and
+    `crmsync worker` processes on other machines take them too. Secrets are encrypted
+    with $CRMSYNC_SERVER_KEYS (comma-separated Fernet keys, newest first) or server.key
+    in the data folder, made on first start.
     """
     import logging
     import os
@@ -1203,7 +1205,8 @@ def serve(
 
     from crmsync.config import keep_days
     from crmsync.server import service
-    from crmsync.server.queue import EmbeddedQueue, Workers
+    from crmsync.server.queue import EmbeddedQueue, JobQueue, Workers
+    from crmsync.server.scheduler import Scheduler
     from crmsync.server.vault import Vault, load_keys
     from crmsync.server.web import create_app
 
@@ -1223,24 +1226,38 @@ def serve(
             salesforce_client_id, secret, (salesforce_login_url or LOGIN_URL).rstrip("/"),
             str(salesforce_ca_bundle.resolve()) if salesforce_ca_bundle else None)
     service.use_vault(store, vault)
-    queue = EmbeddedQueue(store.engine)
     days = keep_days(paths)
-    runner = Workers(queue, lambda user_id, kind: service.run_job(
-        store, user_id, kind, vault=vault, keep_days=days), count=workers) if workers else None
+
+    def job(user_id: int, kind: str) -> None:
+        service.run_job(store, user_id, kind, vault=vault, keep_days=days)
+
+    # Embedded: the store's jobs table and worker threads. PostgreSQL: Procrastinate, and
+    # any number of `crmsync worker` processes may help this one.
+    queue: JobQueue
+    if store.engine.dialect.name == "postgresql":
+        from crmsync.server import pgqueue
+
+        queue = pgqueue.ProcrastinateQueue(store.engine, job)
+        runner: Any = pgqueue.Workers(queue, workers) if workers else None
+    else:
+        queue = EmbeddedQueue(store.engine)
+        runner = Workers(queue, job, count=workers) if workers else None
+    scheduler = Scheduler(store.engine, queue, lambda: service.scheduled(store), every=30.0)
     app_ = create_app(store, queue, vault=vault, salesforce=salesforce,
                       secure_cookies=not insecure_cookies, public_url=public_url)
     if runner is not None:
         runner.start()  # puts the jobs a stop or crash interrupted back on the queue
-    # HOOK (scheduler, branch 'queue'): start crmsync.server.scheduler here, fed by
-    # service.scheduled(store) and enqueuing on `queue`; stop it after uvicorn returns.
+    scheduler.start()
     _quiet_access_log()
     _console(stderr=True).print(f"crmsync server on http://{host}:{port} "
                                 f"({workers} worker(s))", highlight=False)
     try:
         uvicorn.run(app_, host=host, port=port, log_config=None)
     finally:
+        scheduler.stop(timeout=30)
         if runner is not None:
             runner.stop(timeout=30)
+        queue.close()
         store.close()
 
 
@@ -1310,6 +1327,91 @@ def user_rotate_keys(
     store = _server_store(database)
     n = Vault(store, load_keys(_paths().data_dir)).rotate()
     _console().print(f"Re-encrypted {n} secret(s).")
+# --- the server at scale: workers and schedulers on the PostgreSQL job queue --------------
+
+_SCALE_DATABASE_HELP = ("The server's PostgreSQL store, postgresql://user@host/db (the job "
+                        "queue lives there too). Prefer $CRMSYNC_DATABASE: a password in "
+                        "it stays out of the process list.")
+
+
+def _scale_store(database: str):
+    from crmsync.server.pgqueue import sqlalchemy_url
+    from crmsync.store import Store
+
+    return Store.open(sqlalchemy_url(database).render_as_string(hide_password=False))
+
+
+@app.command("worker")
+def worker_command(
+    database: Annotated[str, typer.Option("--database", envvar="CRMSYNC_DATABASE",
+                                          help=_SCALE_DATABASE_HELP, show_default=False)],
+    concurrency: Annotated[int, typer.Option(
+        "--concurrency", min=1, help="Jobs this worker runs at the same time.")] = 2,
+    stalled_after: Annotated[float, typer.Option(
+        "--stalled-after", min=1.0, help="Seconds without a heartbeat after which a "
+        "worker counts as dead and its jobs run again elsewhere.")] = 30.0,
+    job: Annotated[str, typer.Option(
+        "--job", hidden=True, help="The job, module:function(store, user_id, kind).")
+    ] = "crmsync.server.service:run_job",
+) -> None:
+    """Run users' sync jobs from the job queue until stopped (SIGTERM or Ctrl-C).
+
+    Start as many workers as you like, on any machine that reaches the database. A
+    stopping worker finishes its running jobs; one that dies has them run again.
+    """
+    from crmsync.server.pgqueue import ProcrastinateQueue, Workers
+    from crmsync.server.queue import bind_job
+
+    store = _scale_store(database)
+    queue = ProcrastinateQueue(store.engine, bind_job(store, job), stalled_after=stalled_after)
+    _console(stderr=True).print(f"Worker running {concurrency} job(s) at a time. "
+                                "Stop with Ctrl-C.", highlight=False)
+    try:
+        Workers(queue, concurrency).run()
+    finally:
+        queue.close()
+        store.close()
+
+
+@app.command("scheduler")
+def scheduler_command(
+    database: Annotated[str, typer.Option("--database", envvar="CRMSYNC_DATABASE",
+                                          help=_SCALE_DATABASE_HELP, show_default=False)],
+    every: Annotated[float, typer.Option(
+        "--every", min=1.0, help="Seconds between looks for due runs.")] = 60.0,
+    once: Annotated[bool, typer.Option(
+        "--once", help="Look once, queue what is due, print what it cost and exit.")
+    ] = False,
+    candidates: Annotated[str, typer.Option(
+        "--candidates", hidden=True, help="The scheduled objects, module:function(store).")
+    ] = "crmsync.server.service:scheduled",
+) -> None:
+    """Queue every user's due auto-sync runs, every --every seconds, until stopped.
+
+    Any number may run (``crmsync serve`` runs one too): each due run is queued once.
+    """
+    import signal
+
+    from crmsync.server.pgqueue import ProcrastinateQueue
+    from crmsync.server.scheduler import Scheduler, service_candidates
+
+    store = _scale_store(database)
+    queue = ProcrastinateQueue(store.engine)
+    scheduler = Scheduler(store.engine, queue, service_candidates(store, candidates), every)
+    try:
+        if once:
+            r = scheduler.run_once()
+            _console().print(f"{r.candidates} scheduled, {r.queued} queued; asking "
+                             f"{r.candidates_seconds:.3f}s, tick {r.tick_seconds:.3f}s",
+                             highlight=False)
+            return
+        signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
+        _console(stderr=True).print(f"Scheduler looking every {every:g}s. Stop with Ctrl-C.",
+                                    highlight=False)
+        scheduler.run()
+    finally:
+        queue.close()
+        store.close()
 
 
 def main() -> None:

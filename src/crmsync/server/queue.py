@@ -21,7 +21,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal, Protocol
+from importlib import import_module
+from typing import Any, Literal, Protocol
 
 from sqlalchemy import and_, exists, insert, select, update
 from sqlalchemy.engine import Engine
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 JobState = Literal["queued", "running"]
 # What a job does: one sync run of a user's object. Raising marks the job failed.
 Job = Callable[[int, str], None]
+# The job function of the server, ``run_job(store, user_id, kind)``; every engine runs it
+# bound to the process's store (see bind_job).
+DEFAULT_JOB = "crmsync.server.service:run_job"
 
 
 class JobQueue(Protocol):
@@ -45,6 +49,10 @@ class JobQueue(Protocol):
 
     def state(self, user_id: int, kind: str) -> JobState | None:
         """The state of the user's job for ``kind``: queued, running, or none."""
+        ...
+
+    def close(self) -> None:
+        """Let go of what the queue holds open (connections)."""
         ...
 
 
@@ -60,6 +68,27 @@ class Scheduled:
     kind: str
     policy: Policy
     last_run: datetime | None
+
+
+def load(dotted: str) -> Any:
+    """The object at ``"package.module:name"`` (the job, the scheduler's candidates)."""
+    module, _, name = dotted.partition(":")
+    if not name:
+        raise ValueError(f"{dotted!r} is not module:name")
+    return getattr(import_module(module), name)
+
+
+def bind_job(store: Any, dotted: str = DEFAULT_JOB) -> Job:
+    """The job function at ``dotted``, ``f(store, user_id, kind)``, bound to ``store``.
+
+    Both engines run what this returns, so a job runs the same embedded or at scale.
+    """
+    function = load(dotted)
+
+    def job(user_id: int, kind: str) -> None:
+        function(store, user_id, kind)
+
+    return job
 
 
 @dataclass(frozen=True)
@@ -103,6 +132,9 @@ class EmbeddedQueue:
         if "queued" in found:
             return "queued"
         return "running" if found else None
+
+    def close(self) -> None:
+        pass  # the store's engine is the server's to close
 
     def claim(self, worker: str) -> Claimed | None:
         """Take the oldest queued job whose user and object have none running."""

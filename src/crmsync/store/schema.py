@@ -252,7 +252,8 @@ Index("uq_jobs_running", jobs.c.user_id, jobs.c.kind, unique=True,
       sqlite_where=jobs.c.status == "running", postgresql_where=jobs.c.status == "running")
 
 # Scheduled runs taken by a scheduler: the key makes sure several schedulers enqueue a
-# due run once. slot: the due time the run is for (ISO UTC, minute precision).
+# due run once. slot: the start of the last run the due run follows (ISO UTC), or "never"
+# (see crmsync.server.scheduler).
 schedule_slots = Table(
     "schedule_slots",
     metadata,
