@@ -478,3 +478,72 @@ def test_the_endpoint_scheme_and_settings(graph: GraphSandbox) -> None:
     connector.close()
     with pytest.raises(ConfigError, match="unknown Microsoft Graph setting"):
         connect("msgraph:me?colour=blue", "groupware")
+
+
+# --- the command line --------------------------------------------------------------------
+
+
+def test_login_by_device_code_stores_a_refresh_token(graph: GraphSandbox, outlook: GraphUser,
+                                                     tmp_path) -> None:
+    import threading
+    import time
+
+    from typer.testing import CliRunner
+
+    from crmsync.cli import app
+    from crmsync.config import Paths
+    from crmsync.secrets import credentials_for
+
+    home = str(tmp_path / "home")
+    runner = CliRunner()
+    added = runner.invoke(app, ["--home", home, "profile", "add", "p", "--crm",
+                                f"vdir:{tmp_path / 'crm'}", "--groupware",
+                                f"msgraph:me?graph_url={graph.url}", "--objects", "contacts"])
+    assert added.exit_code == 0, added.output
+
+    def approve() -> None:
+        # The user opens the page and types the code the command printed.
+        for _ in range(200):
+            with graph.identity.lock:
+                codes = [entry[0] for entry in graph.identity.devices.values()]
+            if codes:
+                gcontrol(graph, "device/approve", user_code=codes[0])
+                return
+            time.sleep(0.05)
+
+    helper = threading.Thread(target=approve)
+    helper.start()
+    result = runner.invoke(app, ["--home", home, "login", "p", "--client-id", graph.client_id,
+                                 "--login-url", graph.authority, "--ca-bundle", graph.ca_path])
+    helper.join()
+    assert result.exit_code == 0, result.output
+    assert "enter the code" in result.output and "device code" in result.output
+    creds = credentials_for(Paths.resolve(tmp_path / "home"), "p", "groupware")
+    assert creds is not None and creds.refresh_token
+    assert creds.refresh_token not in result.output
+    connector = GraphConnector("me", credentials=creds,
+                               settings=Settings(graph_url=graph.url))
+    try:
+        assert connector.list_changes("contacts", None).complete
+    finally:
+        connector.close()
+
+
+def test_login_with_client_credentials_checks_them(graph: GraphSandbox, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from crmsync.cli import app
+
+    home = str(tmp_path / "home")
+    runner = CliRunner()
+    runner.invoke(app, ["--home", home, "profile", "add", "p", "--crm", f"vdir:{tmp_path}",
+                        "--groupware", f"msgraph:{graph.user}?graph_url={graph.url}"])
+    ok = runner.invoke(app, ["--home", home, "login", "p", "--client-id", graph.client_id,
+                             "--login-url", graph.authority, "--ca-bundle", graph.ca_path,
+                             "--client-secret-stdin"], input=graph.client_secret + "\n")
+    assert ok.exit_code == 0, ok.output
+    assert "client credentials" in ok.output and graph.client_secret not in ok.output
+    bad = runner.invoke(app, ["--home", home, "login", "p", "--client-id", graph.client_id,
+                              "--login-url", graph.authority, "--ca-bundle", graph.ca_path,
+                              "--client-secret-stdin"], input="wrong\n")
+    assert bad.exit_code != 0
