@@ -547,3 +547,58 @@ def test_login_with_client_credentials_checks_them(graph: GraphSandbox, tmp_path
                               "--login-url", graph.authority, "--ca-bundle", graph.ca_path,
                               "--client-secret-stdin"], input="wrong\n")
     assert bad.exit_code != 0
+
+
+# --- the codec ---------------------------------------------------------------------------
+
+
+def test_html_bodies_read_as_the_text_outlook_shows() -> None:
+    from crmsync.formats.msgraph import html_to_text, text_to_html
+
+    exchange = ('<html>\r\n<head>\r\n<meta http-equiv="Content-Type" content="text/html">'
+                '<style>p {color: red}</style>\r\n</head>\r\n<body>\r\n<p>Bring the\r\n'
+                '<b>deck</b> &amp; notes</p><p>Room&nbsp;&nbsp;4<br>2nd floor</p>'
+                '<script>alert(1)</script></body>\r\n</html>')
+    assert html_to_text(exchange) == "Bring the deck & notes\n\nRoom  4\n2nd floor"
+    for text in ("plain", "two  spaces", "a < b & c > d", "line 1\nline 2\n\npara 2"):
+        assert html_to_text(text_to_html(text)) == text
+
+
+def test_windows_time_zones_map_to_iana_and_back() -> None:
+    from crmsync.formats.msgraph import iana_zone, windows_zone
+
+    assert iana_zone("W. Europe Standard Time") == "Europe/Berlin"
+    assert iana_zone("Pacific Standard Time") == "America/Los_Angeles"
+    assert iana_zone("Europe/Lisbon") == "Europe/Lisbon"
+    assert iana_zone("UTC") is None and iana_zone("No Such Standard Time") is None
+    assert windows_zone("Europe/Berlin") == "W. Europe Standard Time"
+    assert windows_zone("Europe/Lisbon") == "Europe/Lisbon"  # no Windows name of its own
+    assert windows_zone(None) == "UTC"
+
+
+@pytest.mark.parametrize("rrule", [
+    "FREQ=DAILY;INTERVAL=2", "FREQ=DAILY;COUNT=10", "FREQ=WEEKLY;BYDAY=MO,WE,FR",
+    "FREQ=WEEKLY;INTERVAL=2;WKST=SU", "FREQ=MONTHLY;BYDAY=2TU", "FREQ=MONTHLY;BYDAY=-1FR",
+    "FREQ=MONTHLY;BYMONTHDAY=20", "FREQ=YEARLY;COUNT=3", "FREQ=YEARLY;BYDAY=1MO;BYMONTH=9",
+    "FREQ=WEEKLY;UNTIL=20270131T225959Z",
+])
+def test_rrules_round_trip_through_outlook_patterns(rrule: str) -> None:
+    from zoneinfo import ZoneInfo
+
+    from crmsync.formats.msgraph import pattern_to_rrule, rrule_to_pattern
+
+    first = datetime(2026, 12, 1).date()  # a Tuesday
+    zone = ZoneInfo("Europe/Berlin")
+    pattern = rrule_to_pattern(rrule, first, zone, "W. Europe Standard Time")
+    assert pattern_to_rrule(pattern, first, False, zone) == rrule
+
+
+def test_rules_outlook_cannot_hold_are_refused() -> None:
+    from zoneinfo import ZoneInfo
+
+    from crmsync.errors import FormatError
+    from crmsync.formats.msgraph import rrule_to_pattern
+
+    for rule in ("FREQ=HOURLY", "FREQ=MONTHLY;BYDAY=MO"):
+        with pytest.raises(FormatError):
+            rrule_to_pattern(rule, datetime(2026, 12, 1).date(), ZoneInfo("UTC"), "UTC")
