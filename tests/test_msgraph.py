@@ -602,3 +602,15 @@ def test_rules_outlook_cannot_hold_are_refused() -> None:
     for rule in ("FREQ=HOURLY", "FREQ=MONTHLY;BYDAY=MO"):
         with pytest.raises(FormatError):
             rrule_to_pattern(rule, datetime(2026, 12, 1).date(), ZoneInfo("UTC"), "UTC")
+
+
+def test_a_round_is_reopened_when_the_range_moves_on(make: Factory, graph: GraphSandbox,
+                                                     outlook: GraphUser) -> None:
+    early = make(future_days=10)
+    cursor = early.list_changes("calendar", None).cursor
+    later = make(future_days=30)
+    made = outlook("POST", "/me/events", outlook_event("Later", when(20)[:19],
+                                                       when(20, 10)[:19]))
+    again = later.list_changes("calendar", cursor)
+    assert again.complete and [u[0] for u in again.upserts] == [made["id"]]
+    assert json.loads(again.cursor or "{}")["window"][1] > json.loads(cursor or "{}")["window"][1]

@@ -26,7 +26,8 @@ CURSOR
     ``@removed`` entry carries only the id).
 
 Listing. calendarView delta lists single events, occurrences and exceptions inside the
-window, never series masters: a listed occurrence or exception means "read its series
+window (re-opened with a full round once the sync range has moved on a week), never
+series masters: a listed occurrence or exception means "read its series
 again", which is its master and its instances (both in one ``$batch``). The occurrences
 the pattern has but the instances lack are the cancelled ones (EXDATE). A delta token
 Graph no longer knows (410 Gone) starts a full round. Contacts: ``/contacts/delta``;
@@ -92,6 +93,7 @@ from crmsync.merge import apply_changes
 from crmsync.model import Event, ObjectKind, Record
 
 FORMAT = fmt.FORMAT
+WINDOW_SLACK = timedelta(days=7)
 RESYNC_CODES = ("SyncStateNotFound", "SyncStateInvalid", "resyncRequired", "syncStateNotFound")
 # Fields of a meeting that stay in the user's mailbox: writing them mails nobody.
 PRIVATE_FIELDS = frozenset({"categories", "show_as", "private", "reminders"})
@@ -283,6 +285,11 @@ class GraphConnector(Connector):
                      checkpoint: Checkpoint | None = None,
                      progress: ReadProgress | None = None) -> Changes:
         old = _Cursor.decode(cursor)
+        if old is not None and old.window and datetime.fromisoformat(
+                old.window[1].replace("Z", "+00:00")) < self.time_range[1] - WINDOW_SLACK:
+            # A round is bound to its window; as the sync range moves on, a new round opens
+            # (a full one, so the core checks the paired items it no longer lists).
+            old = None
         state = _Cursor(members=dict(old.members)) if old is not None else _Cursor()
         if old is not None and old.delta:
             state.window = old.window
