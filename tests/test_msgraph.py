@@ -263,6 +263,23 @@ def test_a_series_with_a_moved_and_a_cancelled_occurrence(make: Factory,
     assert deleted.deleted == [master]
 
 
+def test_an_occurrence_cancelled_in_the_crm_is_cancelled_in_outlook(
+        make: Factory, outlook: GraphUser) -> None:
+    gw = make()
+    slots = [when(5 + n) for n in range(3)]
+    event = Event(summary="Daily", start=slots[0], end=when(5, 10), rrule="FREQ=DAILY;COUNT=3")
+    [made] = gw.apply("calendar", [Create(ical(event))])
+    assert made.status == "ok", made.error
+    item = made.item
+    assert item is not None
+    [cancel] = gw.apply("calendar", [Update(item.id, item.version, {"exdates": [slots[1]]})])
+    assert cancel.status == "ok", cancel.error
+    assert cancel.item.record().exdates == [slots[1]]  # type: ignore[union-attr, attr-defined]
+    shown = outlook("GET", f"/me/events/{item.id}/instances?startDateTime={slots[0]}"
+                           f"&endDateTime={when(9)}")["value"]
+    assert [i["originalStart"] for i in shown] == [slots[0], slots[2]]
+
+
 def test_outlook_patterns_read_as_rrules(make: Factory, outlook: GraphUser) -> None:
     gw = make()
     start = datetime.now(UTC).date() + timedelta(days=3)

@@ -436,6 +436,7 @@ class GraphConnector(Connector):
         current = self.fetch(kind, [w.id for w in writes if not isinstance(w, Create)])
         requests: list[tuple[int, Request]] = []
         follow: dict[int, Record] = {}  # series whose occurrences need writing afterwards
+        unchanged: dict[int, str] = {}
         for i, write in enumerate(writes):
             try:
                 if isinstance(write, Create):
@@ -449,12 +450,14 @@ class GraphConnector(Connector):
                         results[i] = Result("changed", item)
                         continue
                     request, record = self._update_request(kind, write, item)
-                    if request is None:
-                        results[i] = Result("ok", item)
-                    else:
+                    if request is not None:
                         requests.append((i, request))
                     if isinstance(record, Event) and self._occurrences_differ(item, record):
                         follow[i] = record
+                        if request is None:
+                            unchanged[i] = write.id  # only its occurrences change
+                    elif request is None:
+                        results[i] = Result("ok", item)
                 else:
                     item = current.get(write.id)
                     if item is None:
@@ -469,7 +472,7 @@ class GraphConnector(Connector):
             except CrmsyncError as exc:
                 results[i] = Result("failed", error=str(exc))
         replies = self.client.batch([r for _, r in requests])
-        written: dict[int, str] = {}
+        written: dict[int, str] = dict(unchanged)
         for (i, request), reply in zip(requests, replies, strict=True):
             if request.method == "DELETE":
                 results[i] = Result("ok") if reply.status in (204, 404) else \
