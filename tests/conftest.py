@@ -22,7 +22,7 @@ from crmsync.model import Event, ObjectKind, Record
 from crmsync.store import Store
 from crmsync.sync import Syncer
 
-pytest_plugins = ["davservers", "sfsandbox", "scenario"]
+pytest_plugins = ["davservers", "sfsandbox", "scenario", "graphsandbox"]
 
 POSTGRES_URL = os.environ.get(
     "CRMSYNC_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

@@ -849,7 +849,8 @@ def login(
     insecure: Annotated[bool, typer.Option(
         "--insecure", help="Do not verify TLS certificates (not recommended).")] = False,
     client_id: Annotated[str | None, typer.Option(
-        help="Salesforce: the connected app's consumer key (OAuth 2.0).")] = None,
+        help="Salesforce: the connected app's consumer key (OAuth 2.0); Microsoft Graph: the app "
+        "registration's application id.")] = None,
     client_secret_stdin: Annotated[bool, typer.Option(
         "--client-secret-stdin", help="Salesforce: read the consumer secret from standard "
         "input (first line), else $CRMSYNC_CRM_CLIENT_SECRET, else it is asked for.")] = False,
@@ -879,7 +880,10 @@ def login(
 
     For a salesforce: endpoint, authorize crmsync with OAuth 2.0: --client-id for the
     web server flow (a browser approves; a refresh token is saved), or --jwt-key,
-    --client-id and --username for the JWT bearer flow.
+    --client-id and --username for the JWT bearer flow. For an msgraph: endpoint, sign in
+    to Microsoft with MSAL: --client-id and --login-url (the tenant's authority) for the
+    device-code flow, plus --client-secret-stdin for the server edition's client
+    credentials.
     """
     from crmsync.connectors.base import Credentials
     from crmsync.secrets import SecretStore, save_credentials
@@ -892,6 +896,14 @@ def login(
              "--redirect-uri": redirect_uri, "--redirect-port": redirect_port}
     tls = Credentials(verify=not insecure,
                       ca_bundle=str(ca_bundle.expanduser().resolve()) if ca_bundle else None)
+    if _is_msgraph(profile, side) and not token_stdin:
+        saved, what = _msgraph_login(name, side, tls, client_id=client_id,
+                                     client_secret_stdin=client_secret_stdin,
+                                     login_url=login_url)
+        save_credentials(SecretStore(_paths()), name, side, saved)  # type: ignore[arg-type]
+        _console().print(f"Saved the {side} credentials of {name} (encrypted): {what}.",
+                         highlight=False)
+        return
     if _is_salesforce(profile, side) and not token_stdin:
         saved, what = _salesforce_login(
             name, side, tls, username=username, client_id=client_id,
@@ -916,6 +928,42 @@ def login(
     save_credentials(SecretStore(_paths()), name, side,  # type: ignore[arg-type]
                      Credentials(username, password, token, tls.verify, tls.ca_bundle))
     _console().print(f"Saved the {side} credentials of {name} (encrypted).")
+
+
+def _is_msgraph(profile, side: str) -> bool:
+    return any(profile.endpoint(side, kind).startswith("msgraph:") for kind in profile.objects)
+
+
+def _msgraph_login(name: str, side: str, tls, *, client_id: str | None,
+                   client_secret_stdin: bool, login_url: str | None):
+    """Microsoft identity platform through MSAL (see crmsync.connectors.graphapi): the
+    device-code flow for a user, or with --client-secret-stdin the client credentials of
+    the server edition. The credentials and a note of what they hold (never values)."""
+    from crmsync.connectors.base import Credentials
+    from crmsync.connectors.graphapi import AUTHORITY, acquire_token, device_login
+
+    if not client_id:
+        raise ConfigError(f"the {side} side of {name} is Microsoft Graph: give --client-id "
+                          "(the app registration's application id) and --login-url "
+                          "(https://login.microsoftonline.com/TENANT)")
+    authority = (login_url or AUTHORITY).rstrip("/")
+    if client_secret_stdin:
+        secret = sys.stdin.readline().rstrip("\r\n")
+        if not secret:
+            raise ConfigError("the client secret is empty")
+        creds = Credentials(client_id=client_id, client_secret=secret, login_url=authority,
+                            verify=tls.verify, ca_bundle=tls.ca_bundle)
+        acquire_token(creds)  # refused now rather than at the first sync
+        return creds, ("client id, client secret, authority"
+                       + (", CA bundle" if tls.ca_bundle else "") + " (client credentials)")
+
+    def show(message: str) -> None:
+        sys.stdout.write(message + "\n")
+        sys.stdout.flush()
+
+    creds = device_login(client_id, login_url=authority, tls=tls, show=show)
+    return creds, ("client id, refresh token, authority"
+                   + (", CA bundle" if tls.ca_bundle else "") + " (device code)")
 
 
 def _is_salesforce(profile, side: str) -> bool:
@@ -1412,6 +1460,59 @@ def scheduler_command(
     finally:
         queue.close()
         store.close()
+
+
+@app.command("graph-sandbox")
+def graph_sandbox_command(
+    port: Annotated[int, typer.Option(
+        help="Port on 127.0.0.1 (0: any free port).")] = 8444,
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="SQLite file that keeps the mailboxes between runs (default: in "
+        "memory, gone at exit).", show_default=False)] = None,
+) -> None:
+    """Run a local Microsoft Graph sandbox (Outlook calendar, contacts, To Do) over HTTPS.
+
+    It answers the part of Graph v1.0 crmsync uses and the identity platform's token and
+    device-code endpoints (MSAL works against it). Use it as the groupware of a profile,
+    e.g. msgraph:me?graph_url=URL, and log in with --login-url AUTHORITY. Secrets go to
+    a file readable only by you; they are never printed.
+    """
+    import os
+
+    from crmsync.graphsandbox.server import GraphSandbox
+
+    if data is not None:
+        data.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        sandbox = GraphSandbox(db_path=data, port=port)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); "
+                          "choose another --port, or 0 for any free one") from None
+    sandbox.start()
+    details = Path(sandbox.files.ca_cert).with_name("graph-connection.json")
+    details.write_text(json.dumps({
+        "graph_url": sandbox.url, "authority": sandbox.authority, "ca_path": sandbox.ca_path,
+        "client_id": sandbox.client_id, "client_secret": sandbox.client_secret,
+        "user": sandbox.user, "refresh_token": sandbox.refresh_token}, indent=2) + "\n")
+    os.chmod(details, 0o600)
+    console = _console()
+    console.print(f"Graph sandbox running at [bold]{sandbox.url}/v1.0[/]", highlight=False)
+    console.print(f"  authority (--login-url): {sandbox.authority}\n"
+                  f"  trust this CA:           {sandbox.ca_path}\n"
+                  f"  client id:               {sandbox.client_id}\n"
+                  f"  mailbox:                 {sandbox.user}\n"
+                  f"  secrets (client secret, refresh token): {details}\n"
+                  f"  sent mail log:           {sandbox.url}/_sandbox/mail",
+                  highlight=False, markup=False)
+    console.print("Approve device-code logins with POST /_sandbox/device/approve "
+                  '{"user_code": ...}. Press Ctrl-C to stop.', highlight=False, markup=False)
+    try:
+        sandbox.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sandbox.stop()
+    console.print("Graph sandbox stopped.")
 
 
 def main() -> None:

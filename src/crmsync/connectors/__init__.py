@@ -7,7 +7,7 @@ import os
 from crmsync.connectors.base import Connector, Credentials, Side
 from crmsync.errors import ConfigError
 
-SCHEMES = ("vdir", "caldav", "carddav", "salesforce")
+SCHEMES = ("vdir", "caldav", "carddav", "salesforce", "msgraph")
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, str]:
@@ -34,6 +34,11 @@ def connect(endpoint: str, side: Side, credentials: Credentials | None = None) -
 
         instance, settings = split_endpoint(location)
         return SalesforceConnector(instance, side, credentials=credentials, settings=settings)
+    if scheme == "msgraph":
+        # Settings come from the query string; see crmsync.connectors.msgraph.
+        from crmsync.connectors.msgraph import GraphConnector
+
+        return GraphConnector(location, side, credentials=credentials)
     from crmsync.connectors.dav import DavConnector
 
     return DavConnector(location, side, protocol=scheme,  # type: ignore[arg-type]

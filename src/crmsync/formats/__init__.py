@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 ICALENDAR = "text/calendar"
 VCARD = "text/vcard"
 SALESFORCE = "application/vnd.crmsync.salesforce+json"
+MSGRAPH = "application/vnd.crmsync.msgraph+json"
 
 Parser = Callable[[str], "Record"]
 Renderer = Callable[["Record", "str | None"], str]
@@ -56,6 +57,13 @@ def _load_builtin(fmt: str) -> None:
         register(SALESFORCE, "tasks", salesforce.parse_task, salesforce.render_task)  # type: ignore[arg-type]
         register(SALESFORCE, "contacts", salesforce.parse_contact,  # type: ignore[arg-type]
                  salesforce.render_contact)  # type: ignore[arg-type]
+    elif fmt == MSGRAPH:
+        from crmsync.formats import msgraph
+
+        register(MSGRAPH, "calendar", msgraph.parse_event, msgraph.render_event)  # type: ignore[arg-type]
+        register(MSGRAPH, "tasks", msgraph.parse_task, msgraph.render_task)  # type: ignore[arg-type]
+        register(MSGRAPH, "contacts", msgraph.parse_contact,  # type: ignore[arg-type]
+                 msgraph.render_contact)  # type: ignore[arg-type]
 
 
 _ENVELOPE = {ICALENDAR: ("BEGIN:VCALENDAR", "END:VCALENDAR"), VCARD: ("BEGIN:VCARD", "END:VCARD")}
