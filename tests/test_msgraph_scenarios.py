@@ -26,7 +26,7 @@ from crmsync.errors import CrmsyncError
 from crmsync.graphsandbox.server import GraphSandbox
 from crmsync.model import Event
 from crmsync.sandbox.server import Sandbox
-from graphsandbox import GraphUser, delegated, sent_mail
+from graphsandbox import GraphUser, delegated, gcontrol, sent_mail
 from scenario import sf_time
 
 from sfsandbox import API, control
@@ -280,3 +280,26 @@ def test_outlook_item_formats_are_registered() -> None:
     raw = formats.render(formats.MSGRAPH, "calendar", Event(summary="x", start="2026-01-01"))
     assert formats.parse(formats.MSGRAPH, "calendar", raw).summary == "x"  # type: ignore[attr-defined]
     assert httpx is not None
+
+
+def test_a_rotated_refresh_token_is_kept_for_the_next_run(world: World) -> None:
+    """Microsoft may hand out a new refresh token with each access token and retire the
+    one redeemed; every run must then use the newest, stored encrypted by the run before."""
+    from crmsync.config import Paths
+    from crmsync.secrets import credentials_for
+
+    world.profile("p", "calendar")
+    gcontrol(world.graph, "single-use-refresh", on=True)
+    try:
+        paths = Paths.resolve(world.home)
+        first = credentials_for(paths, "p", "groupware")
+        assert first is not None
+        for _ in range(3):
+            gcontrol(world.graph, "expire-tokens")  # each run must redeem a refresh token
+            assert world.sync("p")["status"] == "ok"
+        kept = credentials_for(paths, "p", "groupware")
+        assert kept is not None and kept.refresh_token != first.refresh_token
+        # ... stored encrypted, as the first was.
+        assert kept.refresh_token not in (paths.data_dir / "secrets.json").read_text()
+    finally:
+        gcontrol(world.graph, "single-use-refresh", on=False)

@@ -105,7 +105,8 @@ def _name(profile: str, side: Side) -> str:
 
 
 def save_credentials(store: SecretStore, profile: str, side: Side, creds: Credentials) -> None:
-    store.set(_name(profile, side), json.dumps(asdict(creds)))
+    values = {k: v for k, v in asdict(creds).items() if k != "renewed"}
+    store.set(_name(profile, side), json.dumps(values))
 
 
 def forget_credentials(store: SecretStore, profile: str) -> None:
@@ -125,7 +126,16 @@ def credentials_for(paths: Paths, profile: str, side: Side) -> Credentials | Non
             values[field] = env
     if os.environ.get(prefix + "INSECURE") == "1":
         values["verify"] = False
-    return Credentials(**values) if values else None
+    if not values:
+        return None
+    if not stored or os.environ.get(prefix + "REFRESH_TOKEN"):
+        return Credentials(**values)
+
+    def keep(token: str) -> None:
+        save_credentials(SecretStore(paths), profile, side,
+                         Credentials(**(values | {"refresh_token": token})))
+
+    return Credentials(**values, renewed=keep)
 
 
 def _has_store(paths: Paths) -> bool:

@@ -201,6 +201,9 @@ class Credentials:
     private_key: str | None = field(default=None, repr=False)
     # Where to log in; the instance itself when unset.
     login_url: str | None = None
+    # Called with the new refresh token when the identity provider rotates it (Microsoft
+    # does), so that it is stored for the next run; None: nobody keeps it.
+    renewed: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ https://learn.microsoft.com/en-us/graph/throttling
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -94,6 +95,12 @@ def _msal_options(credentials: Credentials) -> dict[str, Any]:
 
 def acquire_token(credentials: Credentials) -> str:
     """An access token by what the credentials allow; ConnectionFailed when refused."""
+    return acquire(credentials)[0]
+
+
+def acquire(credentials: Credentials) -> tuple[str, Credentials]:
+    """An access token, and the credentials to use next time: a refresh token the
+    identity platform rotated replaces the old one (and ``renewed`` is told of it)."""
     import msal
 
     c = credentials
@@ -106,6 +113,11 @@ def acquire_token(credentials: Credentials) -> str:
                 c.client_id, client_credential=c.client_secret, **_msal_options(c))
         answer = app.acquire_token_by_refresh_token(c.refresh_token, scopes=DELEGATED_SCOPES)
         flow = "refresh token"
+        rotated = answer.get("refresh_token")
+        if "access_token" in answer and rotated and rotated != c.refresh_token:
+            if c.renewed is not None:
+                c.renewed(rotated)  # the old one may stop working: keep the new one
+            c = dataclasses.replace(c, refresh_token=rotated)
     elif c.client_secret:
         app = msal.ConfidentialClientApplication(c.client_id, client_credential=c.client_secret,
                                                  **_msal_options(c))
@@ -114,7 +126,7 @@ def acquire_token(credentials: Credentials) -> str:
     else:
         raise ConfigError("Microsoft Graph credentials need a refresh token (`crmsync login`, "
                           "device code) or a client secret (client credentials)")
-    return _token_of(answer, flow, c)
+    return _token_of(answer, flow, c), c
 
 
 def _token_of(answer: dict[str, Any], flow: str, c: Credentials) -> str:
@@ -195,7 +207,7 @@ class Client:
 
     def _bearer(self) -> str:
         if self._token is None:
-            self._token = acquire_token(self.credentials)
+            self._token, self.credentials = acquire(self.credentials)
         return self._token
 
     def url(self, path: str) -> str:

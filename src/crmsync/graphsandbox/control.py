@@ -105,6 +105,13 @@ async def expire_deltas(request: Request) -> JSONResponse:
     return JSONResponse({"expired": request.app.state.boxes.store.expire_deltas()})
 
 
+@router.post("/single-use-refresh")
+async def single_use_refresh(request: Request) -> JSONResponse:
+    """Redeemed refresh tokens stop working from now on (body: {"on": bool})."""
+    request.app.state.identity.single_use_refresh = bool((await _json(request)).get("on", True))
+    return JSONResponse({"ok": True})
+
+
 @router.post("/expire-tokens")
 async def expire_tokens(request: Request) -> JSONResponse:
     request.app.state.identity.expire_all()

@@ -42,6 +42,8 @@ class Identity:
     client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(30))
     tokens: dict[str, tuple[Principal, float]] = field(default_factory=dict)
     refresh: dict[str, str] = field(default_factory=dict)
+    # Redeemed refresh tokens stop working (the strictest rotation Microsoft applies).
+    single_use_refresh: bool = False
     # device code -> [user code, approved, expires]
     devices: dict[str, list[Any]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -155,7 +157,9 @@ async def token(tenant: str, request: Request) -> JSONResponse:
         return JSONResponse(ident.issue(Principal("app"), refresh=False))
     if grant == "refresh_token":
         with ident.lock:
-            user = ident.refresh.get(str(form.get("refresh_token") or ""))
+            given = str(form.get("refresh_token") or "")
+            user = (ident.refresh.pop(given, None) if ident.single_use_refresh
+                    else ident.refresh.get(given))
         if user is None:
             return _oauth_error("invalid_grant", "AADSTS70000: The provided refresh token "
                                 "is invalid or expired.")
