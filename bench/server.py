@@ -18,8 +18,8 @@ For every worker count, on a fresh PostgreSQL database (dropped afterwards):
 ``--probe-sleep`` seconds: the numbers measure the harness, the queue and the scheduler,
 not a sync. ``--setup real`` measures real syncs: it starts Radicale and the Salesforce
 sandbox, gives every user a calendar collection of ``--events`` small events, and calls
-``--make-user`` for each user to create the user and their auto-syncing profile in the
-store. That function is the one piece the service provides:
+``--make-user`` (default ``crmsync.server.service:make_user``) for each user to create
+the user and their auto-syncing profile in the store:
 
     make_user(store, n: int, caldav: dict, salesforce: dict) -> None
 
@@ -225,8 +225,9 @@ def main(argv: list[str] | None = None) -> int:
                         "jobprobe:run (probe) or crmsync.server.service:run_job (real)")
     parser.add_argument("--candidates", help="module:function(store); default "
                         "jobprobe:scheduled or crmsync.server.service:scheduled")
-    parser.add_argument("--make-user", help="module:function(store, n, caldav, "
-                        "salesforce) creating user n (real setup only)")
+    parser.add_argument("--make-user", default="crmsync.server.service:make_user",
+                        help="module:function(store, n, caldav, salesforce) creating user "
+                        "n (real setup only)")
     parser.add_argument("--events", type=int, default=5, help="events per calendar (real)")
     parser.add_argument("--probe-sleep", type=float, default=0.1,
                         help="seconds the probe job sleeps (probe setup)")
@@ -239,8 +240,6 @@ def main(argv: list[str] | None = None) -> int:
     args.job = args.job or ("crmsync.server.service:run_job" if real else "jobprobe:run")
     args.candidates = args.candidates or (
         "crmsync.server.service:scheduled" if real else "jobprobe:scheduled")
-    if real and not args.make_user:
-        parser.error("--setup real needs --make-user module:function (see the docstring)")
 
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="crmsync-bench-server-") as tmp:
