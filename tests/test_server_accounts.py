@@ -159,6 +159,14 @@ def test_service_on_both_stores(store: Store, monkeypatch: pytest.MonkeyPatch):
     [ana, _] = service.users_overview(srv, admin)
     assert ana.last_error == run["error"] and ana.last_run["status"] == "failed"
     assert service.list_plans(srv, user) == [] and service.list_ignores(srv, user) == []
+    # An admin default that turns an object on queues its first run for every user.
+    assert srv.queue.state(user.id, "tasks") is None
+    service.set_admin_setting(srv, admin, "tasks", "mode", "manual", False)
+    assert srv.queue.state(user.id, "tasks") == "queued"
+    assert srv.queue.state(admin.id, "tasks") == "queued"
+    service.update_settings(srv, user, "contacts", {"mode": "manual"})
+    service.set_admin_setting(srv, admin, "contacts", "mode", "auto", False)
+    assert srv.queue.state(admin.id, "contacts") == "queued"
     service.set_paused(srv, admin, True)
     assert service.paused(store) and service.run_job(store, user.id, "calendar",
                                                      vault=vault) == "paused"

@@ -543,6 +543,7 @@ def set_admin_setting(srv: Server, admin: User, kind: str, name: str, value: Any
     rows = admin_rows(srv.store, k)
     if value is not None:
         value = settings.check_value(name, value)
+    before = _modes(srv.store, k, rows)
     rows[name] = AdminSetting(value, locked)
     settings.check_admin(k, rows)
     c = admin_settings.c
@@ -551,16 +552,48 @@ def set_admin_setting(srv: Server, admin: User, kind: str, name: str, value: Any
         conn.execute(insert(admin_settings).values(
             kind=k, name=name, value=None if value is None else json.dumps(value),
             locked=locked, updated_at=now()))
+    _enqueue_enabled(srv, k, before, _modes(srv.store, k, rows))
     return admin_rows(srv.store, k)
+
+
+def _modes(store: Store, kind: ObjectKind,
+           admin: dict[str, AdminSetting]) -> dict[int, str | None]:
+    """Every active user's effective mode of ``kind`` under these admin rows (None: the
+    user's settings do not make a valid object under them)."""
+    out: dict[int, str | None] = {}
+    for user in accounts.list_users(store):
+        if user.disabled:
+            continue
+        own = _profile(store, user).settings.get(kind, {})
+        try:
+            out[user.id] = settings.effective(kind, admin, own).mode
+        except ConfigError:
+            out[user.id] = None
+    return out
+
+
+def _enqueue_enabled(srv: Server, kind: ObjectKind, before: dict[int, str | None],
+                     after: dict[int, str | None]) -> None:
+    """An admin default that turns an object on runs it at once for each user it enables."""
+    if srv.queue is None:
+        return
+    for user_id, mode in after.items():
+        if mode not in (None, "off") and before.get(user_id) in (None, "off"):
+            srv.queue.enqueue(user_id, kind, "enabled")
 
 
 def clear_admin_setting(srv: Server, admin: User, kind: str, name: str) -> None:
     require_admin(admin)
+    k = _kind(kind)
+    rows = admin_rows(srv.store, k)
+    if name not in rows:
+        raise NotFound(f"no admin default for {name!r}")
+    before = _modes(srv.store, k, rows)
+    del rows[name]
     c = admin_settings.c
     with srv.store.engine.begin() as conn:
-        if not conn.execute(delete(admin_settings).where(c.kind == _kind(kind),
-                                                         c.name == name)).rowcount:
-            raise NotFound(f"no admin default for {name!r}")
+        conn.execute(delete(admin_settings).where(c.kind == k, c.name == name))
+    _enqueue_enabled(srv, k, before, _modes(srv.store, k, rows))
 
 
 def paused(store: Store) -> bool:
