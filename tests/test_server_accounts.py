@@ -133,6 +133,13 @@ def test_settings_merge_defaults_admin_user_and_locks():
     assert settings.change("tasks", {}, {}, {"prevent": ["crm:delete", "crm:delete"]}) == \
         {"prevent": ["crm:delete"]}
     assert settings.parse_text("auto_days", "mon,tue") == ["mon", "tue"]
+    form = {f["name"]: f for f in settings.describe("calendar")}
+    assert set(form) == set(settings.NAMES) and next(iter(form)) == "mode"
+    assert form["mode"]["choices"] == ["off", "manual", "auto", "record"]
+    assert form["prevent"]["type"] == "choices" and form["include_private"]["type"] == "bool"
+    assert all(f["help"] for f in form.values())
+    tasks = {f["name"]: f for f in settings.describe("tasks")}
+    assert "record" not in tasks["mode"]["choices"] and "selection" not in tasks
     assert settings.parse_text("include_private", "yes") is True
 
 

@@ -147,6 +147,7 @@ def test_settings_through_the_api_with_locks(world: World):
                         json={"value": 99, "locked": True}).status_code == 400
         view = ana.get("/api/settings/calendar").json()
         assert view["values"]["past_days"] == 3 and view["locked"] == ["past_days"]
+        assert {f["name"] for f in view["fields"]} == set(view["values"])
         refused = ana.patch("/api/settings/calendar", json={"values": {"past_days": 4}})
         assert refused.status_code == 403 and refused.json()["setting"] == "past_days"
         assert ana.get("/api/settings/calendar").json()["values"]["past_days"] == 3

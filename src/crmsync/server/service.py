@@ -159,6 +159,8 @@ class SettingsView:
     own: dict[str, Any]  # what the user set themselves
     locked: list[str]
     defaults: dict[str, Any]  # the admin's defaults (without the built-in ones)
+    # What a form shows: each setting's name, input type, choices and help.
+    fields: list[dict[str, Any]] = field(default_factory=list)
 
 
 def get_settings(srv: Server, user: User, kind: str) -> SettingsView:
@@ -167,7 +169,8 @@ def get_settings(srv: Server, user: User, kind: str) -> SettingsView:
     admin = admin_rows(srv.store, k)
     own = profile.settings.get(k, {})
     return SettingsView(k, settings.merged(k, admin, own), dict(own), settings.locked(admin),
-                        {n: s.value for n, s in admin.items() if s.value is not None})
+                        {n: s.value for n, s in admin.items() if s.value is not None},
+                        settings.describe(k))
 
 
 def update_settings(srv: Server, user: User, kind: str,

@@ -63,12 +63,20 @@ class JobState(BaseModel):
     state: Literal["queued", "running"]
 
 
+class SettingField(BaseModel):
+    name: str
+    type: Literal["choice", "choices", "bool", "int", "float", "text"]
+    choices: list[str]
+    help: str
+
+
 class SettingsOut(BaseModel):
     kind: str
-    values: dict[str, Any]
-    own: dict[str, Any]
-    locked: list[str]
-    defaults: dict[str, Any]
+    values: dict[str, Any] = Field(description="The effective settings.")
+    own: dict[str, Any] = Field(description="What the user set themselves.")
+    locked: list[str] = Field(description="Settings an admin locked: shown, not changed.")
+    defaults: dict[str, Any] = Field(description="The admin's defaults.")
+    fields: list[SettingField]
 
 
 class SettingsChange(Strict):
