@@ -214,6 +214,11 @@ def test_secrets_never_leave_the_server(scn: Scenario, tmp_path: Path,
     password = "dav-pass-" + tmp_path.name[-6:] + "Zq9"
     with TestClient(app, base_url="https://testserver") as client:
         csrf = sign_in(client, "ana@example.com")
+        found = client.post("/api/connections/groupware/discover", json={
+            "url": scn.radicale.url + "ana/", "username": "ana", "password": password})
+        assert found.status_code == 200, found.text
+        assert scn.collections["calendar"] in {c["url"] for c in found.json()["calendars"]}
+        assert scn.collections["contacts"] in {c["url"] for c in found.json()["addressbooks"]}
         answer = client.put("/api/connections/groupware", json={
             "calendar_url": scn.collections["calendar"], "username": "ana",
             "password": password})

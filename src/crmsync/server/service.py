@@ -294,18 +294,37 @@ def _dav_check(url: str, protocol: str, creds: Credentials) -> None:
     raise ConfigError(f"{url} is not a {what}" + (f"; found: {listed}" if listed else ""))
 
 
+def _http_url(url: str) -> str:
+    url = url.strip()
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{url!r} is not an http(s) URL")
+    return url
+
+
+def discover_dav(srv: Server, user: User, url: str, username: str | None,
+                 password: str | None, verify_tls: bool = True) -> dict[str, list[dict]]:
+    """The calendars and address books at a CalDAV/CardDAV server, to pick from; nothing
+    is saved. ``url``: the server, a principal, a home or a collection."""
+    from crmsync.connectors.dav import discover
+
+    creds = Credentials(username=username or None, password=password or None,
+                        verify=verify_tls)
+    found: dict[str, list[dict]] = {}
+    for protocol, key in (("caldav", "calendars"), ("carddav", "addressbooks")):
+        found[key] = [{"url": c.url, "name": c.name, "components": sorted(c.components)}
+                      for c in discover(_http_url(url), protocol, creds)]
+    return found
+
+
 def add_dav(srv: Server, user: User, urls: dict[str, str], username: str | None,
             password: str | None, verify_tls: bool = True) -> ConnectionView:
     """Connect a CalDAV/CardDAV account: each collection is tried before anything is saved.
 
     ``urls``: object -> collection URL (calendar and tasks: CalDAV; contacts: CardDAV).
     """
-    chosen = {_kind(k): u.strip() for k, u in urls.items() if u and u.strip()}
+    chosen = {_kind(k): _http_url(u) for k, u in urls.items() if u and u.strip()}
     if not chosen:
         raise ConfigError("give the URL of at least one calendar, task list or address book")
-    for url in chosen.values():
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"{url!r} is not an http(s) URL")
     creds = Credentials(username=username or None, password=password or None,
                         verify=verify_tls)
     endpoints = {}

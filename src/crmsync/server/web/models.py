@@ -102,6 +102,25 @@ class DavAccount(Strict):
     verify_tls: bool = True
 
 
+class DavServer(Strict):
+    url: str = Field(max_length=2000, description="The server, a principal, a home or a "
+                     "collection.")
+    username: str | None = Field(default=None, max_length=300)
+    password: str | None = Field(default=None, max_length=1000)
+    verify_tls: bool = True
+
+
+class Collection(BaseModel):
+    url: str
+    name: str
+    components: list[str]
+
+
+class Collections(BaseModel):
+    calendars: list[Collection]
+    addressbooks: list[Collection]
+
+
 class AuthorizeOut(BaseModel):
     authorize_url: str
 
