@@ -855,29 +855,41 @@ def _keep_for_review(store: Store, syncer: Syncer, user: User, kind: ObjectKind,
 
 def scheduled(store: Store) -> list[Scheduled]:
     """Every connected object of an active user whose effective mode is auto (none while
-    the server is paused), with its effective policy and last finished run's start."""
+    the server is paused), with its effective policy and last finished run's start.
+
+    Asked every tick: the admin rows are read once, users with their profiles in one
+    query, and the run history only of users who have an object on a schedule.
+    """
     if paused(store):
         return []
+    admin = {kind: admin_rows(store, kind) for kind in OBJECT_KINDS}
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            select(users.c.id.label("user_id"), profiles)
+            .join(profiles, profiles.c.id == users.c.profile_id)
+            .where(users.c.disabled.is_(False)).order_by(users.c.id)).all()
     out = []
-    for user in accounts.list_users(store):
-        if user.disabled:
-            continue
-        profile = _profile(store, user)
-        last = store.last_runs(profile.id)
+    for row in rows:
+        profile = Profile(row.id, row.name, row.crm, row.groupware, json.loads(row.objects),
+                          json.loads(row.settings or "{}"))
+        auto: list[tuple[ObjectKind, Policy]] = []
         for kind in OBJECT_KINDS:
             try:
-                policy = effective_policy(store, profile, kind)
+                policy = settings.effective(kind, admin[kind], profile.settings.get(kind, {}))
             except ConfigError:
-                log.warning("user %d: the settings of %s are invalid", user.id, kind)
+                log.warning("user %d: the settings of %s are invalid", row.user_id, kind)
                 continue
-            if policy.mode != "auto" or not _connected(profile, kind):
-                continue
+            if policy.mode == "auto" and _connected(profile, kind):
+                auto.append((kind, policy))
+        if not auto:
+            continue
+        last = store.last_runs(profile.id)
+        for kind, policy in auto:
             run = last.get(kind)
             started = (datetime.strptime(run["started_at"], "%Y-%m-%dT%H:%M:%SZ")
                        .replace(tzinfo=UTC) if run else None)
-            out.append(Scheduled(user.id, kind, policy, started))
+            out.append(Scheduled(row.user_id, kind, policy, started))
     return out
-
 
 def make_user(store: Store, n: int, caldav: dict[str, str], salesforce: dict[str, str],
               vault: Vault | None = None) -> User:
