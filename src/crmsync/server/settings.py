@@ -11,6 +11,7 @@ by :class:`crmsync.policy.Policy` with the rest of the object's settings.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -41,7 +42,13 @@ class AdminSetting:
 
 def builtin(kind: ObjectKind) -> dict[str, Any]:
     """The built-in defaults: every object off until its user (or an admin) turns it on."""
-    return Policy.default_for(kind).to_dict()
+    return dict(_builtin(kind))
+
+
+@functools.cache
+def _builtin(kind: ObjectKind) -> tuple[tuple[str, Any], ...]:
+    # Made once per process: the scheduler merges every user's settings each tick.
+    return tuple(Policy.default_for(kind).to_dict().items())
 
 
 def check_value(name: str, value: Any) -> Any:
