@@ -188,6 +188,9 @@ def test_my_settings_page_shows_the_sync_jobs(world: World):
         assert signed.status_code == 303 and "Secure" in signed.headers["set-cookie"]
         page = client.get("/")
         assert page.status_code == 200 and "Sync Jobs" in page.text
+        assert page.headers["x-frame-options"] == "DENY"
+        assert page.headers["cache-control"] == "no-store"
+        assert client.get("/api/jobs").headers["x-content-type-options"] == "nosniff"
         assert page.text.count("Never run") == 3 and page.text.count("Sync now") == 3
         wrong = client.post("/signin", data={"email": "ana@example.com", "password": "nope",
                                              "csrf_token": signin_token(client)})

@@ -1227,14 +1227,26 @@ def serve(
                       secure_cookies=not insecure_cookies, public_url=public_url)
     if runner is not None:
         runner.start()  # puts the jobs a stop or crash interrupted back on the queue
-    # HOOK (scheduler, branch 'queue'): start crmsync.server.scheduler here, fed by
-    # service.scheduled(store) and enqueuing on `queue`; stop it after uvicorn returns.
+    # HOOK (scheduler, branch 'queue'): crmsync.server.scheduler is not in this branch;
+    # when it is, this starts it, fed by service.scheduled and queuing on `queue`. The
+    # lead checks the call against the merged Scheduler at merge time.
+    scheduler = None
+    try:
+        from crmsync.server.scheduler import Scheduler  # type: ignore[import-not-found]
+    except ImportError:
+        logging.getLogger(__name__).warning("no scheduler in this build: auto sync runs "
+                                            "only when asked (Sync now)")
+    else:
+        scheduler = Scheduler(store.engine, queue, lambda: service.scheduled(store))
+        scheduler.start()
     _quiet_access_log()
     _console(stderr=True).print(f"crmsync server on http://{host}:{port} "
                                 f"({workers} worker(s))", highlight=False)
     try:
         uvicorn.run(app_, host=host, port=port, log_config=None)
     finally:
+        if scheduler is not None:
+            scheduler.stop(timeout=10)
         if runner is not None:
             runner.stop(timeout=30)
         store.close()

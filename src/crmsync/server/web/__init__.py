@@ -49,6 +49,7 @@ def create_app(store: Store, queue: JobQueue | None, *, vault: Vault,
     app.state.secure_cookies = secure_cookies
     app.state.public_url = public_url.rstrip("/") if public_url else None
     _errors(app)
+    _headers(app)
     app.include_router(api.router)
     if pages:
         from crmsync.server.web import pages as pages_module
@@ -81,6 +82,22 @@ def set_session_cookie(request: Request, response, token: str) -> None:
     response.set_cookie(COOKIE, token, max_age=accounts.SESSION_DAYS * 86400, path="/",
                         httponly=True, samesite="lax",
                         secure=request.app.state.secure_cookies)
+
+
+def _headers(app: FastAPI) -> None:
+    """Headers every answer carries: no framing by other sites (clickjacking), no content
+    sniffing, no address leaking in Referer, and nothing personal kept in caches."""
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        if not request.url.path.startswith(("/docs", "/redoc", "/openapi.json")):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
 
 
 def _errors(app: FastAPI) -> None:
