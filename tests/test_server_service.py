@@ -173,6 +173,9 @@ def test_a_revoked_token_asks_the_user_to_reconnect(scn: Scenario, world: World)
     assert outcome.startswith("ConnectionFailed")
     crm = next(c for c in service.connections(world.srv, user) if c.name == "crm")
     assert crm.needs_reconnect and crm.error
+    jobs = {j.kind: j for j in service.jobs_overview(world.srv, user)}
+    assert jobs["calendar"].reconnect == ["crm"] and jobs["calendar"].last_run["status"] == \
+        "failed"
     assert creds.refresh_token not in crm.error
     [run] = service.list_runs(world.srv, user)
     assert run["status"] == "failed" and run["error"] == crm.error
@@ -182,6 +185,7 @@ def test_a_revoked_token_asks_the_user_to_reconnect(scn: Scenario, world: World)
     connect_salesforce(world, user, scn.sandbox)
     crm = next(c for c in service.connections(world.srv, user) if c.name == "crm")
     assert not crm.needs_reconnect
+    assert service.jobs_overview(world.srv, user)[0].reconnect == []
 
 
 def test_a_provisioned_user_runs_as_a_queue_engine_calls_the_job(scn: Scenario, world: World):

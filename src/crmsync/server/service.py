@@ -23,7 +23,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, desc, func, insert, select, update
@@ -208,6 +208,8 @@ class JobView:
     last_run: dict[str, Any] | None
     state: JobState | None  # queued | running | None
     review_plan: int | None  # a plan waiting for the user's review
+    # The connections this object uses that were refused: the user must reconnect them.
+    reconnect: list[str] = field(default_factory=list)
 
 
 def _last_runs(store: Store, profile_id: int) -> dict[str, dict[str, Any]]:
@@ -228,6 +230,9 @@ def jobs_overview(srv: Server, user: User) -> list[JobView]:
         waiting = {r.kind: r.id for r in conn.execute(
             select(plans.c.kind, plans.c.id).where(plans.c.user_id == user.id,
                                                    plans.c.status == "review"))}
+        refused = {r.name for r in conn.execute(
+            select(user_secrets.c.name).where(user_secrets.c.user_id == user.id,
+                                              user_secrets.c.error.is_not(None)))}
     out = []
     for kind in OBJECT_KINDS:
         policy = effective_policy(srv.store, profile, kind)
@@ -236,7 +241,8 @@ def jobs_overview(srv: Server, user: User) -> list[JobView]:
             policy.auto_every if policy.mode == "auto" else None, list(policy.auto_days),
             policy.auto_window, _run_summary(last.get(kind)),
             srv.queue.state(user.id, kind) if srv.queue is not None else None,
-            waiting.get(kind)))
+            waiting.get(kind),
+            [n for n in CONNECTIONS if n in refused and _endpoint(profile, n, kind)]))
     return out
 
 
@@ -842,10 +848,16 @@ def _keep_for_review(store: Store, syncer: Syncer, user: User, kind: ObjectKind,
                          now())
     body["choices"] = {}
     stamp = now()
+    cutoff = (datetime.now(UTC) - timedelta(days=max(syncer.keep_days, 1))
+              ).strftime("%Y-%m-%dT%H:%M:%SZ")
     with store.engine.begin() as conn:
         conn.execute(update(plans).where(plans.c.user_id == user.id, plans.c.kind == kind,
                                          plans.c.status == "review")
                      .values(status="stale", updated_at=stamp))
+        # Plans done with are kept as long as run reports are.
+        conn.execute(delete(plans).where(
+            plans.c.user_id == user.id, plans.c.updated_at < cutoff,
+            plans.c.status.in_(("stale", "discarded", "applied"))))
         plan_id = conn.execute(insert(plans).values(
             user_id=user.id, kind=kind, status="review", body=planfile.dumps(body),
             created_at=stamp, updated_at=stamp).returning(plans.c.id)).scalar_one()

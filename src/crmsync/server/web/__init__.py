@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyCookie, APIKeyHeader
 
 from crmsync.errors import ConfigError, ConnectionFailed
 from crmsync.server import accounts
@@ -66,7 +68,16 @@ def current_session(request: Request) -> Session | None:
     return accounts.session_of(server(request).store, request.cookies.get(COOKIE))
 
 
-def signed_in(request: Request) -> Session:
+# Declared for the OpenAPI schema: the session cookie, and the CSRF header that unsafe
+# methods need. The checks themselves are signed_in's.
+_cookie = APIKeyCookie(name=COOKIE, auto_error=False, description="The session, set by "
+                       "POST /api/session.")
+_csrf = APIKeyHeader(name=CSRF_HEADER, auto_error=False, description="The session's "
+                     "csrf_token; required on POST, PUT, PATCH and DELETE.")
+
+
+def signed_in(request: Request, _token: Annotated[str | None, Depends(_cookie)] = None,
+              _sent: Annotated[str | None, Depends(_csrf)] = None) -> Session:
     """The API's guard: a session (401 otherwise) and, for unsafe methods, its CSRF token
     in the header (403 otherwise)."""
     session = current_session(request)

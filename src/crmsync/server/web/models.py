@@ -57,6 +57,8 @@ class JobOut(BaseModel):
     last_run: RunSummary | None
     state: Literal["queued", "running"] | None
     review_plan: int | None
+    reconnect: list[str] = Field(description="Connections of this object that were "
+                                 "refused (e.g. an expired token): reconnect them.")
 
 
 class JobState(BaseModel):
