@@ -173,6 +173,9 @@ def test_a_revoked_token_asks_the_user_to_reconnect(scn: Scenario, world: World)
     assert outcome.startswith("ConnectionFailed")
     crm = next(c for c in service.connections(world.srv, user) if c.name == "crm")
     assert crm.needs_reconnect and crm.error
+    jobs = {j.kind: j for j in service.jobs_overview(world.srv, user)}
+    assert jobs["calendar"].reconnect == ["crm"] and jobs["calendar"].last_run["status"] == \
+        "failed"
     assert creds.refresh_token not in crm.error
     [run] = service.list_runs(world.srv, user)
     assert run["status"] == "failed" and run["error"] == crm.error
@@ -182,6 +185,7 @@ def test_a_revoked_token_asks_the_user_to_reconnect(scn: Scenario, world: World)
     connect_salesforce(world, user, scn.sandbox)
     crm = next(c for c in service.connections(world.srv, user) if c.name == "crm")
     assert not crm.needs_reconnect
+    assert service.jobs_overview(world.srv, user)[0].reconnect == []
 
 
 def test_a_provisioned_user_runs_as_a_queue_engine_calls_the_job(scn: Scenario, world: World):
@@ -201,3 +205,33 @@ def test_a_provisioned_user_runs_as_a_queue_engine_calls_the_job(scn: Scenario, 
     assert {e.summary for e in scn.records().values()} == {"From the calendar",
                                                            "From the CRM"}
     assert service.scheduled(world.store)[0].last_run is not None
+
+
+def test_a_conflict_is_decided_in_the_review(scn: Scenario, world: World):
+    user = add_user(world, "ana@example.com", {"calendar": scn.collections["calendar"]},
+                    scn.sandbox)
+    scn.put(Event(uid="both@t", summary="Planning", start=moment(START),
+                  end=moment(START + timedelta(hours=1))))
+    service.update_settings(world.srv, user, "calendar", {"mode": "auto", "conflict": "ask"})
+    assert run_queued(world) == [(user.id, "calendar", "synced")]
+    [crm] = scn.crm_query("SELECT Id FROM Event")
+    scn.crm_update("Event", crm["Id"], Subject="Planning (CRM)")
+    scn.edit("both@t", summary="Planning (calendar)")
+    service.update_settings(world.srv, user, "calendar", {"mode": "manual"})
+    service.sync_now(world.srv, user, "calendar")
+    assert run_queued(world) == [(user.id, "calendar", "review")]
+    plan = service.get_plan(world.srv, user, service.list_plans(world.srv, user)[0].id)
+    [step] = plan.steps
+    assert plan.counts == {"conflict": 1}
+    [conflict] = step["actions"]
+    assert conflict["conflicts"]["summary"] == {"crm": "Planning (CRM)",
+                                                "groupware": "Planning (calendar)"}
+    assert step["choices"][-2:] == ["crm", "groupware"]
+    service.choose(world.srv, user, plan.id, [step["key"]], "groupware")
+    service.confirm_plan(world.srv, user, plan.id)
+    assert run_queued(world) == [(user.id, "calendar", "applied")]
+    assert [r["Subject"] for r in scn.crm_query("SELECT Subject FROM Event")] == [
+        "Planning (calendar)"]
+    assert [e.summary for e in scn.records().values()] == ["Planning (calendar)"]
+    assert service.get_run(world.srv, user, service.get_plan(
+        world.srv, user, plan.id).run_id)["status"] == "ok"

@@ -124,7 +124,8 @@ def test_failed_sign_ins_are_limited_with_retry_after(world: World):
         answer = client.post("/api/session", json={"email": "ana@example.com",
                                                    "password": PASSWORD})
         assert answer.status_code == 429 and int(answer.headers["retry-after"]) > 0
-        page = client.post("/signin", data={"email": "ana@example.com", "password": PASSWORD})
+        page = client.post("/signin", data={"email": "ana@example.com", "password": PASSWORD,
+                                            "csrf_token": signin_token(client)})
         assert page.status_code == 429 and "too many" in page.text
 
 
@@ -146,6 +147,7 @@ def test_settings_through_the_api_with_locks(world: World):
                         json={"value": 99, "locked": True}).status_code == 400
         view = ana.get("/api/settings/calendar").json()
         assert view["values"]["past_days"] == 3 and view["locked"] == ["past_days"]
+        assert {f["name"] for f in view["fields"]} == set(view["values"])
         refused = ana.patch("/api/settings/calendar", json={"values": {"past_days": 4}})
         assert refused.status_code == 403 and refused.json()["setting"] == "past_days"
         assert ana.get("/api/settings/calendar").json()["values"]["past_days"] == 3
@@ -175,14 +177,30 @@ def test_settings_through_the_api_with_locks(world: World):
 def test_my_settings_page_shows_the_sync_jobs(world: World):
     add_user(world, "ana@example.com")
     with TestClient(web_app(world), base_url="https://testserver") as client:
+        # Without the sign-in form's own token (another site's form): refused.
+        forged = client.post("/signin", data={"email": "ana@example.com",
+                                              "password": PASSWORD, "csrf_token": "x"})
+        assert forged.status_code == 403 and COOKIE not in client.cookies
         signed = client.post("/signin", data={"email": "ana@example.com",
-                                              "password": PASSWORD}, follow_redirects=False)
+                                              "password": PASSWORD,
+                                              "csrf_token": signin_token(client)},
+                             follow_redirects=False)
         assert signed.status_code == 303 and "Secure" in signed.headers["set-cookie"]
         page = client.get("/")
         assert page.status_code == 200 and "Sync Jobs" in page.text
+        assert page.headers["x-frame-options"] == "DENY"
+        assert page.headers["cache-control"] == "no-store"
+        assert client.get("/api/jobs").headers["x-content-type-options"] == "nosniff"
         assert page.text.count("Never run") == 3 and page.text.count("Sync now") == 3
-        wrong = client.post("/signin", data={"email": "ana@example.com", "password": "nope"})
+        wrong = client.post("/signin", data={"email": "ana@example.com", "password": "nope",
+                                             "csrf_token": signin_token(client)})
         assert wrong.status_code == 401 and "Wrong email or password" in wrong.text
+
+
+def signin_token(client: TestClient) -> str:
+    """The sign-in form's CSRF token (its page sets the matching cookie)."""
+    page = client.get("/signin")
+    return re.search(r'name="csrf_token" value="([^"]+)"', page.text)[1]
 
 
 START = datetime.now(UTC).replace(microsecond=0, second=0) + timedelta(days=2)
@@ -199,6 +217,11 @@ def test_secrets_never_leave_the_server(scn: Scenario, tmp_path: Path,
     password = "dav-pass-" + tmp_path.name[-6:] + "Zq9"
     with TestClient(app, base_url="https://testserver") as client:
         csrf = sign_in(client, "ana@example.com")
+        found = client.post("/api/connections/groupware/discover", json={
+            "url": scn.radicale.url + "ana/", "username": "ana", "password": password})
+        assert found.status_code == 200, found.text
+        assert scn.collections["calendar"] in {c["url"] for c in found.json()["calendars"]}
+        assert scn.collections["contacts"] in {c["url"] for c in found.json()["addressbooks"]}
         answer = client.put("/api/connections/groupware", json={
             "calendar_url": scn.collections["calendar"], "username": "ana",
             "password": password})

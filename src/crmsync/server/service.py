@@ -23,10 +23,10 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, desc, insert, select, update
+from sqlalchemy import delete, desc, func, insert, select, update
 
 from crmsync import planfile
 from crmsync.connectors import connect
@@ -159,6 +159,8 @@ class SettingsView:
     own: dict[str, Any]  # what the user set themselves
     locked: list[str]
     defaults: dict[str, Any]  # the admin's defaults (without the built-in ones)
+    # What a form shows: each setting's name, input type, choices and help.
+    fields: list[dict[str, Any]] = field(default_factory=list)
 
 
 def get_settings(srv: Server, user: User, kind: str) -> SettingsView:
@@ -167,7 +169,8 @@ def get_settings(srv: Server, user: User, kind: str) -> SettingsView:
     admin = admin_rows(srv.store, k)
     own = profile.settings.get(k, {})
     return SettingsView(k, settings.merged(k, admin, own), dict(own), settings.locked(admin),
-                        {n: s.value for n, s in admin.items() if s.value is not None})
+                        {n: s.value for n, s in admin.items() if s.value is not None},
+                        settings.describe(k))
 
 
 def update_settings(srv: Server, user: User, kind: str,
@@ -205,6 +208,8 @@ class JobView:
     last_run: dict[str, Any] | None
     state: JobState | None  # queued | running | None
     review_plan: int | None  # a plan waiting for the user's review
+    # The connections this object uses that were refused: the user must reconnect them.
+    reconnect: list[str] = field(default_factory=list)
 
 
 def _last_runs(store: Store, profile_id: int) -> dict[str, dict[str, Any]]:
@@ -225,6 +230,9 @@ def jobs_overview(srv: Server, user: User) -> list[JobView]:
         waiting = {r.kind: r.id for r in conn.execute(
             select(plans.c.kind, plans.c.id).where(plans.c.user_id == user.id,
                                                    plans.c.status == "review"))}
+        refused = {r.name for r in conn.execute(
+            select(user_secrets.c.name).where(user_secrets.c.user_id == user.id,
+                                              user_secrets.c.error.is_not(None)))}
     out = []
     for kind in OBJECT_KINDS:
         policy = effective_policy(srv.store, profile, kind)
@@ -233,7 +241,8 @@ def jobs_overview(srv: Server, user: User) -> list[JobView]:
             policy.auto_every if policy.mode == "auto" else None, list(policy.auto_days),
             policy.auto_window, _run_summary(last.get(kind)),
             srv.queue.state(user.id, kind) if srv.queue is not None else None,
-            waiting.get(kind)))
+            waiting.get(kind),
+            [n for n in CONNECTIONS if n in refused and _endpoint(profile, n, kind)]))
     return out
 
 
@@ -291,18 +300,37 @@ def _dav_check(url: str, protocol: str, creds: Credentials) -> None:
     raise ConfigError(f"{url} is not a {what}" + (f"; found: {listed}" if listed else ""))
 
 
+def _http_url(url: str) -> str:
+    url = url.strip()
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{url!r} is not an http(s) URL")
+    return url
+
+
+def discover_dav(srv: Server, user: User, url: str, username: str | None,
+                 password: str | None, verify_tls: bool = True) -> dict[str, list[dict]]:
+    """The calendars and address books at a CalDAV/CardDAV server, to pick from; nothing
+    is saved. ``url``: the server, a principal, a home or a collection."""
+    from crmsync.connectors.dav import discover
+
+    creds = Credentials(username=username or None, password=password or None,
+                        verify=verify_tls)
+    found: dict[str, list[dict]] = {}
+    for protocol, key in (("caldav", "calendars"), ("carddav", "addressbooks")):
+        found[key] = [{"url": c.url, "name": c.name, "components": sorted(c.components)}
+                      for c in discover(_http_url(url), protocol, creds)]
+    return found
+
+
 def add_dav(srv: Server, user: User, urls: dict[str, str], username: str | None,
             password: str | None, verify_tls: bool = True) -> ConnectionView:
     """Connect a CalDAV/CardDAV account: each collection is tried before anything is saved.
 
     ``urls``: object -> collection URL (calendar and tasks: CalDAV; contacts: CardDAV).
     """
-    chosen = {_kind(k): u.strip() for k, u in urls.items() if u and u.strip()}
+    chosen = {_kind(k): _http_url(u) for k, u in urls.items() if u and u.strip()}
     if not chosen:
         raise ConfigError("give the URL of at least one calendar, task list or address book")
-    for url in chosen.values():
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"{url!r} is not an http(s) URL")
     creds = Credentials(username=username or None, password=password or None,
                         verify=verify_tls)
     endpoints = {}
@@ -543,6 +571,7 @@ def set_admin_setting(srv: Server, admin: User, kind: str, name: str, value: Any
     rows = admin_rows(srv.store, k)
     if value is not None:
         value = settings.check_value(name, value)
+    before = _modes(srv.store, k, rows)
     rows[name] = AdminSetting(value, locked)
     settings.check_admin(k, rows)
     c = admin_settings.c
@@ -551,16 +580,48 @@ def set_admin_setting(srv: Server, admin: User, kind: str, name: str, value: Any
         conn.execute(insert(admin_settings).values(
             kind=k, name=name, value=None if value is None else json.dumps(value),
             locked=locked, updated_at=now()))
+    _enqueue_enabled(srv, k, before, _modes(srv.store, k, rows))
     return admin_rows(srv.store, k)
+
+
+def _modes(store: Store, kind: ObjectKind,
+           admin: dict[str, AdminSetting]) -> dict[int, str | None]:
+    """Every active user's effective mode of ``kind`` under these admin rows (None: the
+    user's settings do not make a valid object under them)."""
+    out: dict[int, str | None] = {}
+    for user in accounts.list_users(store):
+        if user.disabled:
+            continue
+        own = _profile(store, user).settings.get(kind, {})
+        try:
+            out[user.id] = settings.effective(kind, admin, own).mode
+        except ConfigError:
+            out[user.id] = None
+    return out
+
+
+def _enqueue_enabled(srv: Server, kind: ObjectKind, before: dict[int, str | None],
+                     after: dict[int, str | None]) -> None:
+    """An admin default that turns an object on runs it at once for each user it enables."""
+    if srv.queue is None:
+        return
+    for user_id, mode in after.items():
+        if mode not in (None, "off") and before.get(user_id) in (None, "off"):
+            srv.queue.enqueue(user_id, kind, "enabled")
 
 
 def clear_admin_setting(srv: Server, admin: User, kind: str, name: str) -> None:
     require_admin(admin)
+    k = _kind(kind)
+    rows = admin_rows(srv.store, k)
+    if name not in rows:
+        raise NotFound(f"no admin default for {name!r}")
+    before = _modes(srv.store, k, rows)
+    del rows[name]
     c = admin_settings.c
     with srv.store.engine.begin() as conn:
-        if not conn.execute(delete(admin_settings).where(c.kind == _kind(kind),
-                                                         c.name == name)).rowcount:
-            raise NotFound(f"no admin default for {name!r}")
+        conn.execute(delete(admin_settings).where(c.kind == k, c.name == name))
+    _enqueue_enabled(srv, k, before, _modes(srv.store, k, rows))
 
 
 def paused(store: Store) -> bool:
@@ -787,10 +848,16 @@ def _keep_for_review(store: Store, syncer: Syncer, user: User, kind: ObjectKind,
                          now())
     body["choices"] = {}
     stamp = now()
+    cutoff = (datetime.now(UTC) - timedelta(days=max(syncer.keep_days, 1))
+              ).strftime("%Y-%m-%dT%H:%M:%SZ")
     with store.engine.begin() as conn:
         conn.execute(update(plans).where(plans.c.user_id == user.id, plans.c.kind == kind,
                                          plans.c.status == "review")
                      .values(status="stale", updated_at=stamp))
+        # Plans done with are kept as long as run reports are.
+        conn.execute(delete(plans).where(
+            plans.c.user_id == user.id, plans.c.updated_at < cutoff,
+            plans.c.status.in_(("stale", "discarded", "applied"))))
         plan_id = conn.execute(insert(plans).values(
             user_id=user.id, kind=kind, status="review", body=planfile.dumps(body),
             created_at=stamp, updated_at=stamp).returning(plans.c.id)).scalar_one()
@@ -800,29 +867,56 @@ def _keep_for_review(store: Store, syncer: Syncer, user: User, kind: ObjectKind,
 
 def scheduled(store: Store) -> list[Scheduled]:
     """Every connected object of an active user whose effective mode is auto (none while
-    the server is paused), with its effective policy and last finished run's start."""
+    the server is paused), with its effective policy and last finished run's start.
+
+    Asked every tick: the admin rows are read once, users with their profiles in one
+    query, and the run history only of users who have an object on a schedule.
+    """
     if paused(store):
         return []
-    out = []
-    for user in accounts.list_users(store):
-        if user.disabled:
-            continue
-        profile = _profile(store, user)
-        last = store.last_runs(profile.id)
+    admin = {kind: admin_rows(store, kind) for kind in OBJECT_KINDS}
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            select(users.c.id.label("user_id"), profiles)
+            .join(profiles, profiles.c.id == users.c.profile_id)
+            .where(users.c.disabled.is_(False)).order_by(users.c.id)).all()
+    wanted: list[tuple[int, int, ObjectKind, Policy]] = []
+    for row in rows:
+        profile = Profile(row.id, row.name, row.crm, row.groupware, json.loads(row.objects),
+                          json.loads(row.settings or "{}"))
         for kind in OBJECT_KINDS:
             try:
-                policy = effective_policy(store, profile, kind)
+                policy = settings.effective(kind, admin[kind], profile.settings.get(kind, {}))
             except ConfigError:
-                log.warning("user %d: the settings of %s are invalid", user.id, kind)
+                log.warning("user %d: the settings of %s are invalid", row.user_id, kind)
                 continue
-            if policy.mode != "auto" or not _connected(profile, kind):
-                continue
-            run = last.get(kind)
-            started = (datetime.strptime(run["started_at"], "%Y-%m-%dT%H:%M:%SZ")
-                       .replace(tzinfo=UTC) if run else None)
-            out.append(Scheduled(user.id, kind, policy, started))
+            if policy.mode == "auto" and _connected(profile, kind):
+                wanted.append((row.user_id, profile.id, kind, policy))
+    last = _last_starts(store, sorted({w[1] for w in wanted}))
+    out = []
+    for user_id, profile_id, kind, policy in wanted:
+        started = last.get((profile_id, kind))
+        out.append(Scheduled(user_id, kind, policy, datetime.strptime(
+            started, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) if started else None))
     return out
 
+
+def _last_starts(store: Store, profile_ids: list[int]) -> dict[tuple[int, str], str]:
+    """The start of each (profile, object)'s last finished, non-dry run, in one query per
+    500 profiles (a server's runs are of one object each; a CLI run's of several)."""
+    out: dict[tuple[int, str], str] = {}
+    c = runs.c
+    with store.engine.connect() as conn:
+        for start in range(0, len(profile_ids), 500):
+            query = (select(c.profile_id, c.objects, func.max(c.started_at))
+                     .where(c.profile_id.in_(profile_ids[start:start + 500]),
+                            c.dry_run.is_(False), c.status != "running")
+                     .group_by(c.profile_id, c.objects))
+            for profile_id, objects, started in conn.execute(query):
+                for kind in json.loads(objects):
+                    if started > out.get((profile_id, kind), ""):
+                        out[(profile_id, kind)] = started
+    return out
 
 def make_user(store: Store, n: int, caldav: dict[str, str], salesforce: dict[str, str],
               vault: Vault | None = None) -> User:

@@ -11,6 +11,7 @@ by :class:`crmsync.policy.Policy` with the rest of the object's settings.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -41,7 +42,13 @@ class AdminSetting:
 
 def builtin(kind: ObjectKind) -> dict[str, Any]:
     """The built-in defaults: every object off until its user (or an admin) turns it on."""
-    return Policy.default_for(kind).to_dict()
+    return dict(_builtin(kind))
+
+
+@functools.cache
+def _builtin(kind: ObjectKind) -> tuple[tuple[str, Any], ...]:
+    # Made once per process: the scheduler merges every user's settings each tick.
+    return tuple(Policy.default_for(kind).to_dict().items())
 
 
 def check_value(name: str, value: Any) -> Any:
@@ -128,3 +135,74 @@ def check_admin(kind: ObjectKind, admin: Mapping[str, AdminSetting]) -> None:
         if setting.value is not None:
             check_value(name, setting.value)
     effective(kind, admin, {})
+
+
+# --- what a settings form shows -------------------------------------------------------------
+
+_HELP: dict[str, str] = {
+    "mode": "off: not synced; manual: every run waits for your review; auto: on the "
+            "schedule below; record (calendar): only events you record go to the CRM.",
+    "conflict": "When both sides changed the same field: the newest change wins, the CRM "
+                "or the groupware always wins, or ask (the item waits for a decision).",
+    "delete_vs_update": "When one side deleted an item the other changed: keep the updated "
+                        "item, the CRM or the groupware is master, or the deletion wins.",
+    "prevent": "Operations never done, whatever the other rules say.",
+    "mass_delete_share": "A run that would delete more than this share of a side's items "
+                         "(and more than the minimum below) stops and asks.",
+    "mass_delete_min": "The mass-delete guard trips only above this many deletions.",
+    "past_days": "Days back that are synced (at most 30).",
+    "future_days": "Days ahead that are synced (at most 365).",
+    "auto_every": "Auto sync: minutes between runs (at least 30).",
+    "auto_days": "Auto sync: the weekdays it runs on.",
+    "auto_window": "Auto sync: the daily hours it runs in, HH:MM-HH:MM (00:00-24:00 is all "
+                   "day), in your time zone.",
+    "timezone": "Your time zone (IANA name, e.g. Europe/Berlin): the schedule and times.",
+    "include_private": "Sync items marked private too (they stay home by default).",
+    "exclude_category": "Items with this category are not synced (empty: no such check).",
+    "exclude_attendee": "Events with this smart address among the attendees are not "
+                        "synced (empty: no such check).",
+    "shared": "A shared calendar: every item not marked private syncs.",
+    "selection": "Which new calendar events go to the CRM: all; only those with a person "
+                 "the CRM knows (matched); only those designated by category or smart "
+                 "address.",
+    "match_alternate_emails": "Matched: secondary email fields of Contacts and Leads count.",
+    "crm_category": "Designated: the category that sends an event to the CRM.",
+    "smart_address": "Designated: the attendee address that sends an event to the CRM.",
+    "record": "Allow recording single events into the CRM.",
+}
+# Settings only the calendar has.
+CALENDAR_ONLY = frozenset({"selection", "match_alternate_emails", "crm_category",
+                           "smart_address", "record"})
+
+
+def describe(kind: ObjectKind) -> list[dict[str, Any]]:
+    """Each setting of ``kind`` for a form: name, input type, choices and help."""
+    from typing import get_args
+
+    from crmsync.policy import (
+        PREVENT_SWITCHES,
+        WEEKDAYS,
+        ConflictRule,
+        DeleteRule,
+        Mode,
+        Selection,
+    )
+
+    choices: dict[str, tuple[str, ...]] = {
+        "mode": tuple(m for m in get_args(Mode) if m != "record" or kind == "calendar"),
+        "conflict": get_args(ConflictRule), "delete_vs_update": get_args(DeleteRule),
+        "selection": get_args(Selection), "prevent": PREVENT_SWITCHES, "auto_days": WEEKDAYS}
+    out = []
+    for name in sorted(NAMES, key=lambda n: n != "mode"):
+        if name in CALENDAR_ONLY and kind != "calendar":
+            continue
+        declared = _TYPES[name]
+        if name in ("prevent", "auto_days"):
+            input_type = "choices"
+        elif name in choices:
+            input_type = "choice"
+        else:
+            input_type = {"bool": "bool", "int": "int", "float": "float"}.get(declared, "text")
+        out.append({"name": name, "type": input_type, "choices": list(choices.get(name, ())),
+                    "help": _HELP.get(name, "")})
+    return out

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyCookie, APIKeyHeader
 
 from crmsync.errors import ConfigError, ConnectionFailed
 from crmsync.server import accounts
@@ -49,6 +51,7 @@ def create_app(store: Store, queue: JobQueue | None, *, vault: Vault,
     app.state.secure_cookies = secure_cookies
     app.state.public_url = public_url.rstrip("/") if public_url else None
     _errors(app)
+    _headers(app)
     app.include_router(api.router)
     if pages:
         from crmsync.server.web import pages as pages_module
@@ -65,7 +68,16 @@ def current_session(request: Request) -> Session | None:
     return accounts.session_of(server(request).store, request.cookies.get(COOKIE))
 
 
-def signed_in(request: Request) -> Session:
+# Declared for the OpenAPI schema: the session cookie, and the CSRF header that unsafe
+# methods need. The checks themselves are signed_in's.
+_cookie = APIKeyCookie(name=COOKIE, auto_error=False, description="The session, set by "
+                       "POST /api/session.")
+_csrf = APIKeyHeader(name=CSRF_HEADER, auto_error=False, description="The session's "
+                     "csrf_token; required on POST, PUT, PATCH and DELETE.")
+
+
+def signed_in(request: Request, _token: Annotated[str | None, Depends(_cookie)] = None,
+              _sent: Annotated[str | None, Depends(_csrf)] = None) -> Session:
     """The API's guard: a session (401 otherwise) and, for unsafe methods, its CSRF token
     in the header (403 otherwise)."""
     session = current_session(request)
@@ -81,6 +93,22 @@ def set_session_cookie(request: Request, response, token: str) -> None:
     response.set_cookie(COOKIE, token, max_age=accounts.SESSION_DAYS * 86400, path="/",
                         httponly=True, samesite="lax",
                         secure=request.app.state.secure_cookies)
+
+
+def _headers(app: FastAPI) -> None:
+    """Headers every answer carries: no framing by other sites (clickjacking), no content
+    sniffing, no address leaking in Referer, and nothing personal kept in caches."""
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        if not request.url.path.startswith(("/docs", "/redoc", "/openapi.json")):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
 
 
 def _errors(app: FastAPI) -> None:

@@ -27,8 +27,10 @@ from crmsync.server.web.models import (
     AdminUserOut,
     AuthorizeOut,
     Choose,
+    Collections,
     ConnectionOut,
     DavAccount,
+    DavServer,
     Error,
     IgnoreKey,
     IgnoreOut,
@@ -131,6 +133,14 @@ def connect_groupware(body: DavAccount, session: Auth, request: Request) -> dict
     return asdict(service.add_dav(server(request), session.user,
                                   {k: v for k, v in urls.items() if v}, body.username,
                                   body.password, body.verify_tls))
+
+
+@router.post("/connections/groupware/discover", response_model=Collections,
+             tags=["connections"])
+def discover_groupware(body: DavServer, session: Auth, request: Request) -> dict[str, Any]:
+    """The calendars and address books at a server, to pick from (nothing is saved)."""
+    return service.discover_dav(server(request), session.user, body.url, body.username,
+                                body.password, body.verify_tls)
 
 
 def _callback_url(request: Request) -> str:

@@ -57,18 +57,28 @@ class JobOut(BaseModel):
     last_run: RunSummary | None
     state: Literal["queued", "running"] | None
     review_plan: int | None
+    reconnect: list[str] = Field(description="Connections of this object that were "
+                                 "refused (e.g. an expired token): reconnect them.")
 
 
 class JobState(BaseModel):
     state: Literal["queued", "running"]
 
 
+class SettingField(BaseModel):
+    name: str
+    type: Literal["choice", "choices", "bool", "int", "float", "text"]
+    choices: list[str]
+    help: str
+
+
 class SettingsOut(BaseModel):
     kind: str
-    values: dict[str, Any]
-    own: dict[str, Any]
-    locked: list[str]
-    defaults: dict[str, Any]
+    values: dict[str, Any] = Field(description="The effective settings.")
+    own: dict[str, Any] = Field(description="What the user set themselves.")
+    locked: list[str] = Field(description="Settings an admin locked: shown, not changed.")
+    defaults: dict[str, Any] = Field(description="The admin's defaults.")
+    fields: list[SettingField]
 
 
 class SettingsChange(Strict):
@@ -92,6 +102,25 @@ class DavAccount(Strict):
     username: str | None = Field(default=None, max_length=300)
     password: str | None = Field(default=None, max_length=1000)
     verify_tls: bool = True
+
+
+class DavServer(Strict):
+    url: str = Field(max_length=2000, description="The server, a principal, a home or a "
+                     "collection.")
+    username: str | None = Field(default=None, max_length=300)
+    password: str | None = Field(default=None, max_length=1000)
+    verify_tls: bool = True
+
+
+class Collection(BaseModel):
+    url: str
+    name: str
+    components: list[str]
+
+
+class Collections(BaseModel):
+    calendars: list[Collection]
+    addressbooks: list[Collection]
 
 
 class AuthorizeOut(BaseModel):

@@ -7,6 +7,8 @@ browser to the sign-in page.
 
 from __future__ import annotations
 
+import hmac
+import secrets
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, HTTPException, Request
@@ -24,6 +26,9 @@ from crmsync.server.web import (
 )
 
 router = APIRouter(include_in_schema=False)
+# The sign-in form has no session yet: its CSRF token is a random value in a cookie of its
+# own, echoed by the form (double submit), so no other site can sign a browser in.
+SIGNIN_COOKIE = "crmsync_signin"
 templates = Jinja2Templates(directory=str(TEMPLATES))
 
 
@@ -40,26 +45,39 @@ def _form_session(request: Request, csrf_token: str) -> Session:
     return session
 
 
+def _signin_page(request: Request, status: int = 200, error: str | None = None) -> HTMLResponse:
+    token = secrets.token_urlsafe(24)
+    page = _render(request, "signin.html", status, error=error, csrf_token=token)
+    page.set_cookie(SIGNIN_COOKIE, token, max_age=3600, path="/signin", httponly=True,
+                    samesite="strict", secure=request.app.state.secure_cookies)
+    return page
+
+
 @router.get("/signin", response_class=HTMLResponse)
 def signin_page(request: Request) -> HTMLResponse:
-    return _render(request, "signin.html", error=None)
+    return _signin_page(request)
 
 
 @router.post("/signin")
 def signin(request: Request, email: Annotated[str, Form(max_length=254)],
-           password: Annotated[str, Form(max_length=1024)]) -> Response:
+           password: Annotated[str, Form(max_length=1024)],
+           csrf_token: Annotated[str, Form(max_length=100)] = "") -> Response:
+    expected = request.cookies.get(SIGNIN_COOKIE, "")
+    if not expected or not hmac.compare_digest(expected.encode(), csrf_token.encode()):
+        return _signin_page(request, 403, "The form expired; please sign in again.")
     address = request.client.host if request.client else "unknown"
     try:
         user = accounts.authenticate(server(request).store, email, password, address)
     except RateLimited as exc:
-        page = _render(request, "signin.html", 429, error=str(exc))
+        page = _signin_page(request, 429, str(exc))
         page.headers["Retry-After"] = str(exc.retry_after)
         return page
     if user is None:
-        return _render(request, "signin.html", 401, error="Wrong email or password.")
+        return _signin_page(request, 401, "Wrong email or password.")
     token, _ = accounts.start_session(server(request).store, user)
     response = RedirectResponse("/", status_code=303)
     set_session_cookie(request, response, token)
+    response.delete_cookie(SIGNIN_COOKIE, path="/signin")
     return response
 
 
