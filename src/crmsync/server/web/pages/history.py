@@ -1,0 +1,5 @@
+"""history pages."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,5 @@
+"""review pages."""
+
+from fastapi import APIRouter
+
+router = APIRouter()
