@@ -33,7 +33,7 @@ from textual.widgets import Button, DataTable, Footer, Header, Static
 
 from crmsync.merge import SEP, flatten
 from crmsync.plan import SIDE_NAME, WINNERS, Action, Choice, Decisions, Plan, Step
-from crmsync.show import ARROWS, STYLE, count_parts
+from crmsync.show import ARROWS, STYLE, review_summary
 
 # From a Decisions to the plans it gives (Syncer.decide): for the rows and the summary.
 Preview = Callable[[Decisions], list[Plan]]
@@ -44,12 +44,6 @@ CHOICE_CELL = {
     "ignore-until-change": ("⏸ ignored until a change", "blue"),
     "ignore-forever": ("⊘ ignored forever", "blue"),
 }
-# How the summary names n actions of one kind: (one, several).
-_WORDS = {"create": ("create", "creates"), "update": ("update", "updates"),
-          "delete": ("delete", "deletes"), "failed": ("failure", "failures"),
-          "conflict": ("conflict left for later", "conflicts left for later")}
-
-
 def review(plans: Sequence[Plan], preview: Preview, title: str = "crmsync") -> Decisions | None:
     """Show the review on the terminal; the decisions once confirmed, None if cancelled."""
     return ReviewApp(plans, preview, title).run()
@@ -139,15 +133,11 @@ def detail_text(kind: str, step: Step) -> Text:
 def summary(plans: Sequence[Plan], decisions: Decisions) -> str:
     """ "12 creates in CRM, 3 updates in groupware, 1 delete in groupware; 2 excluded" """
     # Excluded and ignored steps are skips: counted from the decisions.
-    parts = count_parts(plans, _WORDS, leave_out=("skip", "link"))
-    chosen: dict[str, int] = defaultdict(int)
-    for choice in decisions.choices.values():
-        chosen[choice] += 1
-    notes = [f"{chosen[c]} {what}" for c, what in (
-        ("exclude", "excluded"), ("ignore-until-change", "ignored until a change"),
-        ("ignore-forever", "ignored forever")) if chosen[c]]
-    text = ", ".join(parts) or "nothing to write"
-    return f"{text}; {', '.join(notes)}" if notes else text
+    totals: dict[str, int] = defaultdict(int)
+    for plan in plans:
+        for code, n in plan.counts().items():
+            totals[code] += n
+    return review_summary(totals, decisions.choices.values())
 
 
 # --- the screens ------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ groupware item.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from crmsync.plan import SIDE_NAME, Action, Plan, Step
@@ -73,14 +73,44 @@ def count_parts(plans: Sequence[Plan], words: dict[str, tuple[str, str]] | None 
     for plan in plans:
         for code, n in plan.counts().items():
             totals[code] += n
+    return parts_of(totals, words, leave_out)
+
+
+def parts_of(totals: Mapping[str, int], words: dict[str, tuple[str, str]] | None = None,
+             leave_out: Collection[str] = ()) -> list[str]:
+    """Action counts by code (``"create:crm"``, ``"conflict"``) as words, in code order;
+    for plans at hand and for the server's saved plans alike."""
     parts = []
     for code, n in sorted(totals.items()):
         op, _, side = code.partition(":")
-        if op in leave_out:
+        if op in leave_out or not n:
             continue
         where = f" in {SIDE_NAME[side]}" if side in SIDE_NAME else ""
         parts.append(f"{n} {(words or {}).get(op, (op, op))[n != 1]}{where}")
     return parts
+
+
+# How a review's summary names n actions of one kind: (one, several).
+REVIEW_WORDS = {"create": ("create", "creates"), "update": ("update", "updates"),
+                "delete": ("delete", "deletes"), "failed": ("failure", "failures"),
+                "conflict": ("conflict left for later", "conflicts left for later")}
+
+
+def review_summary(totals: Mapping[str, int], choices: Iterable[str]) -> str:
+    """What a reviewed plan writes, with the rows left out by a choice:
+    "12 creates in CRM, 3 updates in groupware, 1 delete in groupware; 2 excluded".
+
+    ``totals``: action counts once the choices are applied; ``choices``: every row's
+    choice (include and the conflict winners count as nothing here)."""
+    parts = parts_of(totals, REVIEW_WORDS, leave_out=("skip", "link"))
+    chosen: dict[str, int] = defaultdict(int)
+    for choice in choices:
+        chosen[choice] += 1
+    notes = [f"{chosen[c]} {what}" for c, what in (
+        ("exclude", "excluded"), ("ignore-until-change", "ignored until a change"),
+        ("ignore-forever", "ignored forever")) if chosen[c]]
+    text = ", ".join(parts) or "nothing to write"
+    return f"{text}; {', '.join(notes)}" if notes else text
 
 
 def plan_table(plan: Plan, limit: int = 100):

@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.security import APIKeyCookie, APIKeyHeader
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crmsync.errors import ConfigError, ConnectionFailed
 from crmsync.server import accounts
@@ -32,6 +35,7 @@ CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 TEMPLATES = Path(__file__).with_name("templates")
+STATIC = Path(__file__).with_name("static")
 
 
 def create_app(store: Store, queue: JobQueue | None, *, vault: Vault,
@@ -50,6 +54,7 @@ def create_app(store: Store, queue: JobQueue | None, *, vault: Vault,
     app.state.srv = Server(store, vault, queue, salesforce)
     app.state.secure_cookies = secure_cookies
     app.state.public_url = public_url.rstrip("/") if public_url else None
+    app.state.pages = pages
     _errors(app)
     _headers(app)
     app.include_router(api.router)
@@ -57,6 +62,7 @@ def create_app(store: Store, queue: JobQueue | None, *, vault: Vault,
         from crmsync.server.web import pages as pages_module
 
         app.include_router(pages_module.router)
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
 
@@ -111,32 +117,53 @@ def _headers(app: FastAPI) -> None:
         return response
 
 
+def _is_page(request: Request) -> bool:
+    return not request.url.path.startswith("/api/") and request.app.state.pages
+
+
 def _errors(app: FastAPI) -> None:
-    def answer(status: int, exc: Exception, **extra: object) -> JSONResponse:
+    """The service's errors as HTTP: JSON for the API, a page for the pages (a page that
+    is not signed in goes to the sign-in page)."""
+
+    def answer(request: Request, status: int, exc: Exception, **extra: object) -> Response:
+        if _is_page(request):
+            from crmsync.server.web.pages.common import render
+
+            return render(request, "error.html", status, status_code=status,
+                          message=str(exc))
         return JSONResponse({"detail": str(exc), **extra}, status_code=status)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if not _is_page(request):
+            return await http_exception_handler(request, exc)
+        if exc.status_code == 401:
+            return RedirectResponse("/signin", status_code=303)
+        return answer(request, exc.status_code, Exception(exc.detail))
+
     @app.exception_handler(NotFound)
-    async def not_found(_request: Request, exc: NotFound) -> JSONResponse:
-        return answer(404, exc)
+    async def not_found(request: Request, exc: NotFound) -> Response:
+        return answer(request, 404, exc)
 
     @app.exception_handler(Forbidden)
-    async def forbidden(_request: Request, exc: Forbidden) -> JSONResponse:
-        return answer(403, exc)
+    async def forbidden(request: Request, exc: Forbidden) -> Response:
+        return answer(request, 403, exc)
 
     @app.exception_handler(LockedSetting)
-    async def locked(_request: Request, exc: LockedSetting) -> JSONResponse:
-        return answer(403, exc, setting=exc.name)
+    async def locked(request: Request, exc: LockedSetting) -> Response:
+        return answer(request, 403, exc, setting=exc.name)
 
     @app.exception_handler(ConfigError)
-    async def config(_request: Request, exc: ConfigError) -> JSONResponse:
-        return answer(400, exc)
+    async def config(request: Request, exc: ConfigError) -> Response:
+        return answer(request, 400, exc)
 
     @app.exception_handler(ConnectionFailed)
-    async def connection(_request: Request, exc: ConnectionFailed) -> JSONResponse:
+    async def connection(request: Request, exc: ConnectionFailed) -> Response:
         # The connection test of a new account, or Salesforce refusing the code.
-        return answer(400, f"the connection failed: {exc}")
+        return answer(request, 400, ConnectionFailed(f"the connection failed: {exc}"))
 
     @app.exception_handler(RateLimited)
-    async def limited(_request: Request, exc: RateLimited) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=429,
-                            headers={"Retry-After": str(exc.retry_after)})
+    async def limited(request: Request, exc: RateLimited) -> Response:
+        response = answer(request, 429, exc)
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.responses import RedirectResponse
 
+from crmsync.errors import ConfigError, ConnectionFailed
 from crmsync.server import accounts, service
 from crmsync.server.accounts import Session
 from crmsync.server.web import (
@@ -164,13 +165,22 @@ def salesforce_callback(request: Request,
                         code: Annotated[str | None, Query(max_length=2000)] = None,
                         error: Annotated[str | None, Query(max_length=500)] = None
                         ) -> RedirectResponse:
-    """Where Salesforce sends the browser back; then on to My Settings."""
+    """Where Salesforce sends the browser back; then on to My Settings. A browser that
+    asks for HTML gets a failure as the Connections page, with what went wrong."""
     session = current_session(request)
     if session is None:
         raise HTTPException(401, "sign in first")
-    service.salesforce_callback(server(request), session.user, session.csrf_token,
-                                state=state, code=code, error=error,
-                                redirect_uri=_callback_url(request))
+    try:
+        service.salesforce_callback(server(request), session.user, session.csrf_token,
+                                    state=state, code=code, error=error,
+                                    redirect_uri=_callback_url(request))
+    except (ConfigError, ConnectionFailed) as exc:
+        if not (request.app.state.pages and "text/html" in request.headers.get("accept", "")):
+            raise
+        from crmsync.server.web.pages.connections import connections_page
+
+        return connections_page(request, 400, f"Salesforce was not connected: {exc}",
+                                "crm")  # type: ignore[return-value]
     return RedirectResponse("/?connected=crm", status_code=303)
 
 
