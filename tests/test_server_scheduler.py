@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -201,3 +204,19 @@ def test_the_scheduler_thread_ticks_until_stopped(store: Store):
     last_run[1] = datetime.now(UTC) - timedelta(hours=2)
     time.sleep(0.2)
     assert queued(store) == []
+
+
+def test_the_scale_commands_explain_themselves_and_want_postgresql(tmp_path: Path):
+    def crmsync(*args: str) -> subprocess.CompletedProcess[str]:
+        env = os.environ | {"CRMSYNC_HOME": str(tmp_path)}
+        env.pop("CRMSYNC_DATABASE", None)
+        return subprocess.run([sys.executable, "-m", "crmsync", *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    for command in ("worker", "scheduler"):
+        shown = crmsync(command, "--help")
+        assert shown.returncode == 0 and "--database" in shown.stdout
+        assert "--job" not in shown.stdout and "--candidates" not in shown.stdout  # advanced
+    refused = crmsync("scheduler", "--once", "--database", f"sqlite:///{tmp_path}/s.db")
+    assert refused.returncode == 2
+    assert "needs PostgreSQL" in refused.stderr
