@@ -226,7 +226,7 @@ def test_a_conflict_is_decided_in_the_review(scn: Scenario, world: World):
     [conflict] = step["actions"]
     assert conflict["conflicts"]["summary"] == {"crm": "Planning (CRM)",
                                                 "groupware": "Planning (calendar)"}
-    assert step["choices"][-2:] == ["crm", "groupware"]
+    assert step["choices"][-3:] == ["crm", "groupware", "both"]
     service.choose(world.srv, user, plan.id, [step["key"]], "groupware")
     service.confirm_plan(world.srv, user, plan.id)
     assert run_queued(world) == [(user.id, "calendar", "applied")]
@@ -235,3 +235,27 @@ def test_a_conflict_is_decided_in_the_review(scn: Scenario, world: World):
     assert [e.summary for e in scn.records().values()] == ["Planning (calendar)"]
     assert service.get_run(world.srv, user, service.get_plan(
         world.srv, user, plan.id).run_id)["status"] == "ok"
+
+
+def test_keep_both_in_the_review_copies_each_version_to_the_other_side(scn: Scenario,
+                                                                       world: World):
+    user = add_user(world, "ana@example.com", {"calendar": scn.collections["calendar"]},
+                    scn.sandbox)
+    scn.put(Event(uid="both@t", summary="Planning", start=moment(START),
+                  end=moment(START + timedelta(hours=1))))
+    service.update_settings(world.srv, user, "calendar", {"mode": "auto", "conflict": "ask"})
+    assert run_queued(world) == [(user.id, "calendar", "synced")]
+    [crm] = scn.crm_query("SELECT Id FROM Event")
+    scn.crm_update("Event", crm["Id"], Subject="Planning (CRM)")
+    scn.edit("both@t", summary="Planning (calendar)")
+    service.update_settings(world.srv, user, "calendar", {"mode": "manual"})
+    service.sync_now(world.srv, user, "calendar")
+    assert run_queued(world) == [(user.id, "calendar", "review")]
+    plan = service.list_plans(world.srv, user)[0]
+    [step] = service.get_plan(world.srv, user, plan.id).steps
+    service.choose(world.srv, user, plan.id, [step["key"]], "both")
+    service.confirm_plan(world.srv, user, plan.id)
+    assert run_queued(world) == [(user.id, "calendar", "applied")]
+    both = ["Planning (CRM)", "Planning (calendar)"]
+    assert sorted(r["Subject"] for r in scn.crm_query("SELECT Subject FROM Event")) == both
+    assert sorted(e.summary for e in scn.records().values()) == both

@@ -34,7 +34,7 @@ from crmsync.connectors.base import Connector, Credentials, Side
 from crmsync.connectors.sfapi import LOGIN_URL, authorize_url
 from crmsync.errors import ConfigError, ConnectionFailed, CrmsyncError
 from crmsync.model import OBJECT_KINDS, ObjectKind
-from crmsync.plan import CHOICES, Decisions
+from crmsync.plan import CHOICES, WINNERS, Decisions
 from crmsync.policy import Policy
 from crmsync.server import accounts, settings
 from crmsync.server.accounts import User
@@ -441,7 +441,7 @@ def _plan_row(store: Store, user: User, plan_id: int):
 def _step_choices(step: dict[str, Any]) -> list[str]:
     out = ["include", "exclude", "ignore-until-change", "ignore-forever"]
     if any(a["op"] == "conflict" for a in step["actions"]):
-        out += ["crm", "groupware"]
+        out += list(WINNERS)
     return out
 
 

@@ -30,7 +30,8 @@ CHOICE_LABEL = {"include": "Include", "exclude": "Exclude (skip this time)",
                 "ignore-until-change": "Ignore until a change",
                 "ignore-forever": "Ignore forever",
                 "crm": "Keep the CRM's (CRM wins)",
-                "groupware": "Keep the groupware's (groupware wins)"}
+                "groupware": "Keep the groupware's (groupware wins)",
+                "both": "Keep both (each copied to the other side)"}
 FILTERS = ("all", "create", "update", "delete", "conflict", "skip")
 
 
@@ -53,6 +54,11 @@ def summary(plan: PlanView) -> str:
             continue
         for action in step["actions"]:
             code = code_of(action)
+            if action["op"] == "conflict" and choice == "both":
+                # Each item is copied to the other side.
+                totals["create:crm"] += 1
+                totals["create:groupware"] += 1
+                continue
             if action["op"] == "conflict" and choice in ("crm", "groupware"):
                 # The winner's values are written to the other side.
                 code = "update:" + ("groupware" if choice == "crm" else "crm")
