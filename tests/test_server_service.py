@@ -207,7 +207,9 @@ def test_a_provisioned_user_runs_as_a_queue_engine_calls_the_job(scn: Scenario, 
     assert service.scheduled(world.store)[0].last_run is not None
 
 
-def test_a_conflict_is_decided_in_the_review(scn: Scenario, world: World):
+def conflict_in_review(scn: Scenario, world: World):
+    """A user whose calendar event changed on both sides (rule "ask"), and the manual
+    sync's plan that waits for the review: (user, plan, its one step)."""
     user = add_user(world, "ana@example.com", {"calendar": scn.collections["calendar"]},
                     scn.sandbox)
     scn.put(Event(uid="both@t", summary="Planning", start=moment(START),
@@ -222,6 +224,11 @@ def test_a_conflict_is_decided_in_the_review(scn: Scenario, world: World):
     assert run_queued(world) == [(user.id, "calendar", "review")]
     plan = service.get_plan(world.srv, user, service.list_plans(world.srv, user)[0].id)
     [step] = plan.steps
+    return user, plan, step
+
+
+def test_a_conflict_is_decided_in_the_review(scn: Scenario, world: World):
+    user, plan, step = conflict_in_review(scn, world)
     assert plan.counts == {"conflict": 1}
     [conflict] = step["actions"]
     assert conflict["conflicts"]["summary"] == {"crm": "Planning (CRM)",
@@ -239,20 +246,7 @@ def test_a_conflict_is_decided_in_the_review(scn: Scenario, world: World):
 
 def test_keep_both_in_the_review_copies_each_version_to_the_other_side(scn: Scenario,
                                                                        world: World):
-    user = add_user(world, "ana@example.com", {"calendar": scn.collections["calendar"]},
-                    scn.sandbox)
-    scn.put(Event(uid="both@t", summary="Planning", start=moment(START),
-                  end=moment(START + timedelta(hours=1))))
-    service.update_settings(world.srv, user, "calendar", {"mode": "auto", "conflict": "ask"})
-    assert run_queued(world) == [(user.id, "calendar", "synced")]
-    [crm] = scn.crm_query("SELECT Id FROM Event")
-    scn.crm_update("Event", crm["Id"], Subject="Planning (CRM)")
-    scn.edit("both@t", summary="Planning (calendar)")
-    service.update_settings(world.srv, user, "calendar", {"mode": "manual"})
-    service.sync_now(world.srv, user, "calendar")
-    assert run_queued(world) == [(user.id, "calendar", "review")]
-    plan = service.list_plans(world.srv, user)[0]
-    [step] = service.get_plan(world.srv, user, plan.id).steps
+    user, plan, step = conflict_in_review(scn, world)
     service.choose(world.srv, user, plan.id, [step["key"]], "both")
     service.confirm_plan(world.srv, user, plan.id)
     assert run_queued(world) == [(user.id, "calendar", "applied")]

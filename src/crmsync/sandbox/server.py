@@ -9,58 +9,28 @@ and ``sf.refresh_token`` (or the JWT key) instead.
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import ssl
-import tempfile
-import threading
-import time
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import uvicorn
-
-from crmsync.sandbox import tls
 from crmsync.sandbox.app import create_app
 from crmsync.sandbox.db import Org
+from crmsync.sandbox.serving import TlsServer
 from crmsync.sandbox.state import State
 
 if TYPE_CHECKING:
     import httpx
 
-STARTUP_TIMEOUT = 15.0
-
-
-class Sandbox:
+class Sandbox(TlsServer):
     """A local Salesforce org over HTTPS. ``db_path`` None keeps the data in memory; with a
     path, records, tokens, client id/secret and keys (``<db>.keys/``) survive restarts."""
 
     def __init__(self, db_path: str | Path | None = None, daily_limit: int = 15000,
                  port: int = 0, host: str = "127.0.0.1") -> None:
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        if db_path is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="crmsync-sandbox-")
-            keys = Path(self._tmp.name)
-        else:
-            keys = Path(db_path).with_suffix(".keys")
-        self.files = tls.ensure(keys)
+        super().__init__(db_path, port, host, prefix="crmsync-sandbox-")
         self.org = Org(db_path, daily_limit)
-        self.host = host
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((host, port))
-        self.port: int = self._sock.getsockname()[1]
-        self.url = f"https://{host}:{self.port}"
         self.state = State(self.org, self.url, self.files.jwt_cert.read_bytes())
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
 
     # --- what a client needs ------------------------------------------------------------
-
-    @property
-    def ca_path(self) -> str:
-        return str(self.files.ca_cert)
 
     @property
     def jwt_private_key_path(self) -> str:
@@ -86,10 +56,6 @@ class Sandbox:
     def refresh_token(self) -> str:
         return self.state.ready_refresh_token()
 
-    def ssl_context(self) -> ssl.SSLContext:
-        """A client context that trusts the sandbox's CA (for ``httpx``'s ``verify=``)."""
-        return ssl.create_default_context(cafile=self.ca_path)
-
     def client(self, timeout: float = 30.0) -> httpx.Client:
         """An httpx client on the sandbox, logged in as its user (by the refresh token):
         what a CRM user or a test needs to enter and inspect records."""
@@ -112,50 +78,10 @@ class Sandbox:
 
     # --- life cycle ---------------------------------------------------------------------
 
-    def start(self) -> Sandbox:
-        config = uvicorn.Config(create_app(self.state), log_level="warning",
-                                ssl_certfile=str(self.files.server_cert),
-                                ssl_keyfile=str(self.files.server_key),
-                                lifespan="off", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        self._sock.listen(128)
-        server, sock = self._server, self._sock
-        self._thread = threading.Thread(target=lambda: asyncio.run(server.serve([sock])),
-                                        name=f"sandbox-{self.port}", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while not server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the Salesforce sandbox did not start on {self.url}")
-            time.sleep(0.01)
-        return self
+    title = "Salesforce sandbox"
 
-    def stop(self) -> None:
-        """Stop serving, wait for the thread, close the socket and the database."""
-        if self._server is not None:
-            # Idle keep-alive TLS connections would hold a graceful shutdown for as long
-            # as the clients keep them open; in-flight requests are ours to lose.
-            self._server.force_exit = True
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-        self._sock.close()
+    def _app(self) -> Any:
+        return create_app(self.state)
+
+    def _close(self) -> None:
         self.org.close()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
-    def wait(self) -> None:
-        """Block until the server stops (for the command line)."""
-        while self._thread is not None and self._thread.is_alive():
-            self._thread.join(timeout=0.5)
-
-    def __enter__(self) -> Sandbox:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
