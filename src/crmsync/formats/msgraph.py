@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import copy
 import html
-import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
@@ -56,26 +55,20 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from crmsync.errors import FormatError
+from crmsync.formats import jsondoc
 from crmsync.formats.salesforce import join_description, split_description
 from crmsync.model import Address, Attendee, Contact, Event, Occurrence, Person, Phone, Task
 
 FORMAT = "application/vnd.crmsync.msgraph+json"
 
-Doc = dict[str, Any]
+Doc = jsondoc.Doc
 
 
 def load(raw: str, key: str) -> Doc:
-    try:
-        doc = json.loads(raw)
-    except ValueError as exc:
-        raise FormatError(f"not a Microsoft Graph JSON document: {exc}") from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get(key), dict):
-        raise FormatError(f"a Microsoft Graph {key} document needs a {key!r} object")
-    return doc
+    return jsondoc.load(raw, key, "Microsoft Graph")
 
 
-def dump(doc: Doc) -> str:
-    return json.dumps(doc, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+dump = jsondoc.dump
 
 
 def _str(value: Any) -> str:

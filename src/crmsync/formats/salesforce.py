@@ -34,18 +34,18 @@ object_reference/sforce_api_objects_event.htm (Event), ..._task.htm, ..._contact
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from crmsync.errors import FormatError, ItemError
+from crmsync.errors import ItemError
+from crmsync.formats import jsondoc
 from crmsync.model import Address, Attendee, Contact, Event, Occurrence, Person, Phone, Task
 
 FORMAT = "application/vnd.crmsync.salesforce+json"
 
-Doc = dict[str, Any]
+Doc = jsondoc.Doc
 
 # --- description blocks ------------------------------------------------------------------
 
@@ -139,17 +139,10 @@ def _str(value: Any) -> str:
 
 
 def load(raw: str, kind_key: str) -> Doc:
-    try:
-        doc = json.loads(raw)
-    except ValueError as exc:
-        raise FormatError(f"not a Salesforce JSON document: {exc}") from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get(kind_key), dict):
-        raise FormatError(f"a Salesforce {kind_key} document needs a {kind_key!r} object")
-    return doc
+    return jsondoc.load(raw, kind_key, "Salesforce")
 
 
-def dump(doc: Doc) -> str:
-    return json.dumps(doc, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+dump = jsondoc.dump
 
 
 # --- events ------------------------------------------------------------------------------
