@@ -1208,14 +1208,15 @@ def _server_store(database: str | None):
 
 _DATABASE_HELP = ("The server's store (SQLAlchemy URL, e.g. postgresql+psycopg://...); "
                   "default: config.toml's \\[store] url, else SQLite in the data folder.")
+# The --database option of the server's commands.
+_ServerDatabase = Annotated[str | None, typer.Option(help=_DATABASE_HELP, show_default=False)]
 
 
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
-    database: Annotated[str | None, typer.Option(help=_DATABASE_HELP,
-                                                 show_default=False)] = None,
+    database: _ServerDatabase = None,
     workers: Annotated[int, typer.Option(
         help="Sync jobs run at once, in this process (0: queue only, run none).")] = 2,
     public_url: Annotated[str | None, typer.Option(
@@ -1330,8 +1331,7 @@ def user_add(
     password_stdin: Annotated[bool, typer.Option(
         "--password-stdin", help="Read the password from standard input (first line) "
         "instead of asking.")] = False,
-    database: Annotated[str | None, typer.Option(help=_DATABASE_HELP,
-                                                 show_default=False)] = None,
+    database: _ServerDatabase = None,
 ) -> None:
     """Add a user of the server (with their own, empty profile)."""
     from crmsync.server import accounts
@@ -1348,8 +1348,7 @@ def user_add(
 @user_app.command("list")
 def user_list(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    database: Annotated[str | None, typer.Option(help=_DATABASE_HELP,
-                                                 show_default=False)] = None,
+    database: _ServerDatabase = None,
 ) -> None:
     """List the server's users."""
     from crmsync.server import accounts
@@ -1366,8 +1365,7 @@ def user_list(
 
 @user_app.command("rotate-keys")
 def user_rotate_keys(
-    database: Annotated[str | None, typer.Option(help=_DATABASE_HELP,
-                                                 show_default=False)] = None,
+    database: _ServerDatabase = None,
 ) -> None:
     """Re-encrypt every user's secrets with the first key in $CRMSYNC_SERVER_KEYS."""
     from crmsync.server.vault import Vault, load_keys
@@ -1380,6 +1378,8 @@ def user_rotate_keys(
 _SCALE_DATABASE_HELP = ("The server's PostgreSQL store, postgresql://user@host/db (the job "
                         "queue lives there too). Prefer $CRMSYNC_DATABASE: a password in "
                         "it stays out of the process list.")
+_ScaleDatabase = Annotated[str, typer.Option("--database", envvar="CRMSYNC_DATABASE",
+                                             help=_SCALE_DATABASE_HELP, show_default=False)]
 
 
 def _scale_store(database: str):
@@ -1391,8 +1391,7 @@ def _scale_store(database: str):
 
 @app.command("worker")
 def worker_command(
-    database: Annotated[str, typer.Option("--database", envvar="CRMSYNC_DATABASE",
-                                          help=_SCALE_DATABASE_HELP, show_default=False)],
+    database: _ScaleDatabase,
     concurrency: Annotated[int, typer.Option(
         "--concurrency", min=1, help="Jobs this worker runs at the same time.")] = 2,
     stalled_after: Annotated[float, typer.Option(
@@ -1423,8 +1422,7 @@ def worker_command(
 
 @app.command("scheduler")
 def scheduler_command(
-    database: Annotated[str, typer.Option("--database", envvar="CRMSYNC_DATABASE",
-                                          help=_SCALE_DATABASE_HELP, show_default=False)],
+    database: _ScaleDatabase,
     every: Annotated[float, typer.Option(
         "--every", min=1.0, help="Seconds between looks for due runs.")] = 60.0,
     once: Annotated[bool, typer.Option(
