@@ -102,8 +102,8 @@ def test_a_plan_whose_item_changed_is_replanned_not_forced(home: Path, sides: Si
     assert sides.records("groupware", "calendar")["a@x"].summary == "Third"
 
 
-def test_a_conflict_is_resolved_by_the_winner_chosen_in_the_file(home: Path, sides: Sides,
-                                                                tmp_path: Path):
+def conflict_plan(home: Path, sides: Sides, tmp_path: Path) -> tuple[Path, dict]:
+    """A synced event changed on both sides (rule "ask"), and the plan file saved for it."""
     sides.put("crm", event("a@x", "Start"))
     add_profile(home, sides, "work", "--objects", "calendar", "--conflict", "ask")
     crmsync(home, "sync", "work", "--yes")
@@ -111,7 +111,12 @@ def test_a_conflict_is_resolved_by_the_winner_chosen_in_the_file(home: Path, sid
     sides.edit("groupware", "calendar", "a@x.ics", summary="Calendar says")
     path = tmp_path / "plan.json"
     crmsync(home, "sync", "work", "--plan-out", str(path))
-    plan = json.loads(path.read_text())
+    return path, json.loads(path.read_text())
+
+
+def test_a_conflict_is_resolved_by_the_winner_chosen_in_the_file(home: Path, sides: Sides,
+                                                                tmp_path: Path):
+    path, plan = conflict_plan(home, sides, tmp_path)
     conflict = steps(plan, "calendar")[0]["actions"][0]
     assert conflict["op"] == "conflict" and conflict["choose"] is None
     assert conflict["conflicts"]["summary"] == {"crm": "CRM says", "groupware": "Calendar says"}
@@ -130,14 +135,7 @@ def test_a_conflict_is_resolved_by_the_winner_chosen_in_the_file(home: Path, sid
 
 def test_keep_both_in_a_file_copies_each_version_with_a_uid_of_its_own(
         home: Path, sides: Sides, tmp_path: Path):
-    sides.put("crm", event("a@x", "Start"))
-    add_profile(home, sides, "work", "--objects", "calendar", "--conflict", "ask")
-    crmsync(home, "sync", "work", "--yes")
-    sides.edit("crm", "calendar", "a@x.ics", summary="CRM says")
-    sides.edit("groupware", "calendar", "a@x.ics", summary="Calendar says")
-    path = tmp_path / "plan.json"
-    crmsync(home, "sync", "work", "--plan-out", str(path))
-    plan = json.loads(path.read_text())
+    path, plan = conflict_plan(home, sides, tmp_path)
     steps(plan, "calendar")[0]["actions"][0]["choose"] = "both"
     path.write_text(json.dumps(plan))
     report = json.loads(crmsync(home, "apply", "work", str(path), "--json").stdout)
