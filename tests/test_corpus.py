@@ -66,9 +66,9 @@ EXPECTED: dict[str, Callable[[list[Row]], None] | str] = {
                                   "2026-12-07T09:00:00"),
     "windows-zone.ics": event("Corpus Windows zone", "2026-12-08T08:00:00",
                               "2026-12-08T09:00:00"),
-    # (Salesforce keeps instants: the floating 09:00 is written as 09:00 UTC; see the
-    # closing note of issue 9 for the user's zone.)
-    "floating.ics": event("Corpus floating time", "2026-12-09T09:00:00", "2026-12-09T10:00:00"),
+    # Salesforce keeps instants: the floating 09:00 is 09:00 in the user's zone (the
+    # profile's, Europe/Berlin here), 08:00 UTC in December.
+    "floating.ics": event("Corpus floating time", "2026-12-09T08:00:00", "2026-12-09T09:00:00"),
     "dtend-before-dtstart.ics": "End Date/Time can't be earlier than Start Date/Time",
     "rrule-until-date.ics": event("Corpus UNTIL as a date", "2026-12-11T09:00:00",
                                   "2026-12-11T10:00:00", IsRecurrence2=True),
@@ -123,7 +123,8 @@ def test_the_corpus_syncs_or_fails_item_by_item_and_nothing_is_lost(sandbox, tmp
     before = {p.name: p.read_bytes() for p in gw.rglob("*.*")}
     store = Store.open(f"sqlite:///{tmp_path / 'state.db'}")
     profile = store.add_profile("corpus", f"salesforce:{sandbox.url}", f"vdir:{gw}",
-                                ("calendar", "contacts"), {})
+                                ("calendar", "contacts"),
+                                {"calendar": {"timezone": "Europe/Berlin"}})
     crm = SalesforceConnector(sandbox.url, credentials=creds(sandbox))
     syncer = Syncer(store, profile, crm=crm, groupware=VdirConnector(gw, "groupware"),
                     clock=lambda: datetime(2026, 11, 22, tzinfo=UTC))
@@ -152,6 +153,47 @@ def test_the_corpus_syncs_or_fails_item_by_item_and_nothing_is_lost(sandbox, tmp
                    for k in o["counts"]), again["objects"]
         assert len(api(sandbox, "GET", "query?q=SELECT+Id+FROM+Contact").json()["records"]) \
             == len(contacts)
+    finally:
+        syncer.close()
+        store.close()
+
+
+def test_floating_times_reach_salesforce_in_the_users_zone(sandbox, tmp_path: Path):
+    """Salesforce keeps instants: a floating 09:00 is 09:00 where the user is, on create
+    and when it moves; the runs after that are quiet (the calendar keeps its floating
+    time)."""
+    control(sandbox, "reset", records=True)
+    folder = tmp_path / "groupware" / "calendar"
+    folder.mkdir(parents=True)
+    path = folder / "floating.ics"
+    shutil.copy(CORPUS / "floating.ics", path)
+    store = Store.open(f"sqlite:///{tmp_path / 'state.db'}")
+    profile = store.add_profile("zone", f"salesforce:{sandbox.url}",
+                                f"vdir:{tmp_path / 'groupware'}", ("calendar",),
+                                {"calendar": {"timezone": "America/New_York"}})
+    crm = SalesforceConnector(sandbox.url, credentials=creds(sandbox))
+    syncer = Syncer(store, profile, crm=crm,
+                    groupware=VdirConnector(tmp_path / "groupware", "groupware"),
+                    clock=lambda: datetime(2026, 11, 22, tzinfo=UTC))
+
+    def crm_times() -> list[tuple[str, str]]:
+        rows = api(sandbox, "GET", "query?q=SELECT+StartDateTime,EndDateTime+FROM+Event"
+                   ).json()["records"]
+        return [(r["StartDateTime"][:19], r["EndDateTime"][:19]) for r in rows]
+
+    def planned() -> dict[str, int]:
+        return {k: n for o in syncer.run(syncer.prepare()).to_dict()["objects"].values()
+                for k, n in o["counts"].items() if n}
+
+    try:
+        assert planned() == {"create:crm": 1}
+        assert crm_times() == [("2026-12-09T14:00:00", "2026-12-09T15:00:00")]
+        path.write_text(path.read_text().replace("T090000", "T110000")
+                        .replace("T100000", "T113000"))
+        assert planned() == {"update:crm": 1}
+        assert crm_times() == [("2026-12-09T16:00:00", "2026-12-09T16:30:00")]
+        assert planned() == {}
+        assert "DTSTART:20261209T110000\n" in path.read_text().replace("\r\n", "\n")
     finally:
         syncer.close()
         store.close()

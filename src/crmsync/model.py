@@ -44,6 +44,13 @@ def moment(value: date | datetime) -> str:
     return value.isoformat()
 
 
+def pin(m: str, zone: tzinfo) -> str:
+    """A floating local time as the UTC instant it is in ``zone``; other moments as they are."""
+    if "T" not in m or m.endswith("Z"):
+        return m
+    return moment(datetime.fromisoformat(m).replace(tzinfo=zone))
+
+
 def is_all_day(m: str | None) -> bool:
     return m is not None and "T" not in m
 
@@ -287,3 +294,19 @@ RECORD_TYPES: dict[ObjectKind, type[Record]] = {
     "contacts": Contact,
     "tasks": Task,
 }
+
+
+def pinned(event: Event, zone: tzinfo) -> Event:
+    """``event`` with its floating times pinned to ``zone`` (for a side that keeps instants
+    only, such as Salesforce), and ``zone`` as its zone when it had none."""
+    def one(m: str | None) -> str | None:
+        return None if m is None else pin(m, zone)
+
+    out = dataclasses.replace(
+        event, start=one(event.start), end=one(event.end),
+        rdates=[pin(m, zone) for m in event.rdates], exdates=[pin(m, zone) for m in event.exdates],
+        overrides={pin(k, zone): dataclasses.replace(o, start=one(o.start), end=one(o.end))
+                   for k, o in event.overrides.items()})
+    if out != event and event.tz is None:
+        out.tz = getattr(zone, "key", None)
+    return out

@@ -19,7 +19,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from crmsync import selection
@@ -40,7 +40,8 @@ from crmsync.connectors.base import (
     other,
 )
 from crmsync.errors import ConfigError, CrmsyncError, FormatError
-from crmsync.model import ObjectKind
+from crmsync.merge import SEP, apply_changes, diff, flatten
+from crmsync.model import Event, ObjectKind, pinned
 from crmsync.plan import (
     SIDE_NAME,
     WRITES,
@@ -600,6 +601,15 @@ class _Executor:
         if cursors != prep.old or self.pending != prep.pending:
             self.store.save_progress(self.syncer.profile.id, self.kind, cursors, self.pending)
 
+    def _pin_zone(self, side: Side | None) -> tzinfo | None:
+        """The user's zone when ``side`` keeps instants only and floating times must be
+        pinned before they are written there; None when they are written as they are."""
+        if self.kind != "calendar" or side is None:
+            return None
+        if self.syncer.connector(side, self.kind).capabilities.floating:
+            return None
+        return self.syncer.policy(self.kind).zone()
+
     def _apply_chunk(self, steps: list[Step], last_try: bool) -> list[Step]:
         """Apply a chunk; returns the steps whose items changed meanwhile, to re-plan."""
         writes: dict[Side, list[tuple[Action, Write]]] = {s: [] for s in SIDES}
@@ -608,7 +618,7 @@ class _Executor:
                 for action in step.actions:
                     if action.op in WRITES:
                         writes[action.side].append(  # type: ignore[index]
-                            (action, _write(step, action)))
+                            (action, _write(step, action, self._pin_zone(action.side))))
         # "Keep both": the old pair is forgotten before its items are copied. Should the run
         # stop after the copies are made, the next run pairs each item with its copy by
         # content (see crmsync.plan.pair_up) instead of copying again.
@@ -749,18 +759,31 @@ class _Executor:
         return out
 
 
-def _write(step: Step, action: Action) -> Write:
+def _write(step: Step, action: Action, zone: tzinfo | None = None) -> Write:
+    """The write for ``action``; floating times pinned to ``zone`` when one is given."""
     target = action.side
     assert target is not None
     if action.op == "create":
         source = step.item(other(target))
         assert source is not None
+        if not action.copy and zone is None:
+            return Create(source=source)
+        record = source.record()
         if action.copy:
             # A copy beside the item the target side already has: an identity of its own.
-            return Create(source=source, record=dataclasses.replace(source.record(), uid=""))
-        return Create(source=source)
+            record = dataclasses.replace(record, uid="")
+        if zone is not None and isinstance(record, Event):
+            record = pinned(record, zone)
+        return Create(source=source, record=record)
     item = step.item(target)
     assert item is not None
     if action.op == "update":
-        return Update(item.id, item.version, action.changes, planned=item)
+        changes = action.changes
+        if zone is not None:
+            before = item.record()
+            after = apply_changes(before, changes)
+            if isinstance(after, Event):
+                names = {key.partition(SEP)[0] for key in changes}
+                changes = diff(flatten(before, names), flatten(pinned(after, zone), names))
+        return Update(item.id, item.version, changes, planned=item)
     return Delete(item.id, item.version)

@@ -216,6 +216,9 @@ class Capabilities:
     # True if created items keep the UID they are given, so that items re-pair by UID
     # after the state store is lost.
     keeps_uid: bool = True
+    # False if the side keeps instants only (Salesforce): floating local times are pinned
+    # to the user's zone (the policy's ``timezone``) before they are written there.
+    floating: bool = True
     # True if creates honour ``Create.relate`` and ``Create.extra`` (`crmsync record`).
     relations: bool = False
 

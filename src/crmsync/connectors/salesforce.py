@@ -349,7 +349,7 @@ class SalesforceConnector(Connector):
         if not (self.settings.invitees or self.settings.invitees_in_description):
             fields["calendar"] = fields["calendar"] - {"attendees"}
         self.capabilities = Capabilities(fields=fields, batch_size=COLLECTION_SIZE,
-                                         keeps_uid=False, relations=True)
+                                         keeps_uid=False, floating=False, relations=True)
         self._cursor: dict[ObjectKind, _Cursor] = {}
         # This run's people lookups: (objects, alternates) -> email -> people (or []).
         self._people: dict[tuple[tuple[str, ...], bool], dict[str, list[dict[str, str]]]] = {}

@@ -120,7 +120,8 @@ def sf_datetime(value: str | None) -> str | None:
 
 
 def to_sf_datetime(m: str) -> str:
-    """A MOMENT as a Salesforce dateTime; floating times are taken as UTC."""
+    """A MOMENT as a Salesforce dateTime. The core pins floating times to the user's zone
+    before they reach Salesforce (Capabilities.floating); any left are taken as UTC."""
     if "T" not in m:
         return f"{m}T00:00:00.000+0000"
     return m.rstrip("Z")[:19] + ".000+0000"
