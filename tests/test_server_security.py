@@ -1,8 +1,9 @@
 """One user can never read or change another's settings, connections, plans or runs.
 
-Every route of the JSON API is taken from the app itself and called by user B with user
-A's ids: a route added later without an entry here fails the test instead of escaping
-it. Then schemathesis runs against the app's OpenAPI schema and finds no server error.
+Every route of the JSON API, and every page with an id in its path, is taken from the app
+itself and called by user B with user A's ids: an API route added later without an entry
+here fails the test instead of escaping it. Then schemathesis runs against the app's
+OpenAPI schema and finds no server error.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from crmsync.server import service
 from crmsync.server.web import COOKIE
 from scenario import Scenario
 from serverworld import add_user, make_world, run_queued, sign_in, web_app
-from test_server_web import api_routes
+from test_server_web import api_routes, page_routes
 
 START = datetime.now(UTC).replace(microsecond=0, second=0) + timedelta(days=2)
 SECRET_LABEL = "Board meeting of A only"
@@ -108,6 +109,20 @@ def test_another_users_ids_are_never_found(scn: Scenario, tmp_path: Path):
                 assert answer.status_code < 300, where
             else:
                 assert answer.status_code in (400, 403, 404), where
+            for marker in markers:
+                assert marker not in answer.text, where
+        # The pages with an id in their path, the same way (forms carry B's CSRF token).
+        sign_in(client, b.email)
+        pages = [(m, p) for m, p in page_routes(app)
+                 if any(f"{{{key}}}" in p for key in ("plan_id", "run_id", "user_id"))]
+        assert len(pages) >= 7, pages
+        for method, path in pages:
+            url = re.sub(r"{(\w+)}", lambda m: str(ids[m[1]]), path)
+            answer = client.request(method, url, data={"csrf_token": client.headers[
+                "X-CSRF-Token"], "choice": "exclude", "keys": "x"}
+                if method == "POST" else None, follow_redirects=False)
+            where = f"page {method} {path}: {answer.status_code} {answer.text[:200]}"
+            assert answer.status_code in (403, 404), where
             for marker in markers:
                 assert marker not in answer.text, where
     # A's things are as they were.

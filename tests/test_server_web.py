@@ -52,6 +52,12 @@ def api_routes(app) -> list[tuple[str, str]]:
                   for m in r.methods)
 
 
+def page_routes(app) -> list[tuple[str, str]]:
+    """Every (method, path) of the pages (the routes outside /api/)."""
+    return sorted((m, r.path) for r in _flat(app.routes) if not r.path.startswith("/api/")
+                  for m in r.methods if m != "HEAD")
+
+
 def concrete(path: str) -> str:
     values = {"kind": "calendar", "plan_id": "1", "run_id": "1", "user_id": "1",
               "name": "groupware"}
