@@ -134,3 +134,23 @@ def test_a_running_job_whose_worker_stopped_beating_is_queued_again(queue: Embed
         conn.execute(update(jobs).values(heartbeat_at="2000-01-01T00:00:00Z"))
     assert queue.recover() == 1
     assert queue.state(1, "event") == "queued"
+
+
+def test_ended_jobs_are_forgotten_after_a_week_and_the_others_kept(queue: EmbeddedQueue):
+    long_ago = "2000-01-01T00:00:00Z"
+    with queue.engine.begin() as conn:
+        for user, kind, status, queued in [(1, "event", "done", long_ago),
+                                           (1, "task", "failed", long_ago),
+                                           (2, "event", "queued", long_ago),
+                                           (2, "task", "done", now())]:
+            conn.execute(insert(jobs).values(
+                user_id=user, kind=kind, status=status, reason="now", queued_at=queued,
+                finished_at=None if status == "queued" else queued))
+    workers = Workers(queue, lambda u, k: None, count=1, poll=0.02)
+    workers.start()  # the server starting purges; its worker then runs the queued job
+    try:
+        wait_for(lambda: queue.state(2, "event") is None)
+    finally:
+        workers.stop()
+    assert sorted(rows(queue)) == [(2, "event", "done"), (2, "task", "done")]
+    assert queue.purge() == 0

@@ -18,13 +18,14 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import import_module
 from typing import Any, Literal, Protocol
 
-from sqlalchemy import and_, exists, insert, select, update
+from sqlalchemy import and_, delete, exists, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -105,10 +106,13 @@ def _stamp(at: datetime) -> str:
 class EmbeddedQueue:
     """The ``jobs`` table as a queue; safe for several threads of one process."""
 
-    def __init__(self, engine: Engine, stale_after: timedelta = timedelta(seconds=60)) -> None:
+    def __init__(self, engine: Engine, stale_after: timedelta = timedelta(seconds=60),
+                 keep: timedelta = timedelta(days=7)) -> None:
         self.engine = engine
         # A running job whose heartbeat is older than this has lost its worker.
         self.stale_after = stale_after
+        # Ended jobs are kept this long (the runs table keeps the reports).
+        self.keep = keep
 
     def enqueue(self, user_id: int, kind: str, reason: str = "now") -> JobState:
         while True:
@@ -198,6 +202,13 @@ class EmbeddedQueue:
             log.info("put %d interrupted job(s) back on the queue", recovered)
         return recovered
 
+    def purge(self) -> int:
+        """Forget jobs that ended longer ago than ``keep``; how many."""
+        cutoff = _stamp(datetime.now(UTC) - self.keep)
+        with self.engine.begin() as conn:
+            return conn.execute(delete(jobs).where(jobs.c.status.in_(("done", "failed")),
+                                                   jobs.c.finished_at < cutoff)).rowcount
+
 
 class Workers:
     """Worker threads taking jobs from an :class:`EmbeddedQueue` until stopped."""
@@ -209,9 +220,16 @@ class Workers:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.name = f"{socket.gethostname()}:{id(self):x}"
+        self._next_purge = 0.0
+
+    def _purge(self) -> None:
+        """Forget old ended jobs, at most once an hour."""
+        self._next_purge = time.monotonic() + 3600
+        self.queue.purge()
 
     def start(self) -> None:
         self.queue.recover(everything=True)
+        self._purge()
         for n in range(self.count):
             thread = threading.Thread(target=self._loop, args=(f"{self.name}/{n}",),
                                       name=f"crmsync-worker-{n}", daemon=True)
@@ -236,6 +254,8 @@ class Workers:
                 self._stop.wait(self.poll)
                 if not self._stop.is_set():
                     self.queue.recover()
+                    if time.monotonic() >= self._next_purge:
+                        self._purge()
                 continue
             self._run(claimed)
 
