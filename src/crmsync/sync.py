@@ -758,9 +758,20 @@ def _write(step: Step, action: Action) -> Write:
         if action.copy:
             # A copy beside the item the target side already has: an identity of its own.
             return Create(source=source, record=dataclasses.replace(source.record(), uid=""))
-        return Create(source=source)
+        return Create(source=source, crm_id=source.id if target == "groupware" else "")
     item = step.item(target)
     assert item is not None
     if action.op == "update":
-        return Update(item.id, item.version, action.changes, planned=item)
+        return Update(item.id, item.version, action.changes, planned=item,
+                      crm_id=_untagged(item, step.crm) if target == "groupware" else "")
     return Delete(item.id, item.version)
+
+
+def _untagged(gw: Item, crm: Item | None) -> str:
+    """The CRM Id a groupware item is to keep (Record.crm_id), when it lacks it; else ""."""
+    if crm is None:
+        return ""
+    try:
+        return crm.id if gw.record().crm_id != crm.id else ""
+    except FormatError:
+        return ""
