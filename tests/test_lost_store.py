@@ -66,11 +66,20 @@ def test_lost_store_repairs_by_kept_id_and_content(scn: Scenario):
     assert "X-CRMSYNC-CRM-ID:" + moved in scn.raw(
         next(u for u, r in scn.records().items() if r.summary == "CRM C"))
 
+    # An item created in the CRM from the calendar gets the CRM Id at its next update.
+    a_crm = next(i for i, subject in _crm_events(scn).items() if subject == "Calendar A")
+    assert scn.records()["a@t"].crm_id == ""
+    scn.crm_update("Event", a_crm, Subject="Calendar A!")
+    plans, _ = scn.sync()
+    assert plans[0].counts() == {"update:groupware": 1}
+    assert scn.records()["a@t"].crm_id == a_crm
+    assert scn.records()["a@t"].summary == "Calendar A!"
+
     _lose(scn)
     start = T0 + timedelta(hours=10)
     scn.crm_update("Event", moved, StartDateTime=sf_time(start),
                    EndDateTime=sf_time(start + timedelta(hours=1)))
-    time.sleep(1.1)  # the conflict rule "newest" compares modification times (seconds)
+    time.sleep(2.1)  # the conflict rule "newest" compares modification times (seconds)
     uid_d = next(u for u, r in scn.records().items() if r.summary == "CRM D")
     scn.edit(uid_d, summary="Retitled D")
 
@@ -78,9 +87,10 @@ def test_lost_store_repairs_by_kept_id_and_content(scn: Scenario):
     counts = plans[0].counts()
     assert report.status == "ok"
     assert not any(code.startswith("create") for code in counts), counts
-    assert counts == {"update:groupware": 1, "update:crm": 1, "link": 2}, counts
+    assert counts == {"update:groupware": 1, "update:crm": 1, "link": 2}, [
+        (s.label(), s.crm and s.crm.modified, s.gw and s.gw.modified) for s in plans[0].steps]
     crm = _crm_events(scn)
-    assert sorted(crm.values()) == ["CRM C", "Calendar A", "Calendar B", "Retitled D"]
+    assert sorted(crm.values()) == ["CRM C", "Calendar A!", "Calendar B", "Retitled D"]
     records = scn.records()
     assert len(records) == 4
     c = next(r for r in records.values() if r.summary == "CRM C")
