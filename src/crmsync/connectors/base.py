@@ -152,10 +152,14 @@ class Update:
     # On the groupware side: a CRM Id for the item to keep from now on (Record.crm_id),
     # written along with the changes.
     crm_id: str = ""
+    # On the groupware side: a new UID for the item (`crmsync repair`, duplicate UIDs);
+    # sides without UIDs ignore it.
+    uid: str = ""
 
     def over(self, record: Record) -> Record:
         """``record`` (the item's current content) as this update leaves it."""
-        return _keep(apply_changes(record, self.changes), self.crm_id)
+        record = _keep(apply_changes(record, self.changes), self.crm_id)
+        return dataclasses.replace(record, uid=self.uid) if self.uid else record  # type: ignore[type-var]
 
 
 def _keep(record: Record, crm_id: str) -> Record:
