@@ -145,3 +145,21 @@ def test_one_side_gone_is_left_to_the_sync(scn: Scenario):
     plans, _ = scn.sync()
     assert plans[0].counts() == {"delete:crm": 1}
     assert _crm_subjects(scn) == []
+
+
+def test_paired_calendar_item_gets_the_kept_crm_id(scn: Scenario):
+    scn.put(_event("mine@t", "Made here", 0))
+    scn.sync()
+    assert "X-CRMSYNC-CRM-ID" not in scn.raw("mine@t")
+    crm_id = scn.crm_query("SELECT Id FROM Event")[0]["Id"]
+    before = _folder(scn)
+    assert _repair(scn, "--dry-run")["counts"] == {"missing-crm-id:found": 1}
+    assert _folder(scn) == before
+    text = scn.cli("repair", "p", check=0).stdout
+    assert "missing-crm-id" in text and "1 missing-crm-id:fixed" in text, text
+    assert "X-CRMSYNC-CRM-ID:" + crm_id in scn.raw("mine@t")
+    assert scn.records()["mine@t"].summary == "Made here"
+    plans, _ = scn.sync()
+    assert plans[0].counts() == {}  # the stored pair follows the repaired version
+    assert scn.cli("repair", "p", check=0).stdout.strip() == "Nothing to repair."
+    assert "--dry-run" in scn.cli("repair", "--help", check=0).stdout

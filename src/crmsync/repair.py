@@ -21,6 +21,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from crmsync import formats
 from crmsync.connectors.base import SIDES, Item, Side, Update
 from crmsync.model import ObjectKind
 from crmsync.plan import Pair
@@ -31,6 +32,7 @@ Problem = Literal["duplicate-uid", "orphan-pair", "one-sided-pair", "paired-twic
 # found: not fixed yet (a dry run); fixed; reported: nothing to do here (the next sync
 # does it, or it needs a person); changed: the item changed since it was read (run repair
 # again); failed: the side refused the write.
+KEEPS_CRM_ID = (formats.ICALENDAR, formats.VCARD)
 Status = Literal["found", "fixed", "reported", "changed", "failed"]
 
 
@@ -137,11 +139,12 @@ def _find_kind(syncer: Syncer, kind: ObjectKind) -> list[Finding]:
                                        f"UID {uid!r} also on {keep.id}; gets a new UID",
                                        pair=held[0] if held else None, item=item,
                                        uid=str(uuid.uuid4())))
-    # Paired groupware items lacking the kept CRM Id.
+    # Paired groupware items lacking the kept CRM Id (only iCalendar and vCard keep one).
     for pair in pairs:
         gw = items["groupware"].get(pair.gw_id or "")
         crm = items["crm"].get(pair.crm_id or "")
-        if gw is not None and crm is not None and (crm_id := _untagged(gw, crm)):
+        if gw is not None and crm is not None and gw.fmt in KEEPS_CRM_ID \
+                and (crm_id := _untagged(gw, crm)):
             out.append(Finding(kind, "missing-crm-id", "groupware", gw.id,
                                f"lacks the kept CRM Id {crm_id}", pair=pair, item=gw,
                                crm_id=crm_id))
