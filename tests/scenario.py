@@ -99,6 +99,8 @@ class Scenario:
         for kind in objects:
             scheme = "carddav" if kind == "contacts" else "caldav"
             args += ["--groupware", f"{kind}={scheme}:{self.collections[kind]}"]
+        # What made the profile: a test that loses the store makes it again.
+        self.profile_args = tuple(args)
         self.cli(*args, check=0)
         from crmsync.config import Paths
         from crmsync.secrets import SecretStore, save_credentials

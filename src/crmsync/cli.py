@@ -738,6 +738,45 @@ def record(
         _console(stderr=True).print(f"[yellow]warning:[/] {done.warning}", highlight=False)
 
 
+@app.command(epilog=EXIT_CODES_HELP)
+def repair(
+    name: Annotated[str, typer.Argument(help="The profile.")],
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Report what is wrong; change nothing.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")
+                        ] = False,
+) -> None:
+    """Find and fix duplicate UIDs, orphan pairs and missing kept CRM Ids.
+
+    Lists both sides in full. Items sharing a UID on one side get a new UID (all but the
+    paired one); nothing is deleted. A pair whose items are gone on both sides is
+    forgotten; one gone on one side is left to the next sync. Paired groupware items get
+    the CRM Id they keep (X-CRMSYNC-CRM-ID). Exits 6 when something could not be fixed.
+    """
+    from crmsync.repair import find, fix
+
+    syncer = _syncer(name)
+    try:
+        found = find(syncer)
+        done = found if dry_run else fix(syncer, found)
+    finally:
+        syncer.close()
+    if json_out:
+        _emit_json(done.to_dict() | {"dry_run": dry_run})
+    else:
+        console = _console()
+        if not done.findings:
+            console.print("Nothing to repair.")
+        for f in done.findings:
+            where = f"{f.side} {f.item_id}" if f.item_id else ""
+            console.print(f"{f.status:8} {f.kind:9} {f.problem:15} {where}  {f.detail}",
+                          highlight=False)
+        if done.findings:
+            console.print(", ".join(f"{n} {code}" for code, n in done.counts().items()),
+                          highlight=False)
+    raise typer.Exit(EXIT_PARTIAL if done.unfixed else EXIT_OK)
+
+
 # --- status and history -------------------------------------------------------------------
 
 

@@ -52,4 +52,4 @@ def apply_changes(record: Record, changes: Flat) -> Record:
             values[name] = bucket
         else:
             values[name] = value
-    return type(record).from_fields(values, uid=record.uid)
+    return type(record).from_fields(values, uid=record.uid, crm_id=record.crm_id)

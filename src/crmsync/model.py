@@ -73,15 +73,18 @@ class Record:
 
     kind: ClassVar[ObjectKind]
     # Fields that identify the item rather than describe it: never diffed or merged.
-    identity: ClassVar[frozenset[str]] = frozenset({"uid"})
+    identity: ClassVar[frozenset[str]] = frozenset({"uid", "crm_id"})
 
     uid: str
+    # The kept id: on a groupware item, the Id of the CRM record it was paired with
+    # (X-CRMSYNC-CRM-ID), so that a lost store re-pairs them. Never written to the CRM.
+    crm_id: str
 
     def fields(self) -> dict[str, Any]:
         return {k: _plain(v) for k, v in vars(self).items() if k not in self.identity}
 
     @classmethod
-    def from_fields(cls, values: dict[str, Any], uid: str = "") -> Self:
+    def from_fields(cls, values: dict[str, Any], uid: str = "", crm_id: str = "") -> Self:
         known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         kwargs: dict[str, Any] = {}
         for name, value in values.items():
@@ -89,7 +92,7 @@ class Record:
             if spec is None or name in cls.identity:
                 continue
             kwargs[name] = _revive(spec.type, value)
-        return cls(uid=uid, **kwargs)
+        return cls(uid=uid, crm_id=crm_id, **kwargs)
 
     def label(self) -> str:
         """A short human label for tables and reports."""
@@ -164,6 +167,7 @@ class Event(Record):
     kind: ClassVar[ObjectKind] = "calendar"
 
     uid: str = ""
+    crm_id: str = field(default="", compare=False)
     summary: str = ""
     start: str | None = None
     end: str | None = None
@@ -245,6 +249,7 @@ class Contact(Record):
     kind: ClassVar[ObjectKind] = "contacts"
 
     uid: str = ""
+    crm_id: str = field(default="", compare=False)
     full_name: str = ""
     given_name: str = ""
     family_name: str = ""
@@ -270,6 +275,7 @@ class Task(Record):
     kind: ClassVar[ObjectKind] = "tasks"
 
     uid: str = ""
+    crm_id: str = field(default="", compare=False)
     summary: str = ""
     description: str = ""
     start: str | None = None

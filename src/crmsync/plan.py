@@ -391,19 +391,30 @@ def content_key(record: Record) -> tuple | None:
 
 
 def pair_up(kind: ObjectKind, crm_items: list[Item], gw_items: list[Item]) -> list[View]:
-    """Match items that no pair knows, first by UID, then by content (start, end, subject).
+    """Match items that no pair knows: first by the CRM Id a groupware item keeps
+    (Record.crm_id), then by UID, then by content (start, end, subject).
 
     Unmatched items come back as one-sided views (they will be created on the other side);
-    a UID seen twice on one side is kept out until it is repaired.
+    a UID seen twice on one side is kept out until it is repaired. A kept Id naming no
+    unpaired CRM item (paired elsewhere, deleted) is passed over.
     """
     crm_items = sorted(crm_items, key=lambda i: i.id)
     gw_items = sorted(gw_items, key=lambda i: i.id)
     if not crm_items or not gw_items:
         return [View(None, i, None) for i in crm_items] + [View(None, None, i) for i in gw_items]
     views: list[View] = []
+    crm_by_id = {item.id: item for item in crm_items}
+    kept: list[Item] = []
+    for item in gw_items:
+        match = crm_by_id.pop(_kept_id(item), None)
+        if match is not None:
+            views.append(View(None, match, item))
+        else:
+            kept.append(item)
+    crm_items = [i for i in crm_items if i.id in crm_by_id]
     left: dict[Side, list[Item]] = {"crm": [], "groupware": []}
     gw_by_uid: dict[str, Item] = {}
-    for item in gw_items:
+    for item in kept:
         if item.uid and item.uid not in gw_by_uid:
             gw_by_uid[item.uid] = item
         else:
@@ -431,6 +442,13 @@ def pair_up(kind: ObjectKind, crm_items: list[Item], gw_items: list[Item]) -> li
             views.append(View(None, item, None))
     views.extend(View(None, None, i) for i in left["groupware"] if i.id not in matched)
     return views
+
+
+def _kept_id(item: Item) -> str:
+    try:
+        return item.record().crm_id
+    except FormatError:
+        return ""
 
 
 def _safe_key(item: Item) -> tuple | None:

@@ -760,21 +760,26 @@ class _Executor:
 
 
 def _write(step: Step, action: Action, zone: tzinfo | None = None) -> Write:
-    """The write for ``action``; floating times pinned to ``zone`` when one is given."""
+    """The write for ``action``; floating times pinned to ``zone`` when one is given.
+
+    A groupware item keeps the Id of the CRM item it is paired with (Record.crm_id): given
+    on create, and added on the item's next update when it lacks it, so that the pair is
+    found again should the state store be lost."""
     target = action.side
     assert target is not None
     if action.op == "create":
         source = step.item(other(target))
         assert source is not None
+        crm_id = source.id if target == "groupware" else ""
         if not action.copy and zone is None:
-            return Create(source=source)
+            return Create(source=source, crm_id=crm_id)
         record = source.record()
         if action.copy:
             # A copy beside the item the target side already has: an identity of its own.
             record = dataclasses.replace(record, uid="")
         if zone is not None and isinstance(record, Event):
             record = pinned(record, zone)
-        return Create(source=source, record=record)
+        return Create(source=source, record=record, crm_id=crm_id)
     item = step.item(target)
     assert item is not None
     if action.op == "update":
@@ -785,5 +790,16 @@ def _write(step: Step, action: Action, zone: tzinfo | None = None) -> Write:
             if isinstance(after, Event):
                 names = {key.partition(SEP)[0] for key in changes}
                 changes = diff(flatten(before, names), flatten(pinned(after, zone), names))
-        return Update(item.id, item.version, changes, planned=item)
+        return Update(item.id, item.version, changes, planned=item,
+                      crm_id=_untagged(item, step.crm) if target == "groupware" else "")
     return Delete(item.id, item.version)
+
+
+def _untagged(gw: Item, crm: Item | None) -> str:
+    """The CRM Id a groupware item is to keep (Record.crm_id), when it lacks it; else ""."""
+    if crm is None:
+        return ""
+    try:
+        return crm.id if gw.record().crm_id != crm.id else ""
+    except FormatError:
+        return ""

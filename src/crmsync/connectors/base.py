@@ -21,6 +21,7 @@ SIDE
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
@@ -30,6 +31,7 @@ from typing import Any, Literal
 
 from crmsync import formats
 from crmsync.errors import ConfigError, FormatError
+from crmsync.merge import apply_changes
 from crmsync.model import ObjectKind, Record
 
 Side = Literal["crm", "groupware"]
@@ -131,9 +133,12 @@ class Create:
     # fields to set, e.g. by `crmsync record`; a side that cannot fails the write.
     relate: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    # On the groupware side: the CRM Id the new item keeps (Record.crm_id).
+    crm_id: str = ""
 
     def content(self) -> Record:
-        return self.record if self.record is not None else self.source.record()
+        return _keep(self.record if self.record is not None else self.source.record(),
+                     self.crm_id)
 
 
 @dataclass(frozen=True)
@@ -144,6 +149,21 @@ class Update:
     changes: dict[str, Any]
     # The item as planned (at ``version``): a connector may reuse its parsed record.
     planned: Item | None = None
+    # On the groupware side: a CRM Id for the item to keep from now on (Record.crm_id),
+    # written along with the changes.
+    crm_id: str = ""
+    # On the groupware side: a new UID for the item (`crmsync repair`, duplicate UIDs);
+    # sides without UIDs ignore it.
+    uid: str = ""
+
+    def over(self, record: Record) -> Record:
+        """``record`` (the item's current content) as this update leaves it."""
+        record = _keep(apply_changes(record, self.changes), self.crm_id)
+        return dataclasses.replace(record, uid=self.uid) if self.uid else record  # type: ignore[type-var]
+
+
+def _keep(record: Record, crm_id: str) -> Record:
+    return dataclasses.replace(record, crm_id=crm_id) if crm_id else record  # type: ignore[type-var]
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,6 @@ from crmsync.connectors.base import (
 )
 from crmsync.connectors.vdir import EXTENSION, FORMAT, file_name
 from crmsync.errors import ConfigError, ConnectionFailed, CrmsyncError, FormatError
-from crmsync.merge import apply_changes
 from crmsync.model import RECORD_TYPES, ObjectKind
 
 log = logging.getLogger(__name__)
@@ -1173,6 +1172,8 @@ class DavConnector(Connector):
         if write.record is None and source.fmt == FORMAT[kind] and source.error is None:
             # Same format on both sides: copy the item verbatim, nothing is lost.
             raw, uid = source.raw, source.uid or ""
+            if write.crm_id:
+                raw = formats.render(FORMAT[kind], kind, write.content(), raw)
         else:
             record = write.content()
             raw, uid = formats.render(FORMAT[kind], kind, record), record.uid
@@ -1232,7 +1233,7 @@ class DavConnector(Connector):
             if current.version != write.version:
                 return Result("changed", _as_kind(current, kind))
         # Same version, same bytes: the planner's parse of the item is as good as ours.
-        record = apply_changes(current.record(), write.changes)
+        record = write.over(current.record())
         raw = formats.render(FORMAT[kind], kind, record, current.raw)
         response = self._put(write.id, raw, {"If-Match": write.version})
         if response.is_success:

@@ -42,7 +42,6 @@ from crmsync.connectors.base import (
 )
 from crmsync.errors import ConfigError, CrmsyncError
 from crmsync.formats import contentlines
-from crmsync.merge import apply_changes
 from crmsync.model import OBJECT_KINDS, RECORD_TYPES, ObjectKind
 
 FORMAT: dict[ObjectKind, str] = {
@@ -198,6 +197,8 @@ class VdirConnector(Connector):
         if write.record is None and source.fmt == FORMAT[kind] and source.error is None:
             # Same format on both sides: copy the item verbatim, nothing is lost.
             raw = source.raw
+            if write.crm_id:
+                raw = formats.render(FORMAT[kind], kind, write.content(), raw)
             uid = source.uid or ""
         else:
             record = write.content()
@@ -224,7 +225,7 @@ class VdirConnector(Connector):
             return Result("changed", current)
         # Same version, same bytes: the planner's parse of the item is as good as ours.
         planned = write.planned if write.planned is not None else current
-        record = apply_changes(planned.record(), write.changes)
+        record = write.over(planned.record())
         data = formats.render(FORMAT[kind], kind, record, current.raw).encode("utf-8")
         return Result("ok", self._write(kind, folder, write.id, data))
 

@@ -17,6 +17,8 @@ from icalendar.parser import Contentline
 from crmsync.errors import FormatError
 
 PRODID = "-//crmsync//crmsync//EN"
+# The property a groupware item keeps its CRM record's Id in (Record.crm_id).
+KEPT_ID = "X-CRMSYNC-CRM-ID"
 
 _FOLD = re.compile(rb"\r?\n[ \t]")
 

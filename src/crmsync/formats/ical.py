@@ -34,6 +34,7 @@ from icalendar.timezone import tzp
 
 from crmsync.errors import FormatError
 from crmsync.formats.contentlines import (
+    KEPT_ID,
     PRODID,
     Component,
     Line,
@@ -589,6 +590,11 @@ class _Item:
                 comp.replace("UID", [_prop("UID", _escape(uid))])
             self.uid = uid
 
+    def keep(self, crm_id: str) -> None:
+        """Write the kept CRM id (see :attr:`crmsync.model.Record.crm_id`) on the head."""
+        if crm_id and crm_id != _text(self.head, KEPT_ID):
+            self.head.replace(KEPT_ID, [_prop(KEPT_ID, _escape(crm_id))])
+
     def add(self, recurrence_id: str | None) -> Component:
         """A new component of the item, after its others."""
         lines: list[Line | Component] = [_prop("UID", _escape(self.uid)),
@@ -618,7 +624,8 @@ def _event(item: _Item) -> Event:
         for key, comp in item.overrides().items()
     }
     return Event(
-        uid=item.uid, tz=item.tz(), overrides=overrides, **item.read(item.head, _EVENT_FIELDS)
+        uid=item.uid, crm_id=_text(item.head, KEPT_ID), tz=item.tz(), overrides=overrides,
+        **item.read(item.head, _EVENT_FIELDS)
     )
 
 
@@ -635,6 +642,7 @@ def render_event(event: Event, template: str | None) -> str:
     item = _Item.open(template, "VEVENT", event.uid)
     old = _event(item)
     item.set_uid(event.uid)
+    item.keep(event.crm_id)
     item.zone = item.zones.writer(event.tz)
     have = item.overrides()
     for key in have.keys() - event.overrides.keys():
@@ -656,7 +664,8 @@ def render_event(event: Event, template: str | None) -> str:
 def parse_task(raw: str) -> Task:
     """Read the task (VTODO) a VCALENDAR holds."""
     item = _Item(raw, "VTODO")
-    return Task(uid=item.uid, **item.read(item.head, _TASK_FIELDS))
+    return Task(uid=item.uid, crm_id=_text(item.head, KEPT_ID),
+                **item.read(item.head, _TASK_FIELDS))
 
 
 @guard("iCalendar task")
@@ -666,6 +675,7 @@ def render_task(task: Task, template: str | None) -> str:
     item = _Item.open(template, "VTODO", task.uid)
     old = Task(uid=item.uid, **item.read(item.head, _TASK_FIELDS))
     item.set_uid(task.uid)
+    item.keep(task.crm_id)
     # Task has no zone of its own: changed times keep the zone the item already uses
     item.zone = item.zones.writer(item.tz())
     item.write(item.head, _TASK_FIELDS, old, task)

@@ -20,6 +20,7 @@ from vobject.vcard import splitFields
 
 from crmsync.errors import FormatError
 from crmsync.formats.contentlines import (
+    KEPT_ID,
     PRODID,
     Line,
     dump_component,
@@ -153,6 +154,7 @@ class _Card:
         family, given = _fields(self.comp.first("N"), 2)[:2]
         return Contact(
             uid=self.text("UID"),
+            crm_id=self.text(KEPT_ID),
             full_name=self.text("FN"),
             given_name=given,
             family_name=family,
@@ -305,4 +307,6 @@ def render_contact(contact: Contact, template: str | None) -> str:
             write(card, contact)
     if contact.uid and contact.uid != old.uid:
         card.set_text("UID", contact.uid)
+    if contact.crm_id and contact.crm_id != old.crm_id:
+        card.set_text(KEPT_ID, contact.crm_id)
     return dump_component(card.comp, card.eol)

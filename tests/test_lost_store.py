@@ -1,0 +1,155 @@
+"""Issue 9 part 4: a lost (or old) state store. Items re-pair by the CRM Id a groupware
+item keeps (X-CRMSYNC-CRM-ID), else by content; nothing is duplicated.
+
+Radicale + the Salesforce sandbox, driven as in tests/scenario.py.
+"""
+
+from __future__ import annotations
+
+import gc
+import shutil
+import sqlite3
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from crmsync.config import Paths
+from crmsync.model import Contact, Event, Task, moment
+from scenario import Scenario, sf_time
+
+T0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=3)
+
+
+def _store(scn: Scenario) -> Path:
+    return Paths.resolve(scn.home).data_dir / "state.db"
+
+
+def _lose(scn: Scenario, old: Path | None = None) -> None:
+    """Delete the store (and SQLite's side files), then make the profile again as its
+    user would; or put ``old`` in its place."""
+    gc.collect()  # as when no crmsync runs: close what in-process commands left open
+    db = _store(scn)
+    for path in db.parent.glob("state.db*"):
+        path.unlink()
+    if old is not None:
+        shutil.copy(old, db)
+    else:
+        scn.cli(*scn.profile_args, check=0)
+
+
+def _gw_event(scn: Scenario, uid: str, summary: str, hours: int) -> None:
+    start = T0 + timedelta(hours=hours)
+    scn.put(Event(uid=uid, summary=summary, start=moment(start),
+                  end=moment(start + timedelta(hours=1))))
+
+
+def _crm_event(scn: Scenario, subject: str, hours: int) -> str:
+    start = T0 + timedelta(hours=hours)
+    return scn.crm_insert("Event", Subject=subject, StartDateTime=sf_time(start),
+                          EndDateTime=sf_time(start + timedelta(hours=1)))
+
+
+def _crm_events(scn: Scenario) -> dict[str, str]:
+    return {r["Id"]: r["Subject"] for r in scn.crm_query("SELECT Id, Subject FROM Event")}
+
+
+def test_lost_store_repairs_by_kept_id_and_content(scn: Scenario):
+    _gw_event(scn, "a@t", "Calendar A", 0)
+    _gw_event(scn, "b@t", "Calendar B", 2)
+    moved = _crm_event(scn, "CRM C", 4)
+    retitled = _crm_event(scn, "CRM D", 6)
+    plans, report = scn.sync()
+    assert plans[0].counts() == {"create:crm": 2, "create:groupware": 2}
+    # The groupware copies of CRM events keep the CRM Id.
+    kept = {r.summary: r.crm_id for r in scn.records().values()}
+    assert kept["CRM C"] == moved and kept["CRM D"] == retitled
+    assert "X-CRMSYNC-CRM-ID:" + moved in scn.raw(
+        next(u for u, r in scn.records().items() if r.summary == "CRM C"))
+
+    # An item created in the CRM from the calendar gets the CRM Id at its next update.
+    a_crm = next(i for i, subject in _crm_events(scn).items() if subject == "Calendar A")
+    assert scn.records()["a@t"].crm_id == ""
+    scn.crm_update("Event", a_crm, Subject="Calendar A!")
+    plans, _ = scn.sync()
+    assert plans[0].counts() == {"update:groupware": 1}
+    assert scn.records()["a@t"].crm_id == a_crm
+    assert scn.records()["a@t"].summary == "Calendar A!"
+
+    _lose(scn)
+    start = T0 + timedelta(hours=10)
+    scn.crm_update("Event", moved, StartDateTime=sf_time(start),
+                   EndDateTime=sf_time(start + timedelta(hours=1)))
+    time.sleep(2.1)  # the conflict rule "newest" compares modification times (seconds)
+    uid_d = next(u for u, r in scn.records().items() if r.summary == "CRM D")
+    scn.edit(uid_d, summary="Retitled D")
+
+    plans, report = scn.sync()
+    counts = plans[0].counts()
+    assert report.status == "ok"
+    assert not any(code.startswith("create") for code in counts), counts
+    assert counts == {"update:groupware": 1, "update:crm": 1, "link": 2}, [
+        (s.label(), s.crm and s.crm.modified, s.gw and s.gw.modified) for s in plans[0].steps]
+    crm = _crm_events(scn)
+    assert sorted(crm.values()) == ["CRM C", "Calendar A!", "Calendar B", "Retitled D"]
+    records = scn.records()
+    assert len(records) == 4
+    c = next(r for r in records.values() if r.summary == "CRM C")
+    assert c.start == moment(start)
+    # A third run has nothing to do: the pairs are stored again.
+    plans, _ = scn.sync()
+    assert plans[0].counts() == {}
+
+
+def test_old_store_copy_does_not_duplicate(scn: Scenario):
+    _gw_event(scn, "a@t", "Calendar A", 0)
+    _crm_event(scn, "CRM B", 2)
+    scn.sync()
+    old = scn.home.parent / "old-state.db"
+    with sqlite3.connect(_store(scn)) as live, sqlite3.connect(old) as copy:
+        live.backup(copy)  # what its write-ahead log holds too
+
+    _gw_event(scn, "e@t", "Calendar E", 4)
+    _crm_event(scn, "CRM F", 6)
+    plans, _ = scn.sync()
+    assert plans[0].counts() == {"create:crm": 1, "create:groupware": 1}
+
+    _lose(scn, old)
+    plans, report = scn.sync()
+    assert report.status == "ok"
+    assert not any(code.startswith("create") for code in plans[0].counts())
+    assert sorted(_crm_events(scn).values()) == [
+        "CRM B", "CRM F", "Calendar A", "Calendar E"]
+    assert sorted(r.summary for r in scn.records().values()) == [
+        "CRM B", "CRM F", "Calendar A", "Calendar E"]
+
+
+def test_contacts_and_tasks_repair(scn: Scenario):
+    kinds = ("contacts", "tasks")
+    scn.put(Contact(uid="c@t", full_name="Cal Endar", given_name="Cal", family_name="Endar",
+                    emails=["cal@client.example"]))
+    ann = scn.crm_insert("Contact", FirstName="Ann", LastName="Crm",
+                         Email="ann@client.example")
+    due = (T0 + timedelta(days=1)).date()
+    scn.put(Task(uid="t@t", summary="Calendar task", due=due.isoformat()))
+    call = scn.crm_insert("Task", Subject="Call back", ActivityDate=due.isoformat(),
+                          Status="Not Started")
+    plans, report = scn.sync(kinds)
+    assert report.status == "ok"
+    assert [p.counts() for p in plans] == [{"create:crm": 1, "create:groupware": 1}] * 2
+    assert {r.crm_id for r in scn.records("contacts").values()} == {"", ann}
+    assert {r.crm_id for r in scn.records("tasks").values()} == {"", call}
+
+    _lose(scn)
+    # Changed in the CRM while the store was lost: only the kept Id still pairs them.
+    scn.crm_update("Contact", ann, Email="ann@elsewhere.example")
+    scn.crm_update("Task", call, Subject="Call back soon")
+    plans, report = scn.sync(kinds)
+    assert report.status == "ok"
+    for plan in plans:
+        assert not any(code.startswith("create") for code in plan.counts()), plan.counts()
+    contacts = scn.records("contacts")
+    assert len(contacts) == 2 and len(scn.crm_query("SELECT Id FROM Contact")) == 2
+    assert any(r.emails == ["ann@elsewhere.example"] for r in contacts.values())
+    tasks = scn.records("tasks")
+    assert len(tasks) == 2 and len(scn.crm_query("SELECT Id FROM Task")) == 2
+    assert "Call back soon" in {r.summary for r in tasks.values()}
