@@ -50,3 +50,62 @@ def test_journal_keeps_each_write_with_the_item_before_it(home: Path, sides: Sid
     assert {e.outcome for e in entries.values()} == {"ok"}
     # The first run's creates are journaled too.
     assert {e.action for e in store.journal(report["run"] - 1)} == {"create"}
+
+
+def test_undo_reverts_a_run_on_both_sides_and_the_next_sync_is_quiet(home: Path,
+                                                                    sides: Sides):
+    _first_sync(home, sides)
+    sides.put("crm", event("e@x", "Kick-off"))
+    sides.put("groupware", event("d@x", "Lunch"))
+    sides.edit("crm", "calendar", "a@x.ics", summary="Pricing call (moved)")
+    sides.edit("groupware", "calendar", "c@x.ics", summary="Review (new room)")
+    (sides.folder("crm", "calendar") / "b@x.ics").unlink()
+    before = {s: _records(sides, s) for s in ("crm", "groupware")}
+    report = json.loads(crmsync(home, "sync", "work", "--yes", "--json").stdout)
+    assert report["objects"]["calendar"]["counts"] == {
+        "create:crm": 1, "create:groupware": 1, "update:crm": 1, "update:groupware": 1,
+        "delete:groupware": 1}
+
+    shown = crmsync(home, "undo", "work", str(report["run"]), "--dry-run").stdout
+    assert shown.count("would revert") == 5
+    assert _records(sides, "groupware") != before["groupware"]
+    undone = json.loads(crmsync(home, "undo", "work", str(report["run"]), "--yes",
+                                "--json").stdout)
+    assert undone["mode"] == "undo" and undone["status"] == "ok"
+    for side in ("crm", "groupware"):
+        assert _records(sides, side) == before[side], side
+
+    quiet = json.loads(crmsync(home, "sync", "work", "--yes", "--json").stdout)
+    assert not any(k.startswith(("create", "update", "delete"))
+                   for k in quiet["objects"]["calendar"]["counts"]), quiet
+    runs = json.loads(crmsync(home, "history", "work", "--json").stdout)
+    assert [r["mode"] for r in runs][:2] == ["manual", "undo"]
+
+
+def test_undo_leaves_items_changed_since_the_run_alone(home: Path, sides: Sides):
+    _first_sync(home, sides)
+    sides.edit("crm", "calendar", "a@x.ics", summary="Pricing call (moved)")
+    sides.edit("crm", "calendar", "b@x.ics", summary="Demo (moved)")
+    report = json.loads(crmsync(home, "sync", "work", "--yes", "--json").stdout)
+    sides.edit("groupware", "calendar", "a@x.ics", summary="Pricing call (user's own)")
+    out = crmsync(home, "undo", "work", str(report["run"]), "--yes", check=6).stdout
+    assert out.count("changed since the run, left alone") == 1 and "reverted" in out
+    records = sides.records("groupware", "calendar")
+    assert records["a@x"].summary == "Pricing call (user's own)"
+    assert records["b@x"].summary == "Demo"
+
+
+def test_undo_of_an_unknown_run_or_a_dry_run_is_refused(home: Path, sides: Sides):
+    _first_sync(home, sides)
+    sides.edit("crm", "calendar", "a@x.ics", summary="Pricing call (moved)")
+    crmsync(home, "sync", "work", "--dry-run")
+    dry = json.loads(crmsync(home, "history", "work", "--json").stdout)[0]
+    assert dry["dry_run"]
+    assert "dry run" in crmsync(home, "undo", "work", str(dry["id"]), "--yes",
+                                check=2).stderr
+    assert "no run 999" in crmsync(home, "undo", "work", "999", "--yes", check=2).stderr
+
+
+def _records(sides: Sides, side: str) -> dict[str, tuple[str, str]]:
+    return {uid: (r.summary, r.start) for uid, r in sides.records(side, "calendar").items()}
+
