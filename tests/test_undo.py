@@ -8,10 +8,13 @@ from pathlib import Path
 import pytest
 
 from crmsync.config import Paths, store_url
+from crmsync.model import Event
 from crmsync.store import Store
+from scenario import Scenario
 from test_planfile import add_profile
 
-from conftest import Sides, event
+from conftest import Sides, day, event
+from sfsandbox import control
 from test_cli import crmsync
 
 
@@ -104,6 +107,53 @@ def test_undo_of_an_unknown_run_or_a_dry_run_is_refused(home: Path, sides: Sides
     assert "dry run" in crmsync(home, "undo", "work", str(dry["id"]), "--yes",
                                 check=2).stderr
     assert "no run 999" in crmsync(home, "undo", "work", "999", "--yes", check=2).stderr
+
+
+def test_undo_on_radicale_and_salesforce_reverts_creates_updates_and_deletes(scn: Scenario):
+    for i in range(3):
+        scn.put(Event(uid=f"u{i}@t", summary=f"Meeting {i}", start=day(i),
+                      end=day(i, "10:00")))
+    scn.cli("sync", "p", "--yes", check=0)
+    crm_ids = {r["Subject"]: r["Id"] for r in scn.crm_query("SELECT Id, Subject FROM Event")}
+    scn.put(Event(uid="new@t", summary="Kick-off", start=day(5), end=day(5, "10:00")))
+    scn.edit("u0@t", summary="Meeting 0 (moved)")
+    scn.delete("u1@t")
+    scn.crm_insert("Event", Subject="Call", StartDateTime=day(6),
+                   EndDateTime=day(6, "10:00"))
+    scn.crm_update("Event", crm_ids["Meeting 2"], Subject="Meeting 2 (CRM)")
+    before_gw = {u: r.summary for u, r in scn.records().items()}
+    before_crm = sorted(r["Subject"] for r in scn.crm_query("SELECT Subject FROM Event"))
+    report = json.loads(scn.cli("sync", "p", "--yes", "--json", check=0).stdout)
+    assert sum(report["objects"]["calendar"]["counts"].values()) == 5, report
+
+    scn.cli("undo", "p", str(report["run"]), "--yes", check=0)
+    assert {u: r.summary for u, r in scn.records().items()} == before_gw
+    assert sorted(r["Subject"] for r in scn.crm_query("SELECT Subject FROM Event")) \
+        == before_crm
+    quiet = json.loads(scn.cli("sync", "p", "--yes", "--json", check=0).stdout)
+    assert not any(k.startswith(("create", "update", "delete"))
+                   for k in quiet["objects"]["calendar"]["counts"]), quiet
+
+
+def test_undo_restores_a_mass_deletion_on_the_calendar(scn: Scenario):
+    for i in range(10):
+        scn.put(Event(uid=f"m{i}@t", summary=f"Meeting {i}", start=day(i),
+                      end=day(i, "10:00")))
+    scn.cli("sync", "p", "--yes", check=0)
+    for row in scn.crm_query("SELECT Id FROM Event"):
+        scn.crm_delete("Event", row["Id"])
+    # Salesforce reports deletions up to the last whole minute: let two pass.
+    control(scn.sandbox, "clock", offset_days=2 / 1440)
+    report = json.loads(scn.cli("sync", "p", "--yes", "--allow-mass-delete", "--json",
+                                check=0).stdout)
+    assert report["objects"]["calendar"]["counts"] == {"delete:groupware": 10}
+    assert scn.records() == {}
+    scn.cli("undo", "p", str(report["run"]), "--yes", check=0)
+    assert sorted(r.summary for r in scn.records().values()) \
+        == sorted(f"Meeting {i}" for i in range(10))
+    quiet = json.loads(scn.cli("sync", "p", "--yes", "--json", check=0).stdout)
+    assert not any(k.startswith(("create", "update", "delete"))
+                   for k in quiet["objects"]["calendar"]["counts"]), quiet
 
 
 def _records(sides: Sides, side: str) -> dict[str, tuple[str, str]]:
