@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
 from crmsync.config import Paths, store_url
+from crmsync.connectors.base import Item
 from crmsync.model import Event
-from crmsync.store import Store
+from crmsync.store import JournalEntry, Store
 from scenario import Scenario
 from test_planfile import add_profile
 
@@ -154,6 +156,41 @@ def test_undo_restores_a_mass_deletion_on_the_calendar(scn: Scenario):
     quiet = json.loads(scn.cli("sync", "p", "--yes", "--json", check=0).stdout)
     assert not any(k.startswith(("create", "update", "delete"))
                    for k in quiet["objects"]["calendar"]["counts"]), quiet
+
+
+def test_journal_intents_are_completed_with_the_pairs_on_both_databases(store: Store):
+    profile = store.add_profile("work", "vdir:/a", "vdir:/b", ["calendar"], {})
+    run_id = store.start_run(profile.id, ["calendar"], "manual", "ana")
+    before = Item("a.ics", "v1", "BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n", "icalendar",
+                  "calendar")
+    store.journal_intents(run_id, [
+        JournalEntry("calendar", 1, "groupware", "update", "a.ics", before,
+                     crm_id="A", gw_id="a.ics"),
+        JournalEntry("calendar", 2, "crm", "create", gw_id="b.ics")])
+    intents = store.journal(run_id)
+    assert [(e.outcome, e.after_version) for e in intents] == [(None, None), (None, None)]
+    done = dataclasses.replace(intents[0], after_version="v2", outcome="ok")
+    store.save_pairs(profile.id, "calendar", [], [], run_id, (), [done])
+    updated, created = store.journal(run_id)
+    assert (updated.outcome, updated.after_version) == ("ok", "v2")
+    assert updated.before is not None and updated.before.raw == before.raw
+    assert updated.before.version == "v1" and updated.before.fmt == "icalendar"
+    # The create's outcome stays unknown: it may or may not have happened.
+    assert created.outcome is None and created.item_id is None
+    assert store.purge_runs(profile.id, "9999") == 1 and store.journal(run_id) == []
+
+
+def test_an_undo_can_be_undone(home: Path, sides: Sides):
+    _first_sync(home, sides)
+    sides.edit("crm", "calendar", "a@x.ics", summary="Pricing call (moved)")
+    (sides.folder("crm", "calendar") / "b@x.ics").unlink()
+    report = json.loads(crmsync(home, "sync", "work", "--yes", "--json").stdout)
+    after_run = _records(sides, "groupware")
+    undone = json.loads(crmsync(home, "undo", "work", str(report["run"]), "--yes",
+                                "--json").stdout)
+    assert _records(sides, "groupware") != after_run
+    crmsync(home, "undo", "work", str(undone["run"]), "--yes")
+    assert _records(sides, "groupware") == after_run
 
 
 def _records(sides: Sides, side: str) -> dict[str, tuple[str, str]]:
