@@ -19,11 +19,21 @@ The undo is itself a run (mode "undo") with a report and a journal: it can be un
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from crmsync import merge
-from crmsync.connectors.base import Create, Delete, Item, Result, Update, Write, other
+from crmsync.connectors.base import (
+    SIDES,
+    Create,
+    Delete,
+    Item,
+    Result,
+    Side,
+    Update,
+    Write,
+    other,
+)
 from crmsync.errors import ConfigError
+from crmsync.model import ObjectKind
 from crmsync.plan import Pair
 from crmsync.store import JournalEntry, RunItem
 from crmsync.sync import ObjectReport, Report, Syncer
@@ -38,7 +48,7 @@ def undo(syncer: Syncer, run_id: int, *, dry_run: bool = False,
     run = store.run(profile.id, run_id)
     if run["dry_run"]:
         raise ConfigError(f"run {run_id} was a dry run: it changed nothing to undo")
-    entries = [e for e in reversed(store.journal(run_id))]
+    entries = list(reversed(store.journal(run_id)))
     if not entries:
         raise ConfigError(f"run {run_id} has no journal of writes to undo (it wrote "
                           "nothing, or ran before crmsync kept journals)")
@@ -60,11 +70,11 @@ def undo(syncer: Syncer, run_id: int, *, dry_run: bool = False,
     return report
 
 
-def _undo_kind(syncer: Syncer, run_id: int | None, kind: Any, entries: list[JournalEntry],
+def _undo_kind(syncer: Syncer, run_id: int | None, kind: ObjectKind, entries: list[JournalEntry],
                obj: ObjectReport, dry_run: bool) -> None:
     store, profile = syncer.store, syncer.profile
-    current: dict[str, dict[str, Item]] = {}
-    for side in ("crm", "groupware"):
+    current: dict[Side, dict[str, Item]] = {}
+    for side in SIDES:
         ids = sorted({e.item_id for e in entries if e.side == side and e.item_id})
         current[side] = syncer.connector(side, kind).fetch(kind, ids) if ids else {}
     names = syncer.common_fields(kind)
@@ -94,18 +104,17 @@ def _undo_kind(syncer: Syncer, run_id: int | None, kind: Any, entries: list[Jour
                             crm_id=entry.crm_id, gw_id=entry.gw_id)
                for n, (entry, write) in enumerate(todo, 1)]
     store.journal_intents(run_id, journal)
-    results: list[Result] = []
-    for side in ("crm", "groupware"):
-        mine = [(n, w) for n, (e, w) in enumerate(todo) if e.side == side]
+    by_n: dict[int, Result] = {}
+    for side in SIDES:
+        mine = [n for n, (e, _) in enumerate(todo) if e.side == side]
         if mine:
-            got = syncer.connector(side, kind).apply(kind, [w for _, w in mine])
-            results += list(zip([n for n, _ in mine], got, strict=True))  # type: ignore[arg-type]
-    by_n = dict(results)  # type: ignore[arg-type]
+            got = syncer.connector(side, kind).apply(kind, [todo[n][1] for n in mine])
+            by_n.update(zip(mine, got, strict=True))
     applied = [i for i in obj.items if i.outcome == "applied"]
     saved: list[Pair] = []
     dropped: list[int] = []
     for n, (entry, _write) in enumerate(todo):
-        result: Result = by_n[n]  # type: ignore[assignment]
+        result = by_n[n]
         done = journal[n]
         if done.action == "create" and result.item is not None:
             done.item_id = result.item.id
@@ -146,7 +155,7 @@ def _revert(entry: JournalEntry, now: Item | None, names: frozenset[str]
     return Update(now.id, now.version, changes, planned=now), ""
 
 
-def _settle(syncer: Syncer, kind: Any, entry: JournalEntry, result: Result,
+def _settle(syncer: Syncer, kind: ObjectKind, entry: JournalEntry, result: Result,
             saved: list[Pair], dropped: list[int]) -> None:
     """Bring the state store in line with one reverted write (see the module's doc)."""
     store, profile, side = syncer.store, syncer.profile, entry.side
