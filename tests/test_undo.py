@@ -144,8 +144,8 @@ def test_undo_restores_a_mass_deletion_on_the_calendar(scn: Scenario):
     scn.cli("sync", "p", "--yes", check=0)
     for row in scn.crm_query("SELECT Id FROM Event"):
         scn.crm_delete("Event", row["Id"])
-    # Salesforce reports deletions up to the last whole minute: let two pass.
-    control(scn.sandbox, "clock", offset_days=2 / 1440)
+    # Salesforce reports deletions up to the last whole minute: let ten pass.
+    control(scn.sandbox, "clock", offset_days=10 / 1440)
     report = json.loads(scn.cli("sync", "p", "--yes", "--allow-mass-delete", "--json",
                                 check=0).stdout)
     assert report["objects"]["calendar"]["counts"] == {"delete:groupware": 10}

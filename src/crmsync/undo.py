@@ -106,10 +106,12 @@ def _undo_kind(syncer: Syncer, run_id: int | None, kind: ObjectKind, entries: li
     store.journal_intents(run_id, journal)
     by_n: dict[int, Result] = {}
     for side in SIDES:
+        connector = syncer.connector(side, kind)
         mine = [n for n, (e, _) in enumerate(todo) if e.side == side]
-        if mine:
-            got = syncer.connector(side, kind).apply(kind, [todo[n][1] for n in mine])
-            by_n.update(zip(mine, got, strict=True))
+        for start in range(0, len(mine), connector.capabilities.batch_size):
+            part = mine[start:start + connector.capabilities.batch_size]
+            got = connector.apply(kind, [todo[n][1] for n in part])
+            by_n.update(zip(part, got, strict=True))
     applied = [i for i in obj.items if i.outcome == "applied"]
     saved: list[Pair] = []
     dropped: list[int] = []
