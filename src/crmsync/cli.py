@@ -862,6 +862,48 @@ def history(
                                                   else ""), highlight=False, markup=False)
 
 
+@app.command(epilog=EXIT_CODES_HELP)
+def undo(
+    name: Annotated[str, typer.Argument(help="The profile.")],
+    run: Annotated[int, typer.Argument(help="The run to undo (see 'crmsync history').")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would be "
+                                          "reverted.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Undo a run: revert its writes on both sides where the items were not changed since.
+
+    Items changed since the run are reported and left alone (exit code 6). The undo is a
+    run of its own (mode "undo") in the history, and can be undone in turn.
+    """
+    from crmsync.undo import undo as undo_run
+
+    syncer = _syncer(name)
+    try:
+        report = undo_run(syncer, run, dry_run=True)
+        n = sum(c for o in report.objects.values() for k, c in o.counts.items()
+                if ":" in k)
+        if not dry_run and not yes and not typer.confirm(f"Revert {n} writes of run {run}?"):
+            raise typer.Exit(EXIT_CANCELLED)
+        if not dry_run:
+            report = undo_run(syncer, run)
+    finally:
+        syncer.close()
+    items = [i for o in report.objects.values() for i in o.items]
+    if json_out:
+        _emit_json(report.to_dict())
+    else:
+        console = _console()
+        for i in items:
+            verb = {"applied": "would revert" if dry_run else "reverted"}.get(i.outcome,
+                                                                              i.outcome)
+            console.print(f"{verb:12} {i.kind} {i.action:17} {i.label}"
+                          + (f"  ({i.reason})" if i.reason else ""),
+                          highlight=False, markup=False)
+    if any(i.outcome != "applied" for i in items):
+        raise typer.Exit(EXIT_PARTIAL)
+
+
 def _duration(ms: int | None) -> str:
     if ms is None:
         return "-"

@@ -57,7 +57,7 @@ from crmsync.plan import (
 )
 from crmsync.planfile import Outcome, PlanFile, PlanFileError, reconcile
 from crmsync.policy import Policy
-from crmsync.store import Profile, RunItem, Store, now
+from crmsync.store import JournalEntry, Profile, RunItem, Store, now
 
 # Progress reports: (phase, object, done, total), phase "fetching" or "applying". The
 # core only counts; a view (the CLI's progress bar) decides whether and how to show it.
@@ -571,6 +571,7 @@ class _Executor:
         self.report = report
         self.progress = progress
         self.pending: dict[Side, set[str]] = {s: set() for s in SIDES}
+        self.seq = 0  # numbers this object's journal entries
 
     def execute(self, prep: Prepared) -> None:
         steps = prep.plan.steps
@@ -613,18 +614,22 @@ class _Executor:
     def _apply_chunk(self, steps: list[Step], last_try: bool) -> list[Step]:
         """Apply a chunk; returns the steps whose items changed meanwhile, to re-plan."""
         writes: dict[Side, list[tuple[Action, Write]]] = {s: [] for s in SIDES}
+        # The journal: each write's intent and before image, stored before it is sent.
+        journaled: dict[int, JournalEntry] = {}
         for step in steps:
             if step.state == "record":
                 for action in step.actions:
                     if action.op in WRITES:
                         writes[action.side].append(  # type: ignore[index]
                             (action, _write(step, action, self._pin_zone(action.side))))
+                        journaled[id(action)] = self._intent(step, action)
         # "Keep both": the old pair is forgotten before its items are copied. Should the run
         # stop after the copies are made, the next run pairs each item with its copy by
         # content (see crmsync.plan.pair_up) instead of copying again.
         split = [s.pair.id for s in steps if s.state == "record" and s.pair is not None
                  and s.pair.id is not None and any(a.copy for a in s.actions)]
         self.store.save_pairs(self.syncer.profile.id, self.kind, [], split)
+        self.store.journal_intents(self.run_id, list(journaled.values()))
         results: dict[int, Result] = {}
         for side in SIDES:
             connector = self.syncer.connector(side, self.kind)
@@ -648,10 +653,22 @@ class _Executor:
             if outcome == "record":
                 self._record(step, results, saved, dropped)
             items.extend(self._items(step, results, outcome))
+        done = [_done(journaled[key], result) for key, result in results.items()]
         self.store.save_pairs(self.syncer.profile.id, self.kind, saved, dropped,
-                              self.run_id, items)
+                              self.run_id, items, done)
         self.report.items.extend(items)
         return replan
+
+    def _intent(self, step: Step, action: Action) -> JournalEntry:
+        """The journal entry of a write: the item before it (for an update or delete)."""
+        self.seq += 1
+        side = action.side
+        assert side is not None
+        before = None if action.op == "create" else step.item(side)
+        ids = step.ids()
+        return JournalEntry(self.kind, self.seq, side, action.op,
+                            before.id if before else None, before,
+                            crm_id=ids.get("crm"), gw_id=ids.get("groupware"))
 
     def _settle(self, step: Step, results: dict[int, Result], last_try: bool) -> str:
         statuses = [results[id(a)].status for a in step.actions if id(a) in results]
@@ -757,6 +774,16 @@ class _Executor:
             out.append(RunItem(self.kind, code, outcome, step.label(parse=outcome != "applied"),
                                reason, ids.get("crm"), ids.get("groupware"), action.side))
         return out
+
+
+def _done(entry: JournalEntry, result: Result) -> JournalEntry:
+    """A journal entry completed with its write's result."""
+    item = result.item
+    if entry.action == "create" and item is not None:
+        entry.item_id = item.id
+    entry.after_version = item.version if item is not None else None
+    entry.outcome = result.status
+    return entry
 
 
 def _write(step: Step, action: Action, zone: tzinfo | None = None) -> Write:

@@ -34,10 +34,19 @@ from crmsync.connectors.base import SIDES, Item, Side
 from crmsync.errors import ConfigError
 from crmsync.model import ObjectKind
 from crmsync.plan import Ignore, IgnoreMode, Pair
-from crmsync.store.schema import cursors, ignores, pairs, pending, profiles, run_items, runs
+from crmsync.store.schema import (
+    cursors,
+    ignores,
+    journal,
+    pairs,
+    pending,
+    profiles,
+    run_items,
+    runs,
+)
 
 # The Alembic revision this code expects; checked on open without importing Alembic.
-SCHEMA_HEAD = "0004"
+SCHEMA_HEAD = "0005"
 MIGRATIONS = Path(__file__).with_name("migrations")
 _PREFIX: dict[Side, str] = {"crm": "crm", "groupware": "gw"}
 
@@ -85,6 +94,23 @@ class RunItem:
     crm_id: str | None = None
     gw_id: str | None = None
     side: str | None = None
+
+
+@dataclass
+class JournalEntry:
+    """One write of a run (see schema.journal)."""
+
+    kind: ObjectKind
+    seq: int
+    side: Side
+    action: str  # create | update | delete
+    item_id: str | None = None
+    before: Item | None = None
+    after_version: str | None = None
+    crm_id: str | None = None
+    gw_id: str | None = None
+    outcome: str | None = None  # None: the write may or may not have happened
+    run_id: int | None = None
 
 
 class Store:
@@ -160,6 +186,7 @@ class Store:
                 conn.execute(delete(table).where(table.c.profile_id == profile.id))
             run_ids = select(runs.c.id).where(runs.c.profile_id == profile.id)
             conn.execute(delete(run_items).where(run_items.c.run_id.in_(run_ids)))
+            conn.execute(delete(journal).where(journal.c.run_id.in_(run_ids)))
             conn.execute(delete(runs).where(runs.c.profile_id == profile.id))
             conn.execute(delete(profiles).where(profiles.c.id == profile.id))
 
@@ -225,10 +252,11 @@ class Store:
 
     def save_pairs(self, profile_id: int, kind: ObjectKind, saved: Sequence[Pair],
                    dropped: Sequence[int], run_id: int | None = None,
-                   items: Sequence[RunItem] = ()) -> None:
-        """Record new pair states, forget dropped pairs and log what the run did to them,
-        in one transaction: the history never disagrees with the state."""
-        if not saved and not dropped and not items:
+                   items: Sequence[RunItem] = (), done: Sequence[JournalEntry] = ()) -> None:
+        """Record new pair states, forget dropped pairs, log what the run did to them and
+        complete its journal entries (``done``), in one transaction: the history never
+        disagrees with the state."""
+        if not saved and not dropped and not items and not done:
             return
         stamp = now()
         new_rows, old_rows = [], []
@@ -260,6 +288,43 @@ class Store:
             if items:
                 assert run_id is not None
                 _insert_run_items(conn, run_id, items)
+            if done:
+                assert run_id is not None
+                c = journal.c
+                conn.execute(update(journal).where(
+                    c.run_id == run_id, c.kind == bindparam("j_kind"),
+                    c.seq == bindparam("j_seq")).values(
+                    item_id=bindparam("j_item"), after_version=bindparam("j_after"),
+                    outcome=bindparam("j_outcome")),
+                    [{"j_kind": e.kind, "j_seq": e.seq, "j_item": e.item_id,
+                      "j_after": e.after_version, "j_outcome": e.outcome} for e in done])
+
+    # --- the journal -----------------------------------------------------------------------
+
+    def journal_intents(self, run_id: int, entries: Sequence[JournalEntry]) -> None:
+        """Record writes about to be sent, with their before images (one insert)."""
+        if not entries:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(insert(journal), [
+                {"run_id": run_id, "kind": e.kind, "seq": e.seq, "side": e.side,
+                 "action": e.action, "item_id": e.item_id,
+                 "before_version": e.before.version if e.before else None,
+                 "before_fmt": e.before.fmt if e.before else None,
+                 "before_raw": e.before.raw if e.before else None,
+                 "crm_id": e.crm_id, "gw_id": e.gw_id} for e in entries])
+
+    def journal(self, run_id: int) -> list[JournalEntry]:
+        """A run's journal, in the order its writes were sent."""
+        c = journal.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(journal).where(c.run_id == run_id)
+                                .order_by(c.id)).all()
+        return [JournalEntry(
+            r.kind, r.seq, r.side, r.action, r.item_id,
+            Item(r.item_id, r.before_version, r.before_raw, r.before_fmt, r.kind)
+            if r.before_raw is not None else None,
+            r.after_version, r.crm_id, r.gw_id, r.outcome, r.run_id) for r in rows]
 
     # --- cursors, pending items, ignores -----------------------------------------------------
 
@@ -386,6 +451,7 @@ class Store:
                                       runs.c.started_at < before)
         with self.engine.begin() as conn:
             conn.execute(delete(run_items).where(run_items.c.run_id.in_(old)))
+            conn.execute(delete(journal).where(journal.c.run_id.in_(old)))
             return conn.execute(delete(runs).where(runs.c.profile_id == profile_id,
                                                    runs.c.started_at < before)).rowcount
 

@@ -279,3 +279,33 @@ plans = Table(
     Column("updated_at", String(32), nullable=False),
     Column("run_id", Integer),  # the run that applied it
 )
+
+# The JOURNAL of a run: every write it applied, with the item as it was before (to undo it,
+# see crmsync.undo). An entry is written as an intent before the write is sent (outcome
+# NULL) and completed with its result after: an entry with a NULL outcome is a write that
+# may or may not have happened (the run was cut off).
+journal = Table(
+    "journal",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    # Numbers the run's writes of one kind in the order they were sent.
+    Column("seq", Integer, nullable=False),
+    Column("side", String(16), nullable=False),  # the side written
+    Column("action", String(16), nullable=False),  # create | update | delete
+    # The item written; for a create, the new item's id (known once done).
+    Column("item_id", Text),
+    # The item before the write (update, delete): its version and content.
+    Column("before_version", Text),
+    Column("before_fmt", String(64)),
+    Column("before_raw", Text),
+    # The item's version the write left (create, update).
+    Column("after_version", Text),
+    # The pair's items when the write was planned.
+    Column("crm_id", Text),
+    Column("gw_id", Text),
+    # NULL until done: ok | exists | changed | failed
+    Column("outcome", String(16)),
+    UniqueConstraint("run_id", "kind", "seq", name="uq_journal_seq"),
+)
