@@ -21,12 +21,15 @@ import contextlib
 import http.client
 import importlib.util
 import os
+import random
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -337,13 +340,25 @@ _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-
 
 @dataclass
 class _Fault:
-    action: str  # "fail", "drop" or "delay"
+    action: str  # "fail", "drop", "delay" or "truncate"
     remaining: int
     methods: frozenset[str] | None
     status: int = 503
     retry_after: int | None = None
     seconds: float = 0.0
     after_forward: bool = False
+
+    @property
+    def name(self) -> str:
+        if self.action == "fail":
+            return f"fail-{self.status}"
+        return self.action + ("-after-forward" if self.after_forward else "")
+
+
+# The faults chaos mode picks from (timeouts show up as drops: the client sees no answer).
+_CHAOS = (_Fault("fail", 1, None, status=503), _Fault("fail", 1, None, status=500),
+          _Fault("fail", 1, None, status=429, retry_after=0), _Fault("drop", 1, None),
+          _Fault("drop", 1, None, after_forward=True), _Fault("truncate", 1, None))
 
 
 class FaultProxy:
@@ -354,13 +369,22 @@ class FaultProxy:
     are consumed in the order they were armed, one per matching request. With
     ``require_auth`` the proxy answers 401 unless the request carries those Basic
     credentials (faults come first, as from a load balancer in front of the server).
+    With ``upstream_tls`` (an SSL context trusting the target) it forwards to an https://
+    target such as the sandboxes, still listening on plain http on loopback. With
+    ``chaos`` (a seeded ``random.Random``) every request no armed fault is waiting for
+    gets a random fault with probability ``rate``; ``injected`` counts them by name.
     """
 
     def __init__(self, target_base_url: str, *,
-                 require_auth: tuple[str, str] | None = None) -> None:
+                 require_auth: tuple[str, str] | None = None,
+                 chaos: random.Random | None = None, rate: float = 0.2,
+                 upstream_tls: ssl.SSLContext | None = None) -> None:
         target = urlsplit(target_base_url)
-        if target.scheme != "http" or not target.hostname:
-            raise ValueError(f"FaultProxy forwards to http:// URLs only, not {target_base_url}")
+        scheme = "https" if upstream_tls is not None else "http"
+        if target.scheme != scheme or not target.hostname:
+            raise ValueError(f"FaultProxy forwards to {scheme}:// URLs only (https with "
+                             f"upstream_tls), not {target_base_url}")
+        self._upstream_tls = upstream_tls
         self.target_base_url = target_base_url
         self._target = target
         self._expected_auth: str | None = None
@@ -370,6 +394,10 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._faults: list[_Fault] = []
         self._requests: list[tuple[str, str]] = []
+        # Chaos mode: with no armed fault, each request gets a random one with ``rate``.
+        self.chaos = chaos
+        self.rate = rate
+        self.injected: Counter[str] = Counter()
         self._connections: set[socket.socket] = set()
         self._closed = False
         self._server = _ProxyServer(("127.0.0.1", 0), _ProxyHandler)
@@ -403,6 +431,11 @@ class FaultProxy:
         """Wait ``seconds`` before forwarding the next ``times`` matching requests."""
         self._arm(_Fault("delay", times, _methods(methods), seconds=seconds))
 
+    def truncate(self, times: int = 1, methods: set[str] | None = None) -> None:
+        """Forward the next ``times`` matching requests, then send the answer's headers
+        with its full Content-Length but only half of its body, and close."""
+        self._arm(_Fault("truncate", times, _methods(methods)))
+
     def _arm(self, fault: _Fault) -> None:
         if fault.remaining > 0:
             with self._lock:
@@ -416,7 +449,11 @@ class FaultProxy:
                     if fault.remaining <= 0:
                         self._faults.remove(fault)
                     return fault
-        return None
+            if self.chaos is None or self.chaos.random() >= self.rate:
+                return None
+            fault = self.chaos.choice(_CHAOS)
+            self.injected[fault.name] += 1
+            return fault
 
     # -- observing
 
@@ -572,12 +609,13 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                            else (("Retry-After", str(fault.retry_after)),))
                 self._reply(fault.status, f"injected fault: {fault.status}", headers)
                 return
-            time.sleep(fault.seconds)
+            if fault.action == "delay":
+                time.sleep(fault.seconds)
         if not authorized:
             self._reply(401, "authentication required",
                         (("WWW-Authenticate", 'Basic realm="crmsync-test", charset="UTF-8"'),))
             return
-        self._forward(body)
+        self._forward(body, truncate=fault is not None and fault.action == "truncate")
 
     def _read_body(self) -> bytes:
         encoding = self.headers.get("Transfer-Encoding", "").lower()
@@ -646,7 +684,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             headers.append(("Content-Length", str(len(body))))
         return headers
 
-    def _forward(self, body: bytes) -> None:
+    def _forward(self, body: bytes, truncate: bool = False) -> None:
         proxy = self.server.proxy
         target = proxy._target
         try:
@@ -675,6 +713,13 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
+        if truncate:
+            self.wfile.write(data[:len(data) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
         if data and self.command != "HEAD" and not bodiless:
             self.wfile.write(data)
 
@@ -686,8 +731,11 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             reused = self._upstream is not None
             if self._upstream is None:
                 target = self.server.proxy._target
-                self._upstream = http.client.HTTPConnection(
-                    target.hostname, target.port or 80, timeout=60)
+                tls = self.server.proxy._upstream_tls
+                self._upstream = (
+                    http.client.HTTPConnection(target.hostname, target.port or 80, timeout=60)
+                    if tls is None else http.client.HTTPSConnection(
+                        target.hostname, target.port or 443, timeout=60, context=tls))
             conn = self._upstream
             try:
                 conn.putrequest(self.command, self.path, skip_host=True,

@@ -22,7 +22,7 @@ sandbox's REST API, as a CRM user would.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -81,7 +81,11 @@ class Scenario:
     """One test's world: fresh collections, an empty CRM, a home with the profile ``p``."""
 
     def __init__(self, servers: Servers, home: Path,
-                 objects: Sequence[ObjectKind] = ("calendar", "contacts", "tasks")) -> None:
+                 objects: Sequence[ObjectKind] = ("calendar", "contacts", "tasks"), *,
+                 via: Callable[[str], str] | None = None, crm_url: str | None = None) -> None:
+        """``via`` maps the groupware collections' URLs and ``crm_url`` replaces the
+        CRM's for the profile (e.g. to go through a FaultProxy); tests still reach both
+        sides directly."""
         self.servers = servers
         self.home = home
         self.radicale = servers.radicale
@@ -94,11 +98,12 @@ class Scenario:
         self.collections["tasks"] = self.collections["calendar"]
         self._http = httpx.Client(timeout=10.0)
         self._crm: httpx.Client | None = None
-        args = ["profile", "add", PROFILE, "--crm", f"salesforce:{self.sandbox.url}",
+        args = ["profile", "add", PROFILE, "--crm", f"salesforce:{crm_url or self.sandbox.url}",
                 "--objects", ",".join(objects)]
         for kind in objects:
             scheme = "carddav" if kind == "contacts" else "caldav"
-            args += ["--groupware", f"{kind}={scheme}:{self.collections[kind]}"]
+            url = self.collections[kind] if via is None else via(self.collections[kind])
+            args += ["--groupware", f"{kind}={scheme}:{url}"]
         # What made the profile: a test that loses the store makes it again.
         self.profile_args = tuple(args)
         self.cli(*args, check=0)

@@ -1,0 +1,347 @@
+"""Fault injection: seeded random runs with faults on both sides must end converged.
+
+Each run is a world of its own (a fresh Radicale calendar and address book, an empty
+sandbox CRM) reached through two chaos :class:`FaultProxy` instances: one in front of
+Radicale, one in front of the Salesforce sandbox (TLS upstream; the token answer's
+instance_url points at the proxy). Users on both sides create, edit and delete events and
+contacts between syncs, and sometimes between a run's plan and its apply. Runs may fail
+or be partial; none may crash. Then the faults stop, the profile syncs until quiet and the
+invariants must hold: every item on each side has exactly one counterpart with the same
+content, no side has duplicates, nothing a user did not delete is lost, and a last plan
+does nothing.
+
+``CRMSYNC_FAULT_SEED=N`` replays one seed; ``CRMSYNC_FAULT_RUNS=N`` runs N seeds
+(default a few); ``python bench/faults.py`` prints a JSON summary of many.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from crmsync.connectors import dav
+from crmsync.errors import CrmsyncError
+from crmsync.model import Contact, Event, moment
+from scenario import Scenario, Servers, sf_time
+
+from davservers import FaultProxy
+
+KINDS = ("calendar", "contacts")
+SYNCS = 4  # faulty syncs per run
+QUIET = 3  # syncs without faults allowed to converge
+
+
+def _seeds() -> list[int]:
+    if "CRMSYNC_FAULT_SEED" in os.environ:
+        return [int(os.environ["CRMSYNC_FAULT_SEED"])]
+    return list(range(1, int(os.environ.get("CRMSYNC_FAULT_RUNS", "3")) + 1))
+
+
+@dataclass
+class Outcome:
+    seed: int
+    requests: int = 0
+    injected: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+
+
+class World:
+    """One seeded run: the scenario behind two chaos proxies and the users' bookkeeping."""
+
+    def __init__(self, servers: Servers, home: Path, seed: int, rate: float) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.gw_proxy = FaultProxy(servers.radicale.url, chaos=random.Random(seed * 7 + 1),
+                                   rate=rate)
+        self.crm_proxy = FaultProxy(servers.sandbox.url, chaos=random.Random(seed * 7 + 2),
+                                    rate=rate, upstream_tls=servers.sandbox.ssl_context())
+        self.scn = Scenario(servers, home, KINDS, via=self.gw_proxy.translate,
+                            crm_url=self.crm_proxy.origin)
+        self.start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        self.next_token = 0
+        self.deleted: set[str] = set()  # tokens a user deleted on some side
+        self.created: set[str] = set()
+        self.outcome = Outcome(seed)
+
+    def close(self) -> None:
+        self.scn.close()
+        self.gw_proxy.close()
+        self.crm_proxy.close()
+
+    # --- users ------------------------------------------------------------------------
+
+    def _token(self, kind: str) -> str:
+        self.next_token += 1
+        token = f"{'e' if kind == 'calendar' else 'c'}{self.seed}x{self.next_token}"
+        self.created.add(token)
+        return token
+
+    def _when(self) -> tuple[datetime, datetime]:
+        begin = self.start + timedelta(days=self.rng.randint(1, 20),
+                                       hours=self.rng.randint(0, 10))
+        return begin, begin + timedelta(minutes=30 * self.rng.randint(1, 4))
+
+    def gw_items(self, kind: str) -> dict[str, str]:
+        """token -> uid of the groupware's items of ``kind``."""
+        return {_token(kind, r): uid for uid, r in self.scn.records(kind).items()}
+
+    def crm_items(self, kind: str) -> dict[str, str]:
+        """token -> Id of the CRM's records of ``kind``."""
+        if kind == "calendar":
+            rows = self.scn.crm_query("SELECT Id, Subject FROM Event")
+            return {r["Subject"].split()[0]: r["Id"] for r in rows}
+        rows = self.scn.crm_query("SELECT Id, LastName FROM Contact")
+        return {r["LastName"]: r["Id"] for r in rows}
+
+    def gw_edit(self) -> None:
+        kind = self.rng.choice(KINDS)
+        items = self.gw_items(kind)
+        action = self.rng.choice(["create", "update", "delete"] if items else ["create"])
+        version = f"v{self.rng.randint(1, 999)}"
+        if action == "create":
+            token = self._token(kind)
+            if kind == "calendar":
+                begin, end = self._when()
+                self.scn.put(Event(uid=f"{token}@gw", summary=f"{token} {version}",
+                                   start=moment(begin), end=moment(end)))
+            else:
+                self.scn.put(Contact(uid=f"{token}@gw", full_name=f"{version} {token}",
+                                     given_name=version, family_name=token,
+                                     emails=[f"{token}.{version}@example.test"]))
+            return
+        token = self.rng.choice(sorted(items))
+        if action == "delete":
+            self.deleted.add(token)
+            self.scn.delete(items[token], kind)
+        elif kind == "calendar":
+            begin, end = self._when()
+            self.scn.edit(items[token], kind, summary=f"{token} {version}",
+                          start=moment(begin), end=moment(end))
+        else:
+            self.scn.edit(items[token], kind, given_name=version,
+                          full_name=f"{version} {token}",
+                          emails=[f"{token}.{version}@example.test"])
+
+    def crm_edit(self) -> None:
+        kind = self.rng.choice(KINDS)
+        items = self.crm_items(kind)
+        action = self.rng.choice(["create", "update", "delete"] if items else ["create"])
+        version = f"v{self.rng.randint(1, 999)}"
+        obj = "Event" if kind == "calendar" else "Contact"
+        if action == "delete":
+            token = self.rng.choice(sorted(items))
+            self.deleted.add(token)
+            self.scn.crm_delete(obj, items[token])
+            return
+        if kind == "calendar":
+            begin, end = self._when()
+            token = self._token(kind) if action == "create" else self.rng.choice(sorted(items))
+            fields = {"Subject": f"{token} {version}", "StartDateTime": sf_time(begin),
+                      "EndDateTime": sf_time(end)}
+        else:
+            token = self._token(kind) if action == "create" else self.rng.choice(sorted(items))
+            fields = {"FirstName": version, "LastName": token,
+                      "Email": f"{token}.{version}@example.test"}
+        if action == "create":
+            self.scn.crm_insert(obj, **fields)
+        else:
+            self.scn.crm_update(obj, items[token], **fields)
+
+    def edits(self, count: int) -> None:
+        for _ in range(count):
+            (self.gw_edit if self.rng.random() < 0.5 else self.crm_edit)()
+
+    # --- syncing ----------------------------------------------------------------------
+
+    def sync(self, edit_between: bool) -> dict[str, int] | None:
+        """One run (plan, maybe user edits, apply); the plan's counts, None if it failed."""
+        syncer = self.scn.syncer()
+        try:
+            prepared = syncer.prepare(list(KINDS))
+            counts: dict[str, int] = Counter()
+            for p in prepared:
+                counts.update(p.plan.counts())
+            if edit_between:
+                self.edits(self.rng.randint(1, 3))
+            report = syncer.run(prepared)
+            if report.status != "ok":
+                self.outcome.errors.append(f"{report.status}: {report.error}")
+            return dict(counts)
+        except CrmsyncError as exc:
+            self.outcome.errors.append(f"{type(exc).__name__}: {exc}")
+            return None
+        finally:
+            syncer.close()
+            syncer.store.close()
+
+    def run(self, syncs: int = SYNCS) -> Outcome:
+        self.edits(self.rng.randint(3, 8))
+        for _ in range(syncs):
+            self.sync(edit_between=self.rng.random() < 0.4)
+            self.edits(self.rng.randint(0, 4))
+        self.outcome.injected = self.gw_proxy.injected + self.crm_proxy.injected
+        self.outcome.requests = len(self.gw_proxy.requests) + len(self.crm_proxy.requests)
+        self.gw_proxy.rate = self.crm_proxy.rate = 0.0
+        last: dict[str, int] | None = None
+        for _ in range(QUIET):
+            last = self.sync(edit_between=False)
+            if last is not None and not _writes(last):
+                break
+        final = self.sync(edit_between=False)
+        if final is None or _writes(final):
+            self.outcome.violations.append(f"the last plan is not empty: {final}")
+        self.check()
+        return self.outcome
+
+    # --- invariants -------------------------------------------------------------------
+
+    def check(self) -> None:
+        bad = self.outcome.violations
+        for kind in KINDS:
+            gw = Counter(_token(kind, r) for r in self.scn.records(kind).values())
+            gw_content = {_token(kind, r): _gw_content(kind, r)
+                          for r in self.scn.records(kind).values()}
+            crm_rows = _crm_rows(self.scn, kind)
+            crm = Counter(token for token, _ in crm_rows)
+            crm_content = dict(crm_rows)
+            for side, seen in (("groupware", gw), ("crm", crm)):
+                bad += [f"{kind}: {token} is {n} times in the {side}"
+                        for token, n in seen.items() if n > 1]
+            # A delete may stay one-sided by the profile's policy (e.g. contacts deleted in
+            # the groupware are kept in the CRM), so only other one-sided items count.
+            for token in sorted((set(gw) ^ set(crm)) - self.deleted):
+                where = "groupware" if token in gw else "crm"
+                bad.append(f"{kind}: {token} is only in the {where}")
+            for token in sorted(set(gw) & set(crm)):
+                if gw_content[token] != crm_content[token]:
+                    bad.append(f"{kind}: {token} differs: groupware {gw_content[token]} "
+                               f"crm {crm_content[token]}")
+            mine = {t for t in self.created if t.startswith("e" if kind == "calendar" else "c")}
+            for token in sorted(mine - self.deleted - set(gw) - set(crm)):
+                bad.append(f"{kind}: {token} was lost (no user deleted it)")
+
+
+def _writes(counts: dict[str, int]) -> int:
+    return sum(n for code, n in counts.items() if code not in ("unchanged", "skip"))
+
+
+def _token(kind: str, record: Event | Contact) -> str:
+    if isinstance(record, Event):
+        return record.summary.split()[0]
+    return record.family_name
+
+
+def _instant(value: str | None) -> str:
+    assert value is not None
+    return datetime.fromisoformat(value).astimezone(UTC).isoformat()
+
+
+def _gw_content(kind: str, record: Event | Contact) -> tuple[str, ...]:
+    if isinstance(record, Event):
+        return record.summary, _instant(record.start), _instant(record.end)
+    return record.given_name, record.family_name, ",".join(record.emails)
+
+
+def _crm_rows(scn: Scenario, kind: str) -> list[tuple[str, tuple[str, ...]]]:
+    if kind == "calendar":
+        rows = scn.crm_query("SELECT Subject, StartDateTime, EndDateTime FROM Event")
+        return [(r["Subject"].split()[0], (r["Subject"], _instant(r["StartDateTime"]),
+                                           _instant(r["EndDateTime"]))) for r in rows]
+    rows = scn.crm_query("SELECT FirstName, LastName, Email FROM Contact")
+    return [(r["LastName"], (r["FirstName"] or "", r["LastName"], r["Email"] or ""))
+            for r in rows]
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Real backoff waits seconds per retry; the faults are what is tested, not the waits.
+    monkeypatch.setattr(dav, "FIRST_WAIT", 0.01)
+
+
+def run_world(servers: Servers, home: Path, seed: int, rate: float = 0.2) -> Outcome:
+    from sfsandbox import control
+
+    control(servers.sandbox, "reset", records=True)
+    public = servers.sandbox.state.url
+    world = World(servers, home, seed, rate)
+    servers.sandbox.state.url = world.crm_proxy.origin  # the token answer's instance_url
+    try:
+        return world.run()
+    finally:
+        servers.sandbox.state.url = public
+        world.close()
+
+
+@pytest.mark.parametrize("seed", _seeds())
+def test_random_faults_converge(servers: Servers, tmp_path: Path, fast_retries: None,
+                                seed: int) -> None:
+    outcome = run_world(servers, tmp_path / "home", seed)
+    assert outcome.violations == [], (
+        f"seed {seed} (replay: CRMSYNC_FAULT_SEED={seed}): {outcome.violations}; "
+        f"injected {dict(outcome.injected)}; errors {outcome.errors}")
+
+
+def test_fault_proxy_truncates_and_counts_chaos(servers: Servers) -> None:
+    import httpx
+
+    with FaultProxy(servers.sandbox.url, upstream_tls=servers.sandbox.ssl_context()) as proxy:
+        url = proxy.origin + "/services/oauth2/token"
+        proxy.truncate()
+        with pytest.raises(httpx.RemoteProtocolError):
+            httpx.post(url, data={"grant_type": "refresh_token"})
+        assert httpx.post(url, data={"grant_type": "refresh_token"}).status_code == 400
+    with FaultProxy(servers.radicale.url, chaos=random.Random(1), rate=1.0) as proxy:
+        for _ in range(6):
+            try:
+                httpx.get(proxy.url, timeout=5)
+            except httpx.HTTPError:
+                pass
+        assert sum(proxy.injected.values()) == 6
+
+
+def iter_outcomes(servers: Servers, root: Path, seeds: list[int]) -> Iterator[Outcome]:
+    for seed in seeds:
+        yield run_world(servers, root / f"home-{seed}", seed)
+
+
+@pytest.mark.xfail(strict=True, reason="known bug (seed 32): a create whose answer is lost "
+                   "is not paired with its source once that changed; both are copied again")
+def test_lost_create_answer_then_source_edited_makes_no_duplicate(
+        servers: Servers, tmp_path: Path, fast_retries: None) -> None:
+    from sfsandbox import control
+
+    control(servers.sandbox, "reset", records=True)
+    public = servers.sandbox.state.url
+    world = World(servers, tmp_path / "home", 0, 0.0)
+    servers.sandbox.state.url = world.crm_proxy.origin
+    try:
+        scn = world.scn
+        begin = world.start + timedelta(days=2)
+        scn.put(Event(uid="lost@gw", summary="lost v1", start=moment(begin),
+                      end=moment(begin + timedelta(hours=1))))
+        syncer = scn.syncer()
+        try:
+            prepared = syncer.prepare(["calendar"])
+            scn.edit("lost@gw", summary="lost v2")  # the user, between plan and apply
+            world.crm_proxy.truncate(methods={"POST"})  # the create is done, its answer lost
+            with pytest.raises(CrmsyncError):
+                syncer.run(prepared)
+        finally:
+            syncer.close()
+            syncer.store.close()
+        assert [r["Subject"] for r in scn.crm_query("SELECT Subject FROM Event")] == ["lost v1"]
+        scn.sync()
+        scn.sync()
+        assert [r["Subject"] for r in scn.crm_query("SELECT Subject FROM Event")] == ["lost v2"]
+        assert [e.summary for e in scn.records().values()] == ["lost v2"]
+    finally:
+        servers.sandbox.state.url = public
+        world.close()
