@@ -22,7 +22,7 @@ sandbox's REST API, as a CRM user would.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -81,7 +81,9 @@ class Scenario:
     """One test's world: fresh collections, an empty CRM, a home with the profile ``p``."""
 
     def __init__(self, servers: Servers, home: Path,
-                 objects: Sequence[ObjectKind] = ("calendar", "contacts", "tasks")) -> None:
+                 objects: Sequence[ObjectKind] = ("calendar", "contacts", "tasks"),
+                 route: Callable[[str], str] = str) -> None:
+        """``route``: the URL the profile uses for a collection's URL (a proxy's)."""
         self.servers = servers
         self.home = home
         self.radicale = servers.radicale
@@ -98,7 +100,7 @@ class Scenario:
                 "--objects", ",".join(objects)]
         for kind in objects:
             scheme = "carddav" if kind == "contacts" else "caldav"
-            args += ["--groupware", f"{kind}={scheme}:{self.collections[kind]}"]
+            args += ["--groupware", f"{kind}={scheme}:{route(self.collections[kind])}"]
         self.cli(*args, check=0)
         from crmsync.config import Paths
         from crmsync.secrets import SecretStore, save_credentials
