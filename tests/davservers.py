@@ -400,6 +400,9 @@ class FaultProxy:
         self.injected: Counter[str] = Counter()
         self._connections: set[socket.socket] = set()
         self._closed = False
+        self._hold: _Hold | None = None
+        self.holding = 0
+        self.released = threading.Event()
         self._server = _ProxyServer(("127.0.0.1", 0), _ProxyHandler)
         self._server.proxy = self
         port = self._server.server_address[1]
@@ -455,6 +458,32 @@ class FaultProxy:
             self.injected[fault.name] += 1
             return fault
 
+    def hold(self, skip: int = 0, methods: set[str] | None = None,
+             after_forward: bool = False) -> None:
+        """Let ``skip`` matching requests through, then keep the next one unanswered
+        (forwarded first with ``after_forward``) until :meth:`release`; :attr:`holding`
+        counts the requests held. For killing a client at that very moment."""
+        self.released.clear()
+        with self._lock:
+            self._hold = _Hold(skip, _methods(methods), after_forward)
+
+    def release(self) -> None:
+        """Close the held requests' connections, unanswered; disarm a hold not reached."""
+        with self._lock:
+            self._hold = None
+        self.released.set()
+
+    def _take_hold(self, method: str) -> _Hold | None:
+        with self._lock:
+            hold = self._hold
+            if hold is None or (hold.methods is not None and method not in hold.methods):
+                return None
+            if hold.skip > 0:
+                hold.skip -= 1
+                return None
+            self._hold = None
+            return hold
+
     # -- observing
 
     @property
@@ -505,6 +534,7 @@ class FaultProxy:
                 self._connections.discard(conn)
 
     def close(self) -> None:
+        self.released.set()
         with self._lock:
             if self._closed:
                 return
@@ -526,6 +556,13 @@ class FaultProxy:
 
     def __repr__(self) -> str:
         return f"FaultProxy({self.url} -> {self.target_base_url})"
+
+
+@dataclass
+class _Hold:
+    skip: int
+    methods: frozenset[str] | None
+    after_forward: bool
 
 
 def _methods(methods: set[str] | None) -> frozenset[str] | None:
@@ -594,6 +631,10 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         proxy._record(self.command, self.path)
         authorized = (proxy._expected_auth is None
                       or self.headers.get("Authorization") == proxy._expected_auth)
+        hold = proxy._take_hold(self.command)
+        if hold is not None and authorized:
+            self._held(hold, body)
+            return
         fault = proxy._take_fault(self.command)
         if fault is not None:
             if fault.action == "drop":
@@ -616,6 +657,20 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                         (("WWW-Authenticate", 'Basic realm="crmsync-test", charset="UTF-8"'),))
             return
         self._forward(body, truncate=fault is not None and fault.action == "truncate")
+
+    def _held(self, hold: _Hold, body: bytes) -> None:
+        proxy = self.server.proxy
+        if hold.after_forward:
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                self._exchange(self._upstream_headers(body), body)
+        with proxy._lock:
+            proxy.holding += 1
+        proxy.released.wait()
+        with proxy._lock:
+            proxy.holding -= 1
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
 
     def _read_body(self) -> bytes:
         encoding = self.headers.get("Transfer-Encoding", "").lower()

@@ -312,8 +312,6 @@ def iter_outcomes(servers: Servers, root: Path, seeds: list[int]) -> Iterator[Ou
         yield run_world(servers, root / f"home-{seed}", seed)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug (seed 32): a create whose answer is lost "
-                   "is not paired with its source once that changed; both are copied again")
 def test_lost_create_answer_then_source_edited_makes_no_duplicate(
         servers: Servers, tmp_path: Path, fast_retries: None) -> None:
     from sfsandbox import control

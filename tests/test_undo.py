@@ -50,7 +50,10 @@ def test_journal_keeps_each_write_with_the_item_before_it(home: Path, sides: Sid
     assert deleted.before is not None and deleted.before.raw == before[deleted.item_id]
     assert deleted.after_version is None
     created = entries["crm", "create"]
-    assert created.before is None and created.item_id in sides.names("crm", "calendar")
+    # A create keeps the item it copies, as sent (by which a lost answer is found again).
+    assert created.before is not None and created.before.id == "d@x.ics"
+    assert created.before.raw == (folder / "d@x.ics").read_bytes().decode()
+    assert created.item_id in sides.names("crm", "calendar")
     assert created.gw_id == "d@x.ics" and created.crm_id is None
     assert {e.outcome for e in entries.values()} == {"ok"}
     # The first run's creates are journaled too.

@@ -131,6 +131,10 @@ class View:
     pair: Pair | None
     crm: Item | None
     gw: Item | None
+    # Without a pair: what both items last agreed on, when known (the item a create sent
+    # when the run stopped before it heard back): a difference from it is that side's
+    # change, as with a pair's bases.
+    base: Item | None = None
 
     def item(self, side: Side) -> Item | None:
         return self.crm if side == "crm" else self.gw
@@ -341,6 +345,7 @@ def make_plan(
     ignored: Mapping[tuple[Side, str], Ignore] | None = None,
     known_emails: frozenset[str] | None = None,
     now: datetime | None = None,
+    sent: Mapping[tuple[Side, str], Item] | None = None,
 ) -> Plan:
     """Plan one object's run.
 
@@ -351,11 +356,13 @@ def make_plan(
     the mass-delete guard. ``ignored`` are the user's ignores by (side, item id);
     ``known_emails`` the emails the CRM knows a person for ("matched" selection).
     ``now`` (aware) places the sync range (see crmsync.rules); without it every item is
-    in range.
+    in range. ``sent`` are creates whose outcome a stopped run never learned, by (side,
+    id) of the item they copied: see :func:`pair_up`.
     """
     all_views = list(views)
     if unpaired:
-        all_views.extend(pair_up(kind, unpaired.get("crm", []), unpaired.get("groupware", [])))
+        all_views.extend(pair_up(kind, unpaired.get("crm", []), unpaired.get("groupware", []),
+                                 sent))
     planner = _Planner(policy, common, ignored or {}, known_emails, now)
     steps = sorted((s for v in all_views if (s := planner.step(kind, v)) is not None),
                    key=Step._order)
@@ -390,9 +397,12 @@ def content_key(record: Record) -> tuple | None:
     return None
 
 
-def pair_up(kind: ObjectKind, crm_items: list[Item], gw_items: list[Item]) -> list[View]:
-    """Match items that no pair knows: first by the CRM Id a groupware item keeps
-    (Record.crm_id), then by UID, then by content (start, end, subject).
+def pair_up(kind: ObjectKind, crm_items: list[Item], gw_items: list[Item],
+            sent: Mapping[tuple[Side, str], Item] | None = None) -> list[View]:
+    """Match items that no pair knows: first an item with the copy a stopped run may have
+    made of it (``sent``: by the source's (side, id), the item as the create sent it; the
+    copy has that content), then by the CRM Id a groupware item keeps (Record.crm_id),
+    then by UID, then by content (start, end, subject).
 
     Unmatched items come back as one-sided views (they will be created on the other side);
     a UID seen twice on one side is kept out until it is repaired. A kept Id naming no
@@ -403,6 +413,8 @@ def pair_up(kind: ObjectKind, crm_items: list[Item], gw_items: list[Item]) -> li
     if not crm_items or not gw_items:
         return [View(None, i, None) for i in crm_items] + [View(None, None, i) for i in gw_items]
     views: list[View] = []
+    if sent:
+        views, crm_items, gw_items = _pair_sent(crm_items, gw_items, sent)
     crm_by_id = {item.id: item for item in crm_items}
     kept: list[Item] = []
     for item in gw_items:
@@ -449,6 +461,32 @@ def _kept_id(item: Item) -> str:
         return item.record().crm_id
     except FormatError:
         return ""
+
+
+def _pair_sent(crm_items: list[Item], gw_items: list[Item],
+               sent: Mapping[tuple[Side, str], Item]
+               ) -> tuple[list[View], list[Item], list[Item]]:
+    """Pair each source of a create whose answer was lost with the copy it made, found by
+    the content that was sent (the source may have changed since); the views carry what
+    was sent as their base. Returns those views and the items left over."""
+    items: dict[Side, list[Item]] = {"crm": crm_items, "groupware": gw_items}
+    taken: set[tuple[Side, str]] = set()
+    views: list[View] = []
+    for side in SIDES:
+        target = other(side)
+        for source in items[side]:
+            copy_of = sent.get((side, source.id))
+            key = _safe_key(copy_of) if copy_of is not None else None
+            if key is None:
+                continue
+            match = next((i for i in items[target] if (target, i.id) not in taken
+                          and _safe_key(i) == key), None)
+            if match is not None:
+                taken |= {(side, source.id), (target, match.id)}
+                pair = (source, match) if side == "crm" else (match, source)
+                views.append(View(None, *pair, base=copy_of))
+    rest = {s: [i for i in items[s] if (s, i.id) not in taken] for s in SIDES}
+    return views, rest["crm"], rest["groupware"]
 
 
 def _safe_key(item: Item) -> tuple | None:
@@ -658,6 +696,10 @@ class _Planner:
                 base_item = pair.base_on(side)
                 assert base_item is not None
                 base = now[side] if unchanged else self._fields(base_item)
+                changed[side] = diff(base, now[side])
+        elif view.base is not None:
+            base = self._fields(view.base)
+            for side in SIDES:
                 changed[side] = diff(base, now[side])
         else:
             # No base (re-paired after the store was lost, or first sync of items that

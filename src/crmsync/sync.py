@@ -310,8 +310,10 @@ class Syncer:
             totals = {s: paired[s] + len(unpaired[s]) for s in SIDES}
         policy = self.policy(kind)
         self._known[kind] = self.known_emails(kind, policy, unpaired["groupware"])
-        plan = make_plan(kind, views, policy, self.common_fields(kind),
-                         unpaired=unpaired, totals=totals, **self._rules(kind))
+        sent = (self.store.unsettled_creates(pid, kind)
+                if all(unpaired[s] for s in SIDES) else None)
+        plan = make_plan(kind, views, policy, self.common_fields(kind), unpaired=unpaired,
+                         totals=totals, sent=sent, **self._rules(kind))
         return Prepared(kind, plan, listed, old, pend)
 
     def _rules(self, kind: ObjectKind) -> dict[str, Any]:
@@ -660,11 +662,17 @@ class _Executor:
         return replan
 
     def _intent(self, step: Step, action: Action) -> JournalEntry:
-        """The journal entry of a write: the item before it (for an update or delete)."""
+        """The journal entry of a write: the item before it (for an update or delete), or
+        the item a create copies (what it sends, by which its copy is found again should
+        the run stop before it hears back; see Store.unsettled_creates)."""
         self.seq += 1
         side = action.side
         assert side is not None
-        before = None if action.op == "create" else step.item(side)
+        if action.op == "create":
+            return JournalEntry(self.kind, self.seq, side, action.op, None,
+                                step.item(other(side)), crm_id=step.ids().get("crm"),
+                                gw_id=step.ids().get("groupware"))
+        before = step.item(side)
         ids = step.ids()
         return JournalEntry(self.kind, self.seq, side, action.op,
                             before.id if before else None, before,

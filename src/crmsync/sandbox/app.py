@@ -10,6 +10,7 @@ hours (of the sandbox's clock) have passed since the window opened.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -55,6 +56,16 @@ def _roll_window(state: State) -> None:
         org.api_used = 0
 
 
+async def _hold(state: State) -> None:
+    controls = state.controls
+    controls.holding += 1
+    try:
+        while not controls.released.is_set():
+            await asyncio.sleep(0.02)
+    finally:
+        controls.holding -= 1
+
+
 def create_app(state: State) -> FastAPI:
     app = FastAPI(title="crmsync Salesforce sandbox", docs_url=None, redoc_url=None,
                   openapi_url=None)
@@ -73,6 +84,8 @@ def create_app(state: State) -> FastAPI:
         if fault is not None:
             if fault.after:
                 await call_next(request)
+            if fault.hold:
+                await _hold(state)
             body = fault.body if isinstance(fault.body, str | bytes) else json.dumps(fault.body)
             headers = dict(fault.headers)
             if data_call:

@@ -2,9 +2,12 @@
 
     POST /_sandbox/faults      {"path_regex", "method", "status", "body", "times"[, "headers",
                                "after"]} ("after": do the request, then answer with the
-                               fault, as when an answer is lost on the way)
+                               fault, as when an answer is lost on the way; "method" may
+                               list several: "POST,PATCH"; "skip": let N matching requests
+                               pass first; "hold": keep the answer until /release)
                                or {"record_error": {"errorCode", "times"[, "message",
                                "operation", "object", "fields"]}}
+    POST /_sandbox/release     let held requests answer (stats' "holding" counts them)
     POST /_sandbox/limits      {"daily": N, "used": M}
     POST /_sandbox/clock       {"offset_days": D}
     POST /_sandbox/validation  {"object", "field", "contains", "message"}
@@ -73,7 +76,15 @@ async def faults(request: Request) -> JSONResponse:
             body.get("path_regex", ""), (body.get("method") or "").upper() or None,
             int(body["status"]), body.get("body", ""), int(body.get("times", 1)),
             {str(k): str(v) for k, v in (body.get("headers") or {}).items()},
-            bool(body.get("after"))))
+            bool(body.get("after")), bool(body.get("hold")), int(body.get("skip", 0))))
+        if body.get("hold"):
+            controls.released.clear()
+    return JSONResponse({"ok": True})
+
+
+@router.post("/release")
+async def release(request: Request) -> JSONResponse:
+    _state(request).controls.released.set()
     return JSONResponse({"ok": True})
 
 

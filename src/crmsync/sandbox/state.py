@@ -38,6 +38,11 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     # Do the request, then answer with the fault: the work is done but its answer lost.
     after: bool = False
+    # Hold the answer (before or, with ``after``, after doing the request) until the
+    # control API releases it, so a test can kill the client at that very moment.
+    hold: bool = False
+    # Let this many matching requests through before the fault applies.
+    skip: int = 0
 
 
 @dataclass
@@ -64,18 +69,25 @@ class Controls:
         self.faults: list[Fault] = []
         self.record_errors: list[InjectedRecordError] = []
         self.rules: list[ValidationRule] = []
+        self.holding = 0
+        self.released = threading.Event()
 
     def reset(self) -> None:
         with self.lock:
             self.faults.clear()
             self.record_errors.clear()
             self.rules.clear()
+        self.released.set()
 
     def take_fault(self, method: str, path: str) -> Fault | None:
         with self.lock:
             for fault in self.faults:
-                if fault.times > 0 and (fault.method is None or fault.method == method) \
+                if fault.times > 0 and (fault.method is None
+                                        or method in fault.method.split(",")) \
                         and re.search(fault.path_regex, path):
+                    if fault.skip > 0:
+                        fault.skip -= 1
+                        return None
                     fault.times -= 1
                     return fault
         return None
@@ -157,5 +169,6 @@ class State:
         return {"api_calls": self.org.api_calls, "api_calls_by": dict(self.org.api_calls_by),
                 "api_used": self.org.api_used,
                 "daily_limit": self.org.daily_limit,
+                "holding": self.controls.holding,
                 "now": format_datetime(self.org.now()),
                 "clock_offset_days": self.org.clock_offset.total_seconds() / 86400}

@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
-from crmsync.connectors.base import SIDES, Item, Side
+from crmsync.connectors.base import SIDES, Item, Side, other
 from crmsync.errors import ConfigError
 from crmsync.model import ObjectKind
 from crmsync.plan import Ignore, IgnoreMode, Pair
@@ -105,6 +105,7 @@ class JournalEntry:
     side: Side
     action: str  # create | update | delete
     item_id: str | None = None
+    # The item before an update or delete; for a create, the item it copies (as sent).
     before: Item | None = None
     after_version: str | None = None
     crm_id: str | None = None
@@ -314,6 +315,26 @@ class Store:
                  "before_raw": e.before.raw if e.before else None,
                  "crm_id": e.crm_id, "gw_id": e.gw_id} for e in entries])
 
+    def unsettled_creates(self, profile_id: int, kind: ObjectKind
+                          ) -> dict[tuple[Side, str], Item]:
+        """Creates a stopped run sent without learning whether they happened: by the
+        (side, id) of the item each copied, that item as it was sent (the newest)."""
+        c = journal.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(c.side, c.crm_id, c.gw_id, c.before_version, c.before_raw,
+                       c.before_fmt)
+                .join(runs, runs.c.id == c.run_id)
+                .where(runs.c.profile_id == profile_id, c.kind == kind,
+                       c.action == "create", c.outcome.is_(None), c.before_raw.is_not(None))
+                .order_by(c.id)).all()
+        out: dict[tuple[Side, str], Item] = {}
+        for r in rows:
+            if source_id := _copied_id(r):
+                out[(other(r.side), source_id)] = Item(source_id, r.before_version,
+                                                       r.before_raw, r.before_fmt, kind)
+        return out
+
     def journal(self, run_id: int) -> list[JournalEntry]:
         """A run's journal, in the order its writes were sent."""
         c = journal.c
@@ -322,8 +343,8 @@ class Store:
                                 .order_by(c.id)).all()
         return [JournalEntry(
             r.kind, r.seq, r.side, r.action, r.item_id,
-            Item(r.item_id, r.before_version, r.before_raw, r.before_fmt, r.kind)
-            if r.before_raw is not None else None,
+            Item(_copied_id(r) if r.action == "create" else r.item_id, r.before_version,
+                 r.before_raw, r.before_fmt, r.kind) if r.before_raw is not None else None,
             r.after_version, r.crm_id, r.gw_id, r.outcome, r.run_id) for r in rows]
 
     # --- cursors, pending items, ignores -----------------------------------------------------
@@ -542,3 +563,8 @@ def _set_cursor(conn: Connection, profile_id: int, kind: ObjectKind, side: Side,
                                        cursors.c.kind == kind, cursors.c.side == side))
     conn.execute(insert(cursors).values(profile_id=profile_id, kind=kind, side=side,
                                         value=value, updated_at=stamp))
+
+
+def _copied_id(row: Any) -> str | None:
+    """The id of the item a journaled create copies: the other side's item of the pair."""
+    return row.gw_id if row.side == "crm" else row.crm_id

@@ -296,7 +296,8 @@ journal = Table(
     Column("action", String(16), nullable=False),  # create | update | delete
     # The item written; for a create, the new item's id (known once done).
     Column("item_id", Text),
-    # The item before the write (update, delete): its version and content.
+    # The item before the write (update, delete): its version and content; for a create,
+    # the item it copies, as sent.
     Column("before_version", Text),
     Column("before_fmt", String(64)),
     Column("before_raw", Text),
