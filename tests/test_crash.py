@@ -187,11 +187,15 @@ def check(scn: Scenario) -> list[str]:
     syncer = scn.syncer()
     try:
         pairs = syncer.store.pair_counts(syncer.profile.id)
+        # The killed run is marked aborted by the run after it; none is left "running".
+        statuses = [r["status"] for r in syncer.store.runs(syncer.profile.id)]
     finally:
         syncer.close()
         syncer.store.close()
     if pairs != {"calendar": len(EVENTS), "contacts": len(CONTACTS)}:
         problems.append(f"pairs: {pairs}")
+    if "running" in statuses or "aborted" not in statuses:
+        problems.append(f"run statuses: {statuses}")
     return problems
 
 

@@ -448,8 +448,16 @@ class Store:
 
     def start_run(self, profile_id: int, objects: Sequence[str], mode: str,
                   user: str | None, dry_run: bool = False, at: str | None = None) -> int:
-        """Record that a run started (``at``, default now); returns its id."""
+        """Record that a run started (``at``, default now); returns its id.
+
+        An earlier run of the same objects still marked running was stopped before it
+        could finish (killed, power lost): it is marked aborted. (Should it in fact still
+        be running, its own end records its outcome over this.)"""
         with self.engine.begin() as conn:
+            conn.execute(update(runs).where(
+                runs.c.profile_id == profile_id, runs.c.status == "running",
+                runs.c.objects == json.dumps(list(objects))).values(
+                status="aborted", error="the run stopped before it finished"))
             return conn.execute(insert(runs).values(
                 profile_id=profile_id, objects=json.dumps(list(objects)), mode=mode,
                 started_by=user, status="running", started_at=at or now(), dry_run=dry_run,
