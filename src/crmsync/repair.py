@@ -25,7 +25,7 @@ from crmsync import formats
 from crmsync.connectors.base import SIDES, Item, Side, Update
 from crmsync.model import ObjectKind
 from crmsync.plan import Pair
-from crmsync.sync import FETCH_CHUNK, Syncer, _untagged
+from crmsync.sync import FETCH_CHUNK, Syncer, missing_kept_id
 
 Problem = Literal["duplicate-uid", "orphan-pair", "one-sided-pair", "paired-twice",
                   "missing-crm-id"]
@@ -73,13 +73,17 @@ class RepairReport:
 
 def listing(syncer: Syncer, side: Side, kind: ObjectKind) -> dict[str, Item]:
     """Every item of ``kind`` on ``side``, with its content (read in batches as needed)."""
-    connector = syncer.connector(side, kind)
-    changes = connector.list_changes(kind, None)
+    changes = syncer.connector(side, kind).list_changes(kind, None)
     items = {i: item for i, _, item in changes.upserts if item is not None}
-    missing = sorted({i for i, _, item in changes.upserts if item is None})
-    for start in range(0, len(missing), FETCH_CHUNK):
-        items |= connector.fetch(kind, missing[start:start + FETCH_CHUNK])
-    return items
+    return items | _fetch(syncer, side, kind, {i for i, _, item in changes.upserts
+                                               if item is None})
+
+
+def _fetch(syncer: Syncer, side: Side, kind: ObjectKind, ids: set[str]) -> dict[str, Item]:
+    connector, todo, out = syncer.connector(side, kind), sorted(ids), {}
+    for start in range(0, len(todo), FETCH_CHUNK):
+        out |= connector.fetch(kind, todo[start:start + FETCH_CHUNK])
+    return out
 
 
 def find(syncer: Syncer, kinds: list[ObjectKind] | None = None) -> RepairReport:
@@ -94,10 +98,8 @@ def _find_kind(syncer: Syncer, kind: ObjectKind) -> list[Finding]:
     pairs = syncer.store.pairs(syncer.profile.id, kind)
     # A paired id the full listing missed may lie outside its range: ask for it.
     for side in SIDES:
-        unseen = sorted({i for p in pairs if (i := p.id_on(side)) and i not in items[side]})
-        for start in range(0, len(unseen), FETCH_CHUNK):
-            items[side] |= syncer.connector(side, kind).fetch(
-                kind, unseen[start:start + FETCH_CHUNK])
+        items[side] |= _fetch(syncer, side, kind, {i for p in pairs if (i := p.id_on(side))
+                                                   and i not in items[side]})
     out: list[Finding] = []
     by_id: dict[Side, dict[str, list[Pair]]] = {s: defaultdict(list) for s in SIDES}
     for pair in pairs:
@@ -144,7 +146,7 @@ def _find_kind(syncer: Syncer, kind: ObjectKind) -> list[Finding]:
         gw = items["groupware"].get(pair.gw_id or "")
         crm = items["crm"].get(pair.crm_id or "")
         if gw is not None and crm is not None and gw.fmt in KEEPS_CRM_ID \
-                and (crm_id := _untagged(gw, crm)):
+                and (crm_id := missing_kept_id(gw, crm)):
             out.append(Finding(kind, "missing-crm-id", "groupware", gw.id,
                                f"lacks the kept CRM Id {crm_id}", pair=pair, item=gw,
                                crm_id=crm_id))

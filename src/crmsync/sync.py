@@ -668,14 +668,11 @@ class _Executor:
         self.seq += 1
         side = action.side
         assert side is not None
-        if action.op == "create":
-            return JournalEntry(self.kind, self.seq, side, action.op, None,
-                                step.item(other(side)), crm_id=step.ids().get("crm"),
-                                gw_id=step.ids().get("groupware"))
-        before = step.item(side)
+        create = action.op == "create"
+        before = step.item(other(side) if create else side)
         ids = step.ids()
         return JournalEntry(self.kind, self.seq, side, action.op,
-                            before.id if before else None, before,
+                            None if create or before is None else before.id, before,
                             crm_id=ids.get("crm"), gw_id=ids.get("groupware"))
 
     def _settle(self, step: Step, results: dict[int, Result], last_try: bool) -> str:
@@ -826,11 +823,11 @@ def _write(step: Step, action: Action, zone: tzinfo | None = None) -> Write:
                 names = {key.partition(SEP)[0] for key in changes}
                 changes = diff(flatten(before, names), flatten(pinned(after, zone), names))
         return Update(item.id, item.version, changes, planned=item,
-                      crm_id=_untagged(item, step.crm) if target == "groupware" else "")
+                      crm_id=missing_kept_id(item, step.crm) if target == "groupware" else "")
     return Delete(item.id, item.version)
 
 
-def _untagged(gw: Item, crm: Item | None) -> str:
+def missing_kept_id(gw: Item, crm: Item | None) -> str:
     """The CRM Id a groupware item is to keep (Record.crm_id), when it lacks it; else ""."""
     if crm is None:
         return ""
