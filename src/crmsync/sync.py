@@ -414,7 +414,7 @@ class Syncer:
 
         ``user`` is who started it (a server's user); default the OS user.
         """
-        report = self._start(prepared, mode, user)
+        report = self.start_run(prepared, mode, user)
         assert report.run_id is not None
         try:
             for prep in prepared:
@@ -422,21 +422,21 @@ class Syncer:
                 _Executor(self, report.run_id, prep.kind, obj, progress).execute(prep)
         except CrmsyncError as exc:
             report.status, report.error = "failed", str(exc)
-            self._finish(report)
+            self.finish_run(report)
             raise
         except BaseException as exc:
             report.status, report.error = "failed", f"interrupted: {exc!r}"
-            self._finish(report)
+            self.finish_run(report)
             raise
         if report.failed:
             report.status = "partial"
-        self._finish(report)
+        self.finish_run(report)
         return report
 
     def record_dry_run(self, prepared: Sequence[Prepared], user: str | None = None) -> Report:
         """Keep the report of a run that only planned (a dry run, a saved plan file):
         what it would do, and each skipped or failed item with its reason."""
-        report = self._start(prepared, "dry-run", user, dry_run=True)
+        report = self.start_run(prepared, "dry-run", user, dry_run=True)
         items: list[RunItem] = []
         for prep in prepared:
             obj = report.objects[prep.kind] = ObjectReport()
@@ -452,11 +452,11 @@ class Syncer:
                         step.label(), action.reason, ids.get("crm"), ids.get("groupware"),
                         action.side))
             items += obj.items
-        self._finish(report, items)
+        self.finish_run(report, items)
         return report
 
-    def _start(self, prepared: Sequence[Prepared], mode: str, user: str | None,
-               dry_run: bool = False) -> Report:
+    def start_run(self, prepared: Sequence[Prepared], mode: str, user: str | None,
+                  dry_run: bool = False) -> Report:
         if self.keep_days > 0:
             # Real time, not self.clock (the planning "now"): run times are real.
             cutoff = datetime.now(UTC) - timedelta(days=self.keep_days)
@@ -467,7 +467,7 @@ class Syncer:
         self._began = time.monotonic()
         return report
 
-    def _finish(self, report: Report, items: Sequence[RunItem] = ()) -> None:
+    def finish_run(self, report: Report, items: Sequence[RunItem] = ()) -> None:
         report.finished = now()
         report.duration_ms = round((time.monotonic() - self._began) * 1000)
         stats = self.stats()

@@ -56,7 +56,7 @@ def undo(syncer: Syncer, run_id: int, *, dry_run: bool = False,
     if dry_run:
         report = Report(profile.name, mode="undo", user=user)
     else:
-        report = syncer._start([], "undo", user)
+        report = syncer.start_run([], "undo", user)
     assert dry_run or report.run_id is not None
     for kind in kinds:
         obj = report.objects[kind] = ObjectReport()
@@ -66,7 +66,7 @@ def undo(syncer: Syncer, run_id: int, *, dry_run: bool = False,
                             for i in o.items):
         report.status = "partial"
     if not dry_run:
-        syncer._finish(report, [i for o in report.objects.values() for i in o.items])
+        syncer.finish_run(report, [i for o in report.objects.values() for i in o.items])
     return report
 
 
