@@ -35,7 +35,7 @@ def _crm_subjects(scn: Scenario) -> list[str]:
     return sorted(r["Subject"] for r in scn.crm_query("SELECT Subject FROM Event"))
 
 
-def test_duplicate_uids_on_radicale_are_reported_and_kept(scn: Scenario):
+def test_duplicate_uids_on_radicale_get_new_uids_and_sync_once(scn: Scenario):
     scn.put(_event("dup@t", "First copy", 0))
     twin = formats.render(formats.ICALENDAR, "calendar", _event("dup@t", "Second copy", 2))
     # Radicale refuses a second UID by HTTP (409 no-uid-conflict); another client or a
@@ -47,11 +47,28 @@ def test_duplicate_uids_on_radicale_are_reported_and_kept(scn: Scenario):
     assert dry["counts"] == {"duplicate-uid:found": 1}, dry
     assert dry["findings"][0]["item_id"].endswith("twin.ics")  # the first by id keeps it
     assert _folder(scn) == before  # --dry-run changes nothing
-    # Radicale refuses to change an item's UID in place: reported, nothing lost.
-    done = _repair(scn, code=6)
-    assert done["counts"] == {"duplicate-uid:failed": 1}, done
-    assert "no-uid-conflict" in done["findings"][0]["detail"]
-    assert _folder(scn) == before
+    # Radicale refuses to change an item's UID in place: the twin is written anew under a
+    # new UID, then the old one is deleted.
+    done = _repair(scn)
+    assert done["counts"] == {"duplicate-uid:fixed": 1}, done
+    after = _folder(scn)
+    assert "twin.ics" not in after and len(after) == 2
+    assert sorted(r.summary for r in scn.records().values()) == ["First copy", "Second copy"]
+    assert scn.records()["dup@t"].summary == "First copy"
+    # Stopped before its delete, a repair run again finds the copy it made (the same new
+    # UID) and deletes the twin: nothing is written twice.
+    (scn._folder("calendar") / "twin.ics").write_text(twin, encoding="utf-8")
+    again = _repair(scn)
+    assert again["counts"] == {"duplicate-uid:fixed": 1}, again
+    assert _folder(scn) == after
+
+    scn.sync()
+    assert _crm_subjects(scn) == ["First copy", "Second copy"]
+    assert _repair(scn)["counts"] == {"missing-crm-id:fixed": 2}
+    assert _repair(scn)["counts"] == {}
+    plans, _ = scn.sync()
+    assert plans[0].counts() == {}
+    assert _crm_subjects(scn) == ["First copy", "Second copy"]
 
 
 def _vdir_profile(scn: Scenario) -> Path:

@@ -137,10 +137,14 @@ def _find_kind(syncer: Syncer, kind: ObjectKind) -> list[Finding]:
             for item in same:
                 if item is not keep:
                     held = by_id[side].get(item.id)
+                    # The same new UID when repair runs again after a stop: the item
+                    # written under it is found instead of being written twice.
+                    renewed = str(uuid.uuid5(uuid.NAMESPACE_URL,
+                                             f"crmsync-repair:{side}:{item.id}:{uid}"))
                     out.append(Finding(kind, "duplicate-uid", side, item.id,
                                        f"UID {uid!r} also on {keep.id}; gets a new UID",
                                        pair=held[0] if held else None, item=item,
-                                       uid=str(uuid.uuid4())))
+                                       uid=renewed))
     # Paired groupware items lacking the kept CRM Id (only iCalendar and vCard keep one).
     for pair in pairs:
         gw = items["groupware"].get(pair.gw_id or "")
@@ -208,10 +212,13 @@ def _write(syncer: Syncer, kind: ObjectKind, side: Side,
             # The item was as last synced: its new version is the base, so the next sync
             # sees nothing to do. (One changed since keeps its old base and syncs.)
             syncer.store.load_bases(kind, [pair])
+            # (A new UID may have moved the item to a new id: see DavConnector.)
             if side == "crm":
-                saved.append(dataclasses.replace(pair, crm_version=result.item.version,
+                saved.append(dataclasses.replace(pair, crm_id=result.item.id,
+                                                 crm_version=result.item.version,
                                                  crm_base=result.item))
             else:
-                saved.append(dataclasses.replace(pair, gw_version=result.item.version,
+                saved.append(dataclasses.replace(pair, gw_id=result.item.id,
+                                                 gw_version=result.item.version,
                                                  gw_base=result.item))
     syncer.store.save_pairs(syncer.profile.id, kind, saved, [])

@@ -1235,6 +1235,8 @@ class DavConnector(Connector):
         # Same version, same bytes: the planner's parse of the item is as good as ours.
         record = write.over(current.record())
         raw = formats.render(FORMAT[kind], kind, record, current.raw)
+        if write.uid and write.uid != current.uid:
+            return self._renew_uid(kind, write, raw)
         response = self._put(write.id, raw, {"If-Match": write.version})
         if response.is_success:
             return Result("ok", self._stored(write.id, kind, response))
@@ -1242,6 +1244,22 @@ class DavConnector(Connector):
             return Result("changed", error="the item changed since it was planned")
         return Result("failed", error=f"the server refused to update {write.id}: "
                       f"{_refusal(response)}")
+
+    def _renew_uid(self, kind: ObjectKind, write: Update, raw: str) -> Result:
+        """An item under a new UID (``crmsync repair``). CalDAV and CardDAV servers refuse
+        to change a resource's UID (no-uid-conflict), so the item is created anew under it,
+        then the old resource is deleted (If-Match). Done again after a stop, the create
+        finds its item already there (same UID) and the delete goes on."""
+        created = self._create(kind, Create(source=Item("", "", raw, FORMAT[kind], kind,
+                                                        uid=write.uid)))
+        if created.status not in ("ok", "exists") or created.item is None:
+            return created
+        deleted = self._delete(Delete(write.id, write.version))
+        if deleted.status != "ok":
+            return Result(deleted.status, created.item, error=(
+                f"copied under its new UID to {created.item.id}, but the old item was not "
+                f"deleted: {deleted.error}"))
+        return Result("ok", created.item)
 
     def _delete(self, write: Delete) -> Result:
         response = self._send("DELETE", write.id, headers={"If-Match": write.version})
