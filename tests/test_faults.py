@@ -161,7 +161,7 @@ def _graph_instant(value: dict[str, str]) -> str:
 class Outcome:
     seed: int
     requests: int = 0
-    injected: Counter[str] = field(default_factory=Counter)
+    injected: Counter[str] = field(default_factory=Counter)  # "side:fault" -> how many
     errors: list[str] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
 
@@ -302,7 +302,10 @@ class World:
         for _ in range(syncs):
             self.sync(edit_between=self.rng.random() < 0.4)
             self.edits(self.rng.randint(0, 4))
-        self.outcome.injected = self.gw_proxy.injected + self.crm_proxy.injected
+        self.outcome.injected = Counter(
+            {f"{side}:{name}": n for side, proxy in (("groupware", self.gw_proxy),
+                                                     ("crm", self.crm_proxy))
+             for name, n in proxy.injected.items()})
         self.outcome.requests = len(self.gw_proxy.requests) + len(self.crm_proxy.requests)
         self.gw_proxy.rate = self.crm_proxy.rate = 0.0
         # Salesforce lists deletions up to its last whole minute: move the sandbox's clock
@@ -501,4 +504,39 @@ def test_lost_create_answer_then_source_edited_makes_no_duplicate(
         assert [e.summary for e in scn.records().values()] == ["lost v2"]
     finally:
         servers.sandbox.state.url = public
+        world.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("fault", ["truncate", "drop-after-forward"])
+def test_graph_create_answer_lost_makes_no_duplicate(
+        servers: Servers, graph: GraphSandbox, tmp_path: Path, fast_retries: None,
+        fault: str, kind: str) -> None:
+    from sfsandbox import control
+
+    control(servers.sandbox, "reset", records=True)
+    _clock_on(servers.sandbox, 0)  # the reset set it back
+    gcontrol(graph, "reset", items=True)
+    world = World(servers, tmp_path / "home", 0, 0.0, graph)
+    try:
+        begin = world.start + timedelta(days=2)
+        if kind == "calendar":
+            world.scn.crm_insert("Event", Subject="lost v1", StartDateTime=sf_time(begin),
+                                 EndDateTime=sf_time(begin + timedelta(hours=1)))
+        else:
+            world.scn.crm_insert("Contact", FirstName="v1", LastName="lost",
+                                 Email="lost@example.test")
+        # Outlook creates it, but the answer to the create is lost.
+        if fault == "truncate":
+            world.gw_proxy.truncate(methods={"POST"})
+        else:
+            world.gw_proxy.drop(methods={"POST"}, after_forward=True)
+        world.sync(edit_between=False)
+        assert world.gw_proxy.pending_faults == 0
+        for _ in range(2):
+            world.sync(edit_between=False)
+        assert [token for _, token, _ in world.gw.rows(kind)] == ["lost"]
+        world.check()
+        assert world.outcome.violations == []
+    finally:
         world.close()
