@@ -1,9 +1,11 @@
 """Fault injection: seeded random runs with faults on both sides must end converged.
 
-Each run is a world of its own (a fresh Radicale calendar and address book, an empty
-sandbox CRM) reached through two chaos :class:`FaultProxy` instances: one in front of
-Radicale, one in front of the Salesforce sandbox (TLS upstream; the token answer's
-instance_url points at the proxy). Users on both sides create, edit and delete events and
+Each run is a world of its own (a fresh Radicale calendar and address book, or Outlook's
+emptied mailbox in the Graph sandbox; an empty sandbox CRM) reached through two chaos
+:class:`FaultProxy` instances: one in front of the groupware (for Graph listening with TLS
+on the sandbox's certificate, as the connector speaks https only; its login goes direct),
+one in front of the Salesforce sandbox (TLS upstream; the token answer's instance_url
+points at the proxy). Users on both sides create, edit and delete events and
 contacts between syncs, and sometimes between a run's plan and its apply. Runs may fail
 or be partial; none may crash. Then the faults stop, the profile syncs until quiet and the
 invariants must hold: every item on each side has exactly one counterpart with the same
