@@ -1,10 +1,12 @@
 """Many seeded fault-injection runs (tests/test_faults.py) with a JSON summary.
 
     PYTHONPATH=src:tests python bench/faults.py [--seeds 1-50] [--rate 0.2] [--json FILE]
+        [--groupware radicale|graph]
 
-Starts one embedded Radicale and one Salesforce sandbox, then for each seed makes a fresh
-world (calendar, address book, empty CRM, profile) behind two chaos FaultProxy instances
-and runs it as the test does. Prints runs, requests, faults injected by type, sync errors
+Starts one embedded Radicale, one Salesforce sandbox and (``--groupware graph``) one Graph
+sandbox, then for each seed makes a fresh world (calendar, address book or Outlook's
+mailbox, empty CRM, profile) behind two chaos FaultProxy instances and runs it as the
+test does. Prints runs, requests, faults injected by type, sync errors
 (failed/partial runs, expected under faults) and violations (must be 0), with the seeds
 that had any; replay one with ``CRMSYNC_FAULT_SEED=N pytest tests/test_faults.py``.
 """
@@ -12,6 +14,7 @@ that had any; replay one with ``CRMSYNC_FAULT_SEED=N pytest tests/test_faults.py
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -21,6 +24,7 @@ from pathlib import Path
 
 from crmsync.connectors import dav
 from crmsync.embedded import Radicale
+from crmsync.graphsandbox.server import GraphSandbox
 from crmsync.sandbox.server import Sandbox
 from scenario import Servers
 from test_faults import run_world
@@ -36,17 +40,20 @@ def main() -> int:
     parser.add_argument("--seeds", default="1-30", help="a seed or a range, e.g. 1-50")
     parser.add_argument("--rate", type=float, default=0.2, help="fault rate per request")
     parser.add_argument("--json", type=Path, help="also write the summary here")
+    parser.add_argument("--groupware", choices=("radicale", "graph"), default="radicale",
+                        help="the groupware side: Radicale (CalDAV/CardDAV) or Graph")
     args = parser.parse_args()
     dav.FIRST_WAIT = 0.01  # retries' backoff, as in the test
     injected: Counter[str] = Counter()
-    summary: dict[str, object] = {"runs": 0, "requests": 0, "sync_errors": 0,
-                                  "violations": 0, "failing_seeds": {}}
+    summary: dict[str, object] = {"groupware": args.groupware, "runs": 0, "requests": 0,
+                                  "sync_errors": 0, "violations": 0, "failing_seeds": {}}
     began = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp, Radicale(Path(tmp) / "radicale") as radicale, \
-            Sandbox() as sandbox:
+            Sandbox() as sandbox, contextlib.ExitStack() as stack:
         servers = Servers(radicale, sandbox)
+        graph = stack.enter_context(GraphSandbox()) if args.groupware == "graph" else None
         for seed in _seeds(args.seeds):
-            outcome = run_world(servers, Path(tmp) / f"home-{seed}", seed, args.rate)
+            outcome = run_world(servers, Path(tmp) / f"home-{seed}", seed, args.rate, graph)
             summary["runs"] += 1  # type: ignore[operator]
             summary["requests"] += outcome.requests  # type: ignore[operator]
             summary["sync_errors"] += len(outcome.errors)  # type: ignore[operator]

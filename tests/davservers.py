@@ -370,7 +370,9 @@ class FaultProxy:
     ``require_auth`` the proxy answers 401 unless the request carries those Basic
     credentials (faults come first, as from a load balancer in front of the server).
     With ``upstream_tls`` (an SSL context trusting the target) it forwards to an https://
-    target such as the sandboxes, still listening on plain http on loopback. With
+    target such as the sandboxes, still listening on plain http on loopback unless
+    ``server_tls`` (a server SSL context, e.g. with the sandbox's own certificate) makes it
+    listen with TLS too, for clients that only speak https (Graph). With
     ``chaos`` (a seeded ``random.Random``) every request no armed fault is waiting for
     gets a random fault with probability ``rate``; ``injected`` counts them by name.
     """
@@ -378,7 +380,8 @@ class FaultProxy:
     def __init__(self, target_base_url: str, *,
                  require_auth: tuple[str, str] | None = None,
                  chaos: random.Random | None = None, rate: float = 0.2,
-                 upstream_tls: ssl.SSLContext | None = None) -> None:
+                 upstream_tls: ssl.SSLContext | None = None,
+                 server_tls: ssl.SSLContext | None = None) -> None:
         target = urlsplit(target_base_url)
         scheme = "https" if upstream_tls is not None else "http"
         if target.scheme != scheme or not target.hostname:
@@ -405,8 +408,12 @@ class FaultProxy:
         self.released = threading.Event()
         self._server = _ProxyServer(("127.0.0.1", 0), _ProxyHandler)
         self._server.proxy = self
+        if server_tls is not None:
+            self._server.socket = server_tls.wrap_socket(self._server.socket, server_side=True,
+                                                         do_handshake_on_connect=False)
         port = self._server.server_address[1]
-        self.origin = f"http://127.0.0.1:{port}"
+        self._scheme = "https" if server_tls is not None else "http"
+        self.origin = f"{self._scheme}://127.0.0.1:{port}"
         self.url = self.origin + (target.path or "/")
         self._thread = threading.Thread(target=self._server.serve_forever,
                                          kwargs={"poll_interval": 0.05},
@@ -521,7 +528,7 @@ class FaultProxy:
             return self.origin + url
         if (parts.scheme, parts.netloc) != (self._target.scheme, self._target.netloc):
             raise ValueError(f"{url} is not on the proxied server {self.target_base_url}")
-        return urlunsplit(("http", self.origin.removeprefix("http://"), parts.path,
+        return urlunsplit((self._scheme, urlsplit(self.origin).netloc, parts.path,
                            parts.query, parts.fragment))
 
     # -- lifecycle

@@ -8,6 +8,7 @@ client acting as the sandbox's user, as Outlook would).
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +24,14 @@ def gcontrol(graph: GraphSandbox, what: str, **body: object) -> Any:
     response = httpx.post(f"{graph.url}/_sandbox/{what}", json=body, verify=graph.ssl_context())
     response.raise_for_status()
     return response.json()
+
+
+def server_tls(graph: GraphSandbox) -> ssl.SSLContext:
+    """A server SSL context with the sandbox's own certificate, for a FaultProxy in front
+    of it that clients (trusting the sandbox's CA) reach over https."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(graph.files.server_cert, graph.files.server_key)
+    return context
 
 
 def sent_mail(graph: GraphSandbox) -> list[dict[str, Any]]:

@@ -82,10 +82,12 @@ class Scenario:
 
     def __init__(self, servers: Servers, home: Path,
                  objects: Sequence[ObjectKind] = ("calendar", "contacts", "tasks"), *,
-                 via: Callable[[str], str] | None = None, crm_url: str | None = None) -> None:
+                 via: Callable[[str], str] | None = None, crm_url: str | None = None,
+                 groupware: str | None = None) -> None:
         """``via`` maps the groupware collections' URLs and ``crm_url`` replaces the
         CRM's for the profile (e.g. to go through a FaultProxy); tests still reach both
-        sides directly."""
+        sides directly. ``groupware`` (e.g. ``msgraph:me?graph_url=...``) replaces the
+        Radicale collections in the profile."""
         self.servers = servers
         self.home = home
         self.radicale = servers.radicale
@@ -100,10 +102,12 @@ class Scenario:
         self._crm: httpx.Client | None = None
         args = ["profile", "add", PROFILE, "--crm", f"salesforce:{crm_url or self.sandbox.url}",
                 "--objects", ",".join(objects)]
-        for kind in objects:
+        for kind in objects if groupware is None else ():
             scheme = "carddav" if kind == "contacts" else "caldav"
             url = self.collections[kind] if via is None else via(self.collections[kind])
             args += ["--groupware", f"{kind}={scheme}:{url}"]
+        if groupware is not None:
+            args += ["--groupware", groupware]
         # What made the profile: a test that loses the store makes it again.
         self.profile_args = tuple(args)
         self.cli(*args, check=0)

@@ -1,9 +1,11 @@
 """Fault injection: seeded random runs with faults on both sides must end converged.
 
-Each run is a world of its own (a fresh Radicale calendar and address book, an empty
-sandbox CRM) reached through two chaos :class:`FaultProxy` instances: one in front of
-Radicale, one in front of the Salesforce sandbox (TLS upstream; the token answer's
-instance_url points at the proxy). Users on both sides create, edit and delete events and
+Each run is a world of its own (a fresh Radicale calendar and address book, or Outlook's
+emptied mailbox in the Graph sandbox; an empty sandbox CRM) reached through two chaos
+:class:`FaultProxy` instances: one in front of the groupware (for Graph listening with TLS
+on the sandbox's certificate, as the connector speaks https only; its login goes direct),
+one in front of the Salesforce sandbox (TLS upstream; the token answer's instance_url
+points at the proxy). Users on both sides create, edit and delete events and
 contacts between syncs, and sometimes between a run's plan and its apply. Runs may fail
 or be partial; none may crash. Then the faults stop, the profile syncs until quiet and the
 invariants must hold: every item on each side has exactly one counterpart with the same
@@ -23,14 +25,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
+from crmsync.config import Paths
 from crmsync.connectors import dav
 from crmsync.errors import CrmsyncError
+from crmsync.graphsandbox.server import GraphSandbox
 from crmsync.model import Contact, Event, moment
 from crmsync.sandbox.server import Sandbox
-from scenario import Scenario, Servers, sf_time
+from crmsync.secrets import SecretStore, save_credentials
+from graphsandbox import GraphUser, delegated, gcontrol, server_tls
+from scenario import PROFILE, Scenario, Servers, sf_time
 
 from davservers import FaultProxy
 
@@ -39,17 +47,123 @@ SYNCS = 4  # faulty syncs per run
 QUIET = 3  # syncs without faults allowed to converge
 
 
-def _seeds() -> list[int]:
+def _seeds(default: int = 3) -> list[int]:
     if "CRMSYNC_FAULT_SEED" in os.environ:
         return [int(os.environ["CRMSYNC_FAULT_SEED"])]
-    return list(range(1, int(os.environ.get("CRMSYNC_FAULT_RUNS", "3")) + 1))
+    return list(range(1, int(os.environ.get("CRMSYNC_FAULT_RUNS", str(default))) + 1))
+
+
+Row = tuple[str, str, tuple[str, ...]]  # (the side's id, token, content)
+
+
+class RadicaleSide:
+    """The groupware side in Radicale, through the scenario's collections."""
+
+    def __init__(self, scn: Scenario) -> None:
+        self.scn = scn
+
+    def rows(self, kind: str) -> list[Row]:
+        return [(uid, _token(kind, r), _gw_content(kind, r))
+                for uid, r in self.scn.records(kind).items()]  # type: ignore[arg-type]
+
+    def create(self, kind: str, token: str, version: str,
+               when: tuple[datetime, datetime]) -> None:
+        if kind == "calendar":
+            self.scn.put(Event(uid=f"{token}@gw", summary=f"{token} {version}",
+                               start=moment(when[0]), end=moment(when[1])))
+        else:
+            self.scn.put(Contact(uid=f"{token}@gw", full_name=f"{version} {token}",
+                                 given_name=version, family_name=token,
+                                 emails=[f"{token}.{version}@example.test"]))
+
+    def update(self, kind: str, uid: str, token: str, version: str,
+               when: tuple[datetime, datetime]) -> None:
+        if kind == "calendar":
+            self.scn.edit(uid, kind, summary=f"{token} {version}", start=moment(when[0]),
+                          end=moment(when[1]))
+        else:
+            self.scn.edit(uid, kind, given_name=version, full_name=f"{version} {token}",
+                          emails=[f"{token}.{version}@example.test"])
+
+    def delete(self, kind: str, uid: str) -> None:
+        self.scn.delete(uid, kind)
+
+    def close(self) -> None:
+        pass
+
+
+class GraphSide:
+    """The groupware side in Outlook (the Graph sandbox), changed as its user would."""
+
+    def __init__(self, graph: GraphSandbox, start: datetime) -> None:
+        self.user = GraphUser(graph)
+        self.window = {"startDateTime": (start - timedelta(days=1)).isoformat(),
+                       "endDateTime": (start + timedelta(days=30)).isoformat()}
+
+    @staticmethod
+    def _path(kind: str) -> str:
+        return "/me/events" if kind == "calendar" else "/me/contacts"
+
+    @staticmethod
+    def _body(kind: str, token: str, version: str,
+              when: tuple[datetime, datetime]) -> dict[str, Any]:
+        if kind == "calendar":
+            return {"subject": f"{token} {version}",
+                    "start": {"dateTime": when[0].strftime("%Y-%m-%dT%H:%M:%S"),
+                              "timeZone": "UTC"},
+                    "end": {"dateTime": when[1].strftime("%Y-%m-%dT%H:%M:%S"),
+                            "timeZone": "UTC"}}
+        return {"givenName": version, "surname": token, "displayName": f"{version} {token}",
+                "emailAddresses": [{"address": f"{token}.{version}@example.test"}]}
+
+    def rows(self, kind: str) -> list[Row]:
+        out: list[Row] = []
+        # A fresh delta round lists every item (the sandbox has no plain list).
+        path = (f"/me/calendarView/delta?{urlencode(self.window)}" if kind == "calendar"
+                else "/me/contacts/delta")
+        page = self.user("GET", path)
+        while True:
+            for item in page["value"]:
+                if "@removed" in item:
+                    continue
+                if kind == "calendar":
+                    out.append((item["id"], item["subject"].split()[0], (
+                        item["subject"], _graph_instant(item["start"]),
+                        _graph_instant(item["end"]))))
+                else:
+                    emails = ",".join(e["address"] for e in item.get("emailAddresses") or [])
+                    out.append((item["id"], item["surname"],
+                                (item.get("givenName") or "", item["surname"], emails)))
+            if not page.get("@odata.nextLink"):
+                return out
+            page = self.user("GET", page["@odata.nextLink"])
+
+    def create(self, kind: str, token: str, version: str,
+               when: tuple[datetime, datetime]) -> None:
+        self.user("POST", self._path(kind), self._body(kind, token, version, when))
+
+    def update(self, kind: str, item_id: str, token: str, version: str,
+               when: tuple[datetime, datetime]) -> None:
+        self.user("PATCH", f"{self._path(kind)}/{item_id}",
+                  self._body(kind, token, version, when))
+
+    def delete(self, kind: str, item_id: str) -> None:
+        self.user("DELETE", f"{self._path(kind)}/{item_id}")
+
+    def close(self) -> None:
+        self.user.close()
+
+
+def _graph_instant(value: dict[str, str]) -> str:
+    assert value["timeZone"] == "UTC", value
+    return datetime.fromisoformat(value["dateTime"][:19]).replace(tzinfo=UTC).isoformat()
 
 
 @dataclass
 class Outcome:
     seed: int
     requests: int = 0
-    injected: Counter[str] = field(default_factory=Counter)
+    injected: Counter[str] = field(default_factory=Counter)  # "side:fault" -> how many
     errors: list[str] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
 
@@ -57,22 +171,38 @@ class Outcome:
 class World:
     """One seeded run: the scenario behind two chaos proxies and the users' bookkeeping."""
 
-    def __init__(self, servers: Servers, home: Path, seed: int, rate: float) -> None:
+    def __init__(self, servers: Servers, home: Path, seed: int, rate: float,
+                 graph: GraphSandbox | None = None) -> None:
+        """The groupware is Radicale, or with ``graph`` Outlook (the Graph sandbox: its
+        API through the proxy, its login direct)."""
         self.seed = seed
         self.rng = random.Random(seed)
-        self.gw_proxy = FaultProxy(servers.radicale.url, chaos=random.Random(seed * 7 + 1),
-                                   rate=rate)
         self.crm_proxy = FaultProxy(servers.sandbox.url, chaos=random.Random(seed * 7 + 2),
                                     rate=rate, upstream_tls=servers.sandbox.ssl_context())
-        self.scn = Scenario(servers, home, KINDS, via=self.gw_proxy.translate,
-                            crm_url=self.crm_proxy.origin)
         self.start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        self.gw: RadicaleSide | GraphSide
+        if graph is None:
+            self.gw_proxy = FaultProxy(servers.radicale.url,
+                                       chaos=random.Random(seed * 7 + 1), rate=rate)
+            self.scn = Scenario(servers, home, KINDS, via=self.gw_proxy.translate,
+                                crm_url=self.crm_proxy.origin)
+            self.gw = RadicaleSide(self.scn)
+        else:  # Outlook: only Graph's API goes through the proxy, its login is direct
+            self.gw_proxy = FaultProxy(graph.url, chaos=random.Random(seed * 7 + 1),
+                                       rate=rate, upstream_tls=graph.ssl_context(),
+                                       server_tls=server_tls(graph))
+            self.scn = Scenario(servers, home, KINDS, crm_url=self.crm_proxy.origin,
+                                groupware=f"msgraph:me?graph_url={self.gw_proxy.origin}")
+            save_credentials(SecretStore(Paths.resolve(home)), PROFILE, "groupware",
+                             delegated(graph))
+            self.gw = GraphSide(graph, self.start)
         self.next_token = 0
         self.deleted: set[str] = set()  # tokens a user deleted on some side
         self.created: set[str] = set()
         self.outcome = Outcome(seed)
 
     def close(self) -> None:
+        self.gw.close()
         self.scn.close()
         self.gw_proxy.close()
         self.crm_proxy.close()
@@ -91,8 +221,8 @@ class World:
         return begin, begin + timedelta(minutes=30 * self.rng.randint(1, 4))
 
     def gw_items(self, kind: str) -> dict[str, str]:
-        """token -> uid of the groupware's items of ``kind``."""
-        return {_token(kind, r): uid for uid, r in self.scn.records(kind).items()}
+        """token -> id of the groupware's items of ``kind``."""
+        return {token: item_id for item_id, token, _ in self.gw.rows(kind)}
 
     def crm_items(self, kind: str) -> dict[str, str]:
         """token -> Id of the CRM's records of ``kind``."""
@@ -108,28 +238,14 @@ class World:
         action = self.rng.choice(["create", "update", "delete"] if items else ["create"])
         version = f"v{self.rng.randint(1, 999)}"
         if action == "create":
-            token = self._token(kind)
-            if kind == "calendar":
-                begin, end = self._when()
-                self.scn.put(Event(uid=f"{token}@gw", summary=f"{token} {version}",
-                                   start=moment(begin), end=moment(end)))
-            else:
-                self.scn.put(Contact(uid=f"{token}@gw", full_name=f"{version} {token}",
-                                     given_name=version, family_name=token,
-                                     emails=[f"{token}.{version}@example.test"]))
+            self.gw.create(kind, self._token(kind), version, self._when())
             return
         token = self.rng.choice(sorted(items))
         if action == "delete":
             self.deleted.add(token)
-            self.scn.delete(items[token], kind)
-        elif kind == "calendar":
-            begin, end = self._when()
-            self.scn.edit(items[token], kind, summary=f"{token} {version}",
-                          start=moment(begin), end=moment(end))
+            self.gw.delete(kind, items[token])
         else:
-            self.scn.edit(items[token], kind, given_name=version,
-                          full_name=f"{version} {token}",
-                          emails=[f"{token}.{version}@example.test"])
+            self.gw.update(kind, items[token], token, version, self._when())
 
     def crm_edit(self) -> None:
         kind = self.rng.choice(KINDS)
@@ -188,7 +304,10 @@ class World:
         for _ in range(syncs):
             self.sync(edit_between=self.rng.random() < 0.4)
             self.edits(self.rng.randint(0, 4))
-        self.outcome.injected = self.gw_proxy.injected + self.crm_proxy.injected
+        self.outcome.injected = Counter(
+            {f"{side}:{name}": n for side, proxy in (("groupware", self.gw_proxy),
+                                                     ("crm", self.crm_proxy))
+             for name, n in proxy.injected.items()})
         self.outcome.requests = len(self.gw_proxy.requests) + len(self.crm_proxy.requests)
         self.gw_proxy.rate = self.crm_proxy.rate = 0.0
         # Salesforce lists deletions up to its last whole minute: move the sandbox's clock
@@ -210,9 +329,9 @@ class World:
     def check(self) -> None:
         bad = self.outcome.violations
         for kind in KINDS:
-            gw = Counter(_token(kind, r) for r in self.scn.records(kind).values())
-            gw_content = {_token(kind, r): _gw_content(kind, r)
-                          for r in self.scn.records(kind).values()}
+            rows = self.gw.rows(kind)
+            gw = Counter(token for _, token, _ in rows)
+            gw_content = {token: content for _, token, content in rows}
             crm_rows = _crm_rows(self.scn, kind)
             crm = Counter(token for token, _ in crm_rows)
             crm_content = dict(crm_rows)
@@ -282,13 +401,16 @@ def _clock_on(sandbox: Sandbox, minutes: int) -> None:
     control(sandbox, "clock", offset_days=AHEAD[0])
 
 
-def run_world(servers: Servers, home: Path, seed: int, rate: float = 0.2) -> Outcome:
+def run_world(servers: Servers, home: Path, seed: int, rate: float = 0.2,
+              graph: GraphSandbox | None = None) -> Outcome:
     from sfsandbox import control
 
     control(servers.sandbox, "reset", records=True)
     _clock_on(servers.sandbox, 0)  # the reset set it back
+    if graph is not None:
+        gcontrol(graph, "reset", items=True)
     public = servers.sandbox.state.url
-    world = World(servers, home, seed, rate)
+    world = World(servers, home, seed, rate, graph)
     servers.sandbox.state.url = world.crm_proxy.origin  # the token answer's instance_url
     try:
         return world.run()
@@ -304,6 +426,30 @@ def test_random_faults_converge(servers: Servers, tmp_path: Path, fast_retries: 
     assert outcome.violations == [], (
         f"seed {seed} (replay: CRMSYNC_FAULT_SEED={seed}): {outcome.violations}; "
         f"injected {dict(outcome.injected)}; errors {outcome.errors}")
+
+
+@pytest.mark.parametrize("seed", _seeds(2))
+def test_random_faults_converge_graph(servers: Servers, graph: GraphSandbox, tmp_path: Path,
+                                      fast_retries: None, seed: int) -> None:
+    outcome = run_world(servers, tmp_path / "home", seed, graph=graph)
+    assert outcome.violations == [], (
+        f"seed {seed} (replay: CRMSYNC_FAULT_SEED={seed}): {outcome.violations}; "
+        f"injected {dict(outcome.injected)}; errors {outcome.errors}")
+
+
+def test_fault_proxy_listens_with_tls(graph: GraphSandbox) -> None:
+    import httpx
+
+    with FaultProxy(graph.url, upstream_tls=graph.ssl_context(),
+                    server_tls=server_tls(graph)) as proxy:
+        assert proxy.origin.startswith("https://")
+        url = proxy.origin + "/_sandbox/stats"
+        assert httpx.get(url, verify=graph.ssl_context()).status_code == 200
+        proxy.truncate()
+        with pytest.raises(httpx.RemoteProtocolError):
+            httpx.get(url, verify=graph.ssl_context())
+        with pytest.raises(httpx.ConnectError):  # a client not trusting the CA
+            httpx.get(url)
 
 
 def test_fault_proxy_truncates_and_counts_chaos(servers: Servers) -> None:
@@ -360,4 +506,39 @@ def test_lost_create_answer_then_source_edited_makes_no_duplicate(
         assert [e.summary for e in scn.records().values()] == ["lost v2"]
     finally:
         servers.sandbox.state.url = public
+        world.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("fault", ["truncate", "drop-after-forward"])
+def test_graph_create_answer_lost_makes_no_duplicate(
+        servers: Servers, graph: GraphSandbox, tmp_path: Path, fast_retries: None,
+        fault: str, kind: str) -> None:
+    from sfsandbox import control
+
+    control(servers.sandbox, "reset", records=True)
+    _clock_on(servers.sandbox, 0)  # the reset set it back
+    gcontrol(graph, "reset", items=True)
+    world = World(servers, tmp_path / "home", 0, 0.0, graph)
+    try:
+        begin = world.start + timedelta(days=2)
+        if kind == "calendar":
+            world.scn.crm_insert("Event", Subject="lost v1", StartDateTime=sf_time(begin),
+                                 EndDateTime=sf_time(begin + timedelta(hours=1)))
+        else:
+            world.scn.crm_insert("Contact", FirstName="v1", LastName="lost",
+                                 Email="lost@example.test")
+        # Outlook creates it, but the answer to the create is lost.
+        if fault == "truncate":
+            world.gw_proxy.truncate(methods={"POST"})
+        else:
+            world.gw_proxy.drop(methods={"POST"}, after_forward=True)
+        world.sync(edit_between=False)
+        assert world.gw_proxy.pending_faults == 0
+        for _ in range(2):
+            world.sync(edit_between=False)
+        assert [token for _, token, _ in world.gw.rows(kind)] == ["lost"]
+        world.check()
+        assert world.outcome.violations == []
+    finally:
         world.close()
