@@ -749,7 +749,9 @@ def repair(
     """Find and fix duplicate UIDs, orphan pairs and missing kept CRM Ids.
 
     Lists both sides in full. Items sharing a UID on one side get a new UID (all but the
-    paired one); nothing is deleted. A pair whose items are gone on both sides is
+    paired one; on a CalDAV/CardDAV server, which cannot change a UID, the item is
+    written anew under it before the old one is deleted). A pair whose items are gone on
+    both sides is
     forgotten; one gone on one side is left to the next sync. Paired groupware items get
     the CRM Id they keep (X-CRMSYNC-CRM-ID). Exits 6 when something could not be fixed.
     """

@@ -3,7 +3,8 @@
 Per object it lists both sides in full and reads every pair, then:
 
 - duplicate UIDs on one side: every item sharing a UID but one (the paired one, else the
-  first by id) gets a fresh UID by an update; nothing is deleted.
+  first by id) gets a fresh UID by an update (which a CalDAV/CardDAV connector carries
+  out as a copy under the new UID, then a delete of the old resource).
 - orphan pairs: a pair whose items are gone on both sides is forgotten; one gone on one
   side only is a deletion the next sync propagates (reported, left alone); an item id in
   two pairs is reported.
