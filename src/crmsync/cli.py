@@ -751,9 +751,9 @@ def repair(
     Lists both sides in full. Items sharing a UID on one side get a new UID (all but the
     paired one; on a CalDAV/CardDAV server, which cannot change a UID, the item is
     written anew under it before the old one is deleted). A pair whose items are gone on
-    both sides is
-    forgotten; one gone on one side is left to the next sync. Paired groupware items get
-    the CRM Id they keep (X-CRMSYNC-CRM-ID). Exits 6 when something could not be fixed.
+    both sides is forgotten; one gone on one side is left to the next sync. Paired
+    groupware items get the CRM Id they keep (X-CRMSYNC-CRM-ID). Exits 6 when something
+    could not be fixed.
     """
     from crmsync.repair import find, fix
 
