@@ -16,7 +16,7 @@ from crmsync.errors import ConfigError
 from crmsync.model import OBJECT_KINDS
 from crmsync.server import service, settings
 from crmsync.server.web import forms, server
-from crmsync.server.web.pages.common import back, form_session, page_session, render
+from crmsync.server.web.pages.common import back, page_session, posted, render
 
 router = APIRouter()
 
@@ -30,12 +30,6 @@ def _text(value: Any) -> str:
     if isinstance(value, list | tuple):
         return ", ".join(value)
     return str(value)
-
-
-async def _form(request: Request):
-    form = await request.form()
-    token = form.get("csrf_token")
-    return form, form_session(request, token if isinstance(token, str) else None)
 
 
 @router.get("/admin", response_class=HTMLResponse)
@@ -56,14 +50,14 @@ def admin(request: Request, error: str | None = None, status: int = 200) -> HTML
 
 @router.post("/admin/pause")
 async def pause(request: Request) -> Response:
-    form, session = await _form(request)
+    form, session = await posted(request)
     service.set_paused(server(request), session.user, form.get("paused") == "true")
     return back("/admin?done=pause")
 
 
 @router.post("/admin/users")
 async def add_user(request: Request) -> Response:
-    form, session = await _form(request)
+    form, session = await posted(request)
     try:
         service.add_user(server(request), session.user, str(form.get("email") or ""),
                          str(form.get("password") or ""), form.get("is_admin") == "true")
@@ -74,7 +68,7 @@ async def add_user(request: Request) -> Response:
 
 @router.post("/admin/users/{user_id}/admin")
 async def make_admin(request: Request, user_id: int) -> Response:
-    form, session = await _form(request)
+    form, session = await posted(request)
     try:
         service.make_admin(server(request), session.user, user_id,
                            form.get("is_admin") == "true")
@@ -104,7 +98,7 @@ def defaults(request: Request, kind: str) -> HTMLResponse:
 @router.post("/admin/settings/{kind}")
 async def save_defaults(request: Request, kind: str) -> Response:
     """Each changed row: a default (blank: none) and its lock, for every user."""
-    form, session = await _form(request)
+    form, session = await posted(request)
     srv = server(request)
     rows = service.admin_defaults(srv, session.user, kind)
     sent = {n: (str(form.get(f"value:{n}") or "").strip(), form.get(f"lock:{n}") == "true")

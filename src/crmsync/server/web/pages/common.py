@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
+from starlette.datastructures import FormData
 
 from crmsync.plan import SIDE_NAME
 from crmsync.server import accounts
@@ -58,6 +59,13 @@ def form_session(request: Request, csrf_token: str | None) -> Session:
     if not accounts.csrf_ok(session, csrf_token or request.headers.get(CSRF_HEADER)):
         raise HTTPException(403, "the form's CSRF token is missing or wrong; reload the page")
     return session
+
+
+async def posted(request: Request) -> tuple[FormData, Session]:
+    """A posted form and the session it came from (its CSRF token checked)."""
+    form = await request.form()
+    token = form.get("csrf_token")
+    return form, form_session(request, token if isinstance(token, str) else None)
 
 
 def is_htmx(request: Request) -> bool:

@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, Response
 from crmsync.errors import ConfigError, ConnectionFailed
 from crmsync.server import service
 from crmsync.server.web import server
-from crmsync.server.web.pages.common import back, form_session, page_session, render
+from crmsync.server.web.pages.common import back, page_session, posted, render
 
 router = APIRouter()
 KINDS_URLS = (("calendar", "Calendar URL (CalDAV)"), ("tasks", "Task list URL (CalDAV)"),
@@ -45,9 +45,7 @@ def connections(request: Request) -> HTMLResponse:
 @router.post("/connections/groupware")
 async def connect_groupware(request: Request) -> Response:
     """Test and save the CalDAV/CardDAV account (each collection is tried first)."""
-    form = await request.form()
-    token = form.get("csrf_token")
-    session = form_session(request, token if isinstance(token, str) else None)
+    form, session = await posted(request)
     urls = {kind: str(form.get(f"{kind}_url") or "").strip() for kind, _ in KINDS_URLS}
     username = str(form.get("username") or "").strip() or None
     password = str(form.get("password") or "") or None
@@ -69,9 +67,7 @@ async def connect_salesforce(request: Request) -> Response:
     """Start the OAuth flow: off to Salesforce's authorize page."""
     from crmsync.server.web.api import _callback_url
 
-    form = await request.form()
-    token = form.get("csrf_token")
-    session = form_session(request, token if isinstance(token, str) else None)
+    _, session = await posted(request)
     url = service.salesforce_start(server(request), session.user, session.csrf_token,
                                    _callback_url(request))
     return back(url)
@@ -79,9 +75,7 @@ async def connect_salesforce(request: Request) -> Response:
 
 @router.post("/connections/{name}/remove")
 async def remove(request: Request, name: str) -> Response:
-    form = await request.form()
-    token = form.get("csrf_token")
-    session = form_session(request, token if isinstance(token, str) else None)
+    _, session = await posted(request)
     service.remove_connection(server(request), session.user, name)
     return back(f"/connections?removed={name}")
 

@@ -23,6 +23,7 @@ from crmsync.server.web.pages.common import (
     form_session,
     is_htmx,
     page_session,
+    posted,
     render,
 )
 
@@ -95,9 +96,7 @@ def settings_form(request: Request, kind: str) -> HTMLResponse:
 
 @router.post("/settings/{kind}/edit")
 async def save_settings(request: Request, kind: str) -> Response:
-    form = await request.form()
-    token = form.get("csrf_token")
-    session = form_session(request, token if isinstance(token, str) else None)
+    form, session = await posted(request)
     srv = server(request)
     view = service.get_settings(srv, session.user, kind)
     try:

@@ -20,7 +20,7 @@ from crmsync.errors import ConfigError
 from crmsync.server import service
 from crmsync.server.service import PlanView
 from crmsync.server.web import server
-from crmsync.server.web.pages.common import back, form_session, page_session, render
+from crmsync.server.web.pages.common import back, page_session, posted, render
 from crmsync.show import ARROWS, review_summary
 
 router = APIRouter()
@@ -103,9 +103,7 @@ def plan_page(request: Request, plan_id: int) -> HTMLResponse:
 async def choose(request: Request, plan_id: int) -> Response:
     """The toolbar's choice for the ticked rows, or (buttons "rows" and "confirm") each
     row's own; "confirm" then asks to apply."""
-    form = await request.form()
-    token = form.get("csrf_token")
-    session = form_session(request, token if isinstance(token, str) else None)
+    form, session = await posted(request)
     srv = server(request)
     choice = str(form.get("choice") or "")
     try:
@@ -140,9 +138,7 @@ def confirm_page(request: Request, plan_id: int) -> HTMLResponse:
 
 @router.post("/review/{plan_id}/confirm")
 async def confirm(request: Request, plan_id: int) -> Response:
-    form = await request.form()
-    token = form.get("csrf_token")
-    session = form_session(request, token if isinstance(token, str) else None)
+    _, session = await posted(request)
     try:
         service.confirm_plan(server(request), session.user, plan_id)
     except ConfigError as exc:
@@ -152,18 +148,14 @@ async def confirm(request: Request, plan_id: int) -> Response:
 
 @router.post("/review/{plan_id}/discard")
 async def discard(request: Request, plan_id: int) -> Response:
-    form = await request.form()
-    token = form.get("csrf_token")
-    session = form_session(request, token if isinstance(token, str) else None)
+    _, session = await posted(request)
     service.discard_plan(server(request), session.user, plan_id)
     return back("/review")
 
 
 @router.post("/ignores/remove")
 async def unignore(request: Request) -> Response:
-    form = await request.form()
-    token = form.get("csrf_token")
-    session = form_session(request, token if isinstance(token, str) else None)
+    form, session = await posted(request)
     service.remove_ignore(server(request), session.user, str(form.get("kind")),
                           str(form.get("side")), str(form.get("item_id")))
     return back("/review#ignored")
