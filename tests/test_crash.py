@@ -35,12 +35,9 @@ from crmsync.model import Contact, Event, moment
 from scenario import Scenario, Servers, sf_time
 
 from davservers import FaultProxy
-from sfsandbox import control
+from sfsandbox import clock_on, control
 
 KINDS = ("calendar", "contacts")
-# The sandbox's clock offset, in days (see world); it only grows, as the sandbox's record
-# stamps never go back.
-AHEAD = [0.0]
 FULL = os.environ.get("CRMSYNC_CRASH_FULL") == "1"
 MOMENTS = ("before", "after")
 EVENTS = ["GW edited", "CRM edited", "GW new 1", "GW new 2", "CRM new"]
@@ -59,7 +56,7 @@ def proxy(servers: Servers) -> Iterator[FaultProxy]:
 def world(servers: Servers, proxy: FaultProxy, home: Path) -> Scenario:
     """Synced once, then changed: the next run has 11 writes (see the module's text)."""
     control(servers.sandbox, "reset", records=True)
-    control(servers.sandbox, "clock", offset_days=AHEAD[0])
+    clock_on(servers.sandbox)
     proxy.release()
     scn = Scenario(servers, home, KINDS, via=proxy.translate)
     start = datetime.now(UTC).replace(microsecond=0, second=0, minute=0) + timedelta(days=3)
@@ -107,8 +104,7 @@ def world(servers: Servers, proxy: FaultProxy, home: Path) -> Scenario:
     assert time.time() // 60 == synced // 60, "set-up too slow: the deletion is a minute on"
     # Deletions are listed up to the sandbox's last whole minute: move its clock on so that
     # this one is listed now rather than in a minute.
-    AHEAD[0] += 2 / 1440
-    control(servers.sandbox, "clock", offset_days=AHEAD[0])
+    clock_on(servers.sandbox, 2)
     return scn
 
 
@@ -151,7 +147,7 @@ def killed_run(scn: Scenario, proxy: FaultProxy, side: str, k: int, moment_: str
         proxy.release()
         control(scn.sandbox, "release")
         control(scn.sandbox, "reset")  # the faults, and the clock with them
-        control(scn.sandbox, "clock", offset_days=AHEAD[0])
+        clock_on(scn.sandbox)
 
 
 def converge(scn: Scenario) -> list[str]:

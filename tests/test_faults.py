@@ -35,12 +35,12 @@ from crmsync.connectors import dav
 from crmsync.errors import CrmsyncError
 from crmsync.graphsandbox.server import GraphSandbox
 from crmsync.model import Contact, Event, moment
-from crmsync.sandbox.server import Sandbox
 from crmsync.secrets import SecretStore, save_credentials
 from graphsandbox import GraphUser, delegated, gcontrol, server_tls
 from scenario import PROFILE, Scenario, Servers, sf_time
 
 from davservers import FaultProxy
+from sfsandbox import clock_on
 
 KINDS = ("calendar", "contacts")
 SYNCS = 4  # faulty syncs per run
@@ -312,7 +312,7 @@ class World:
         self.gw_proxy.rate = self.crm_proxy.rate = 0.0
         # Salesforce lists deletions up to its last whole minute: move the sandbox's clock
         # past it, so that the quiet syncs see every deletion the users made.
-        _clock_on(self.scn.sandbox, 2)
+        clock_on(self.scn.sandbox, 2)
         last: dict[str, int] | None = None
         for _ in range(QUIET):
             last = self.sync(edit_between=False)
@@ -389,24 +389,12 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dav, "FIRST_WAIT", 0.01)
 
 
-# The sandbox's clock offset in days. It only grows: the sandbox's record times never go
-# back, and a world's cursors must not lie in the future.
-AHEAD = [0.0]
-
-
-def _clock_on(sandbox: Sandbox, minutes: int) -> None:
-    from sfsandbox import control
-
-    AHEAD[0] += minutes / 1440
-    control(sandbox, "clock", offset_days=AHEAD[0])
-
-
 def run_world(servers: Servers, home: Path, seed: int, rate: float = 0.2,
               graph: GraphSandbox | None = None) -> Outcome:
     from sfsandbox import control
 
     control(servers.sandbox, "reset", records=True)
-    _clock_on(servers.sandbox, 0)  # the reset set it back
+    clock_on(servers.sandbox, 0)  # the reset set it back
     if graph is not None:
         gcontrol(graph, "reset", items=True)
     public = servers.sandbox.state.url
@@ -480,7 +468,7 @@ def test_lost_create_answer_then_source_edited_makes_no_duplicate(
     from sfsandbox import control
 
     control(servers.sandbox, "reset", records=True)
-    _clock_on(servers.sandbox, 0)  # the reset set it back
+    clock_on(servers.sandbox, 0)  # the reset set it back
     public = servers.sandbox.state.url
     world = World(servers, tmp_path / "home", 0, 0.0)
     servers.sandbox.state.url = world.crm_proxy.origin
@@ -517,7 +505,7 @@ def test_graph_create_answer_lost_makes_no_duplicate(
     from sfsandbox import control
 
     control(servers.sandbox, "reset", records=True)
-    _clock_on(servers.sandbox, 0)  # the reset set it back
+    clock_on(servers.sandbox, 0)  # the reset set it back
     gcontrol(graph, "reset", items=True)
     world = World(servers, tmp_path / "home", 0, 0.0, graph)
     try:

@@ -16,7 +16,7 @@ from scenario import Scenario
 from test_planfile import add_profile
 
 from conftest import Sides, day, event
-from sfsandbox import control
+from sfsandbox import clock_on
 from test_cli import crmsync
 
 
@@ -148,7 +148,7 @@ def test_undo_restores_a_mass_deletion_on_the_calendar(scn: Scenario):
     for row in scn.crm_query("SELECT Id FROM Event"):
         scn.crm_delete("Event", row["Id"])
     # Salesforce reports deletions up to the last whole minute: let ten pass.
-    control(scn.sandbox, "clock", offset_days=10 / 1440)
+    clock_on(scn.sandbox, 10)
     report = json.loads(scn.cli("sync", "p", "--yes", "--allow-mass-delete", "--json",
                                 check=0).stdout)
     assert report["objects"]["calendar"]["counts"] == {"delete:groupware": 10}
