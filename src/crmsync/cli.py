@@ -882,11 +882,12 @@ def undo(
 
     syncer = _syncer(name)
     try:
-        report = undo_run(syncer, run, dry_run=True)
-        n = sum(c for o in report.objects.values() for k, c in o.counts.items()
-                if ":" in k)
-        if not dry_run and not yes and not typer.confirm(f"Revert {n} writes of run {run}?"):
-            raise typer.Exit(EXIT_CANCELLED)
+        if dry_run or not yes:  # what to show, or to ask about
+            report = undo_run(syncer, run, dry_run=True)
+            n = sum(c for o in report.objects.values() for k, c in o.counts.items()
+                    if ":" in k)
+            if not dry_run and not typer.confirm(f"Revert {n} writes of run {run}?"):
+                raise typer.Exit(EXIT_CANCELLED)
         if not dry_run:
             report = undo_run(syncer, run)
     finally:
