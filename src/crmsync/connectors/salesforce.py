@@ -443,7 +443,12 @@ class SalesforceConnector(Connector):
             since = None  # deletions are no longer known that far back
         requests: list[tuple[str, str, Any]] = []
         if since is not None:
-            end = soql_datetime(max(now, _seconds(since) + 60))
+            # Salesforce covers deletions up to the earlier of ``end`` and its own last
+            # whole minute. ``now`` is only our estimate of its clock, which lags it by up
+            # to a round trip (more when the clock moved since we last saw a stamp): an
+            # end at ``now`` would stop the coverage a minute early around each minute's
+            # turn. A minute more lets the server decide; the end is never before the start.
+            end = soql_datetime(max(now, _seconds(since)) + 60)
             requests.append(("GET", f"sobjects/{obj}/deleted/?start={since}&end={end}", None))
         where = [w for w in (self._owner(),) if w]
         if since is not None:
