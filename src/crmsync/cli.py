@@ -1245,28 +1245,30 @@ def sandbox_command(
     except OSError as exc:
         raise ConfigError(f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); "
                           "choose another --port, or 0 for any free one") from None
-    sandbox.start()
-    details = Path(sandbox.files.ca_cert).with_name("connection.json")
-    details.write_text(json.dumps({
-        "instance_url": sandbox.url, "login_url": sandbox.login_url,
-        "ca_path": sandbox.ca_path, "client_id": sandbox.client_id,
-        "client_secret": sandbox.client_secret, "username": sandbox.username,
-        "refresh_token": sandbox.refresh_token,
-        "jwt_private_key_path": sandbox.jwt_private_key_path}, indent=2) + "\n")
-    os.chmod(details, 0o600)
     console = _console()
-    console.print(f"Salesforce sandbox running at [bold]{sandbox.url}[/]", highlight=False)
-    console.print(f"  trust this CA:   {sandbox.ca_path}\n"
-                  f"  client id:       {sandbox.client_id}\n"
-                  f"  username:        {sandbox.username}\n"
-                  f"  JWT signing key: {sandbox.jwt_private_key_path}\n"
-                  f"  secrets (client secret, refresh token): {details}\n"
-                  f"  daily API limit: {daily_limit}", highlight=False, markup=False)
-    console.print("Connect a client with OAuth (refresh token, authorization code or JWT "
-                  f"bearer) at {sandbox.login_url}/services/oauth2/token, then call "
-                  f"{sandbox.url}/services/data/v62.0/. Press Ctrl-C to stop.",
-                  highlight=False, markup=False)
+    sandbox.start()
+    # From here Ctrl-C stops the sandbox cleanly, even while the details are being
+    # written or printed.
     try:
+        details = Path(sandbox.files.ca_cert).with_name("connection.json")
+        details.write_text(json.dumps({
+            "instance_url": sandbox.url, "login_url": sandbox.login_url,
+            "ca_path": sandbox.ca_path, "client_id": sandbox.client_id,
+            "client_secret": sandbox.client_secret, "username": sandbox.username,
+            "refresh_token": sandbox.refresh_token,
+            "jwt_private_key_path": sandbox.jwt_private_key_path}, indent=2) + "\n")
+        os.chmod(details, 0o600)
+        console.print(f"Salesforce sandbox running at [bold]{sandbox.url}[/]", highlight=False)
+        console.print(f"  trust this CA:   {sandbox.ca_path}\n"
+                      f"  client id:       {sandbox.client_id}\n"
+                      f"  username:        {sandbox.username}\n"
+                      f"  JWT signing key: {sandbox.jwt_private_key_path}\n"
+                      f"  secrets (client secret, refresh token): {details}\n"
+                      f"  daily API limit: {daily_limit}", highlight=False, markup=False)
+        console.print("Connect a client with OAuth (refresh token, authorization code or JWT "
+                      f"bearer) at {sandbox.login_url}/services/oauth2/token, then call "
+                      f"{sandbox.url}/services/data/v62.0/. Press Ctrl-C to stop.",
+                      highlight=False, markup=False)
         sandbox.wait()
     except KeyboardInterrupt:
         pass
