@@ -120,6 +120,9 @@ class Changes:
     cursor: str | None = None
     # True when this is a full listing: every existing item is among the upserts.
     complete: bool = False
+    # Warnings for the run report, not failures: a listing that fell back to another way
+    # of asking (the server failed the first), items a listing can only find another way.
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
