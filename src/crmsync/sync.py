@@ -793,6 +793,10 @@ class _Executor:
             self.report.counts["failed" if outcome == "failed" else code] += 1
             out.append(RunItem(self.kind, code, outcome, step.label(parse=outcome != "applied"),
                                reason, ids.get("crm"), ids.get("groupware"), action.side))
+            if result is not None and result.note:
+                # Written, with something the user should know (Result.note): not counted.
+                out.append(RunItem(self.kind, code, "warning", step.label(), result.note,
+                                   ids.get("crm"), ids.get("groupware"), action.side))
         return out
 
 

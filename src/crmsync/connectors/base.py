@@ -199,11 +199,14 @@ class Result:
     ``changed``: the precondition failed, the item changed since it was planned.
     ``exists``: a create found the same item (same UID) already there; ``item`` is it.
     ``failed``: the side refused this item; ``error`` says why. Other items go on.
+    ``note``: with any status, what the user should know about the item as written (a
+    warning in the run report), e.g. that the server's listings will not show it.
     """
 
     status: WriteStatus
     item: Item | None = None
     error: str | None = None
+    note: str | None = None
 
 
 @dataclass(frozen=True)

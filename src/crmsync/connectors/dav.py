@@ -29,6 +29,7 @@ httpx client with retries, request counts and credential errors).
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import hashlib
 import json
@@ -1238,6 +1239,11 @@ class DavConnector(Connector):
                 raise  # the server is gone: the run stops, nothing is lost
             except CrmsyncError as exc:
                 result = Result("failed", error=str(exc))
+            if self.protocol == "caldav" and result.status == "ok" \
+                    and result.item is not None and _undated(result.item.raw):
+                result = dataclasses.replace(result, note=(
+                    f"written to {result.item.id} without a DTSTART: the server takes it, "
+                    "but lists it only by a query for such items, never in a time range"))
             results.append(result)
         return results
 
@@ -1365,6 +1371,21 @@ class DavConnector(Connector):
         raw = response.request.content.decode("utf-8")
         modified = _http_moment(response.headers.get("Last-Modified")) or _now()
         return Item(path, etag, raw, FORMAT[kind], kind, modified=modified)
+
+
+_DATED = re.compile(r"^(?:DTSTART|DUE)[;:]", re.MULTILINE | re.IGNORECASE)
+
+
+def _undated(raw: str) -> bool:
+    """Whether a calendar item's first component has no DTSTART (for a VTODO: nor DUE):
+    no time-range query matches it (see undated_query_body)."""
+    objects, start = calendar_objects(raw)
+    if objects not in ({"calendar"}, {"tasks"}):
+        return False
+    end = raw.find("END:" + ("VEVENT" if "calendar" in objects else "VTODO"), start)
+    first = raw[start:end if end >= 0 else len(raw)]
+    dated = {m[0].rstrip(";:").upper() for m in _DATED.finditer(first)}
+    return "DTSTART" not in dated and ("tasks" not in objects or "DUE" not in dated)
 
 
 def _has_uid(item: Item, uid: str) -> bool:
