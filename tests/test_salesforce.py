@@ -25,8 +25,9 @@ from crmsync.connectors.salesforce import SalesforceConnector, Settings, attachm
 from crmsync.connectors.sfapi import authorize_url, exchange_code
 from crmsync.errors import ApiLimitReached, ConfigError, ConnectionFailed
 from crmsync.formats import salesforce as sf
-from crmsync.model import Attendee, Contact, Event, Occurrence, Phone, Task
+from crmsync.model import Attendee, Contact, Event, Occurrence, Phone, Task, moment
 from crmsync.sandbox.server import Sandbox
+from scenario import Scenario
 
 from sfsandbox import API, clock_at, clock_on, control
 
@@ -409,9 +410,10 @@ def test_incremental_listing_reports_changes_and_deletions(sandbox: Sandbox, mak
     assert listed[a.id] == a.version and listed[b.id] == b.version
     api(sandbox, "PATCH", f"sobjects/Task/{a.id}", {"Subject": "A changed"})
     api(sandbox, "DELETE", f"sobjects/Task/{b.id}")
-    # Salesforce reports deletions up to the last whole minute: let one pass.
+    # Salesforce reports deletions up to the last whole minute: let one pass. The next
+    # run's connector learns the org's clock as it signs in.
     pass_a_minute(sandbox)
-    second = sf_side.list_changes("tasks", first.cursor)
+    second = make().list_changes("tasks", first.cursor)
     assert not second.complete
     changed = {u[0]: u[2] for u in second.upserts}
     assert changed[a.id] is not None
@@ -790,6 +792,48 @@ def test_a_create_whose_answer_is_lost_is_not_written_twice(sandbox: Sandbox, ma
     assert sorted(r.summary for r in sides.records("groupware", "calendar").values()) == \
         sorted(names)
     assert len(sqlite_store.pairs(profile.id, "calendar")) == 2
+
+
+def test_what_salesforce_would_refuse_is_a_skip_with_its_reason(scn: Scenario) -> None:
+    """SPEC 5: a subject over Salesforce's limit is not synced and reported. Known before
+    writing (the connector's field lengths, from describe; LastName is required): the dry
+    run shows a skip with the reason, apply never sends it, and no run fails over it."""
+    at = datetime.now(UTC).replace(microsecond=0, second=0, minute=0) + timedelta(days=2)
+    span = {"start": moment(at), "end": moment(at + timedelta(hours=1))}
+    scn.put(Event(uid="long@t", summary="S" * 300, **span))  # type: ignore[arg-type]
+    scn.put(Event(uid="fine@t", summary="Fine", **span))  # type: ignore[arg-type]
+    scn.put(Contact(uid="nameless@t", emails=["nobody@example.com"]))
+    scn.put(Contact(uid="named@t", full_name="Ann Named", emails=["ann@example.com"]))
+
+    dry = json.loads(scn.cli("sync", "p", "--dry-run", "--json", check=0).stdout)["objects"]
+    skips = {a["groupware"]["id"].rpartition("/")[2]: a["reason"]
+             for kind in ("calendar", "contacts") for a in dry[kind]["actions"]
+             if a["action"] == "skip"}
+    assert "Subject is 300 characters, Salesforce takes at most 255" in skips["long@t.ics"]
+    assert "last name" in skips["nameless@t.vcf"]
+    assert dry["calendar"]["counts"] == {"create:crm": 1, "skip": 1}
+    assert dry["contacts"]["counts"] == {"create:crm": 1, "skip": 1}
+
+    run = scn.cli("sync", "p", "--yes", "--json", check=0)  # a skip is not a failure
+    report = json.loads(run.stdout)
+    assert report["status"] == "ok"
+    skipped = [i for o in report["objects"].values() for i in o["items"]
+               if i["outcome"] == "skipped"]
+    assert sorted(i["groupware_id"].rpartition("/")[2] for i in skipped) == \
+        ["long@t.ics", "nameless@t.vcf"]
+    assert all(i["reason"].startswith("not synced to CRM: ") for i in skipped)
+    # Never sent: only the others reached Salesforce.
+    assert [r["Subject"] for r in scn.crm_query("SELECT Subject FROM Event")] == ["Fine"]
+    assert [r["LastName"] for r in scn.crm_query("SELECT LastName FROM Contact")] == ["Named"]
+    text = scn.cli("sync", "p", "--yes", check=0)  # the next run: nothing fails
+    assert "failed" not in text.stdout
+
+    # Shortened, it syncs.
+    scn.edit("long@t", summary="Shorter")
+    again = json.loads(scn.cli("sync", "p", "--yes", "--json", check=0).stdout)
+    assert again["objects"]["calendar"]["counts"] == {"create:crm": 1}
+    assert sorted(r["Subject"] for r in scn.crm_query("SELECT Subject FROM Event")) == \
+        ["Fine", "Shorter"]
 
 
 # Last: moving the clock 16 days on purges the org's delete log for the tests after it.

@@ -447,6 +447,10 @@ def _report_out(report, json_out: bool, extra: dict[str, Any]) -> int:
             for item in obj.items:
                 if item.outcome in ("failed", "conflict"):
                     _console().print(f"  [red]{item.outcome}[/] {item.label}: {item.reason}")
+                elif item.outcome == "skipped" and item.reason.startswith("not synced to "):
+                    # Refused in advance by the side (a subject too long): not a failure,
+                    # but the user has something to fix.
+                    _console().print(f"  [yellow]skipped[/] {item.label}: {item.reason}")
         _print_warnings([(kind, i.side, i.reason) for kind, obj in report.objects.items()
                          for i in obj.items if i.outcome == "warning"])
     if report.failed:

@@ -321,9 +321,11 @@ class Syncer:
 
     def _rules(self, kind: ObjectKind) -> dict[str, Any]:
         """What the planner needs beyond the items, the same for a run's plan and for
-        each step planned again: stored ignores, this run's known emails, now."""
+        each step planned again: stored ignores, this run's known emails, now, and what
+        each side would refuse to store."""
         return {"ignored": self.store.ignored(self.profile.id, kind),
-                "known_emails": self._known.get(kind), "now": self.clock()}
+                "known_emails": self._known.get(kind), "now": self.clock(),
+                "refuses": {s: self.connector(s, kind).refuses for s in SIDES}}
 
     def known_emails(self, kind: ObjectKind, policy: Policy,
                      new: Sequence[Item]) -> frozenset[str] | None:

@@ -285,6 +285,13 @@ class Connector(ABC):
         raise ConfigError(f"{self!r} cannot look people up by email (needed by selection "
                           "'matched' and by 'record --relate EMAIL')")
 
+    def refuses(self, kind: ObjectKind, record: Record) -> str | None:
+        """Why this side would certainly refuse to store ``record`` (a field over its
+        length, a required field missing), None when it would take it. The planner asks
+        before a create or update, so that such an item shows as a skip with the reason
+        in the review and dry run instead of failing at apply on every run."""
+        return None
+
     def cursor(self, kind: ObjectKind, listed: str | None) -> str | None:
         """The cursor to store after this run's writes; by default the listing's."""
         return listed

@@ -733,6 +733,21 @@ class SalesforceConnector(Connector):
 
     # --- writing -------------------------------------------------------------------------
 
+    def refuses(self, kind: ObjectKind, record: Record) -> str | None:
+        # What Salesforce certainly refuses, found as apply would: the fields as they would
+        # be written, within the lengths describe gives (the listing read it already).
+        try:
+            values = self._values(kind, record, None, [])
+        except ItemError as exc:
+            return str(exc)
+        if kind == "contacts" and not values.get("LastName"):
+            return ("a Salesforce Contact needs a last name (Contact.LastName) and this "
+                    "contact has no name at all: not synced (give it a name)")
+        if kind == "calendar" and isinstance(record, Event) and record.start is None:
+            return ("a Salesforce Event needs a start (Event.StartDateTime) and this event "
+                    "has none: not synced (give it a start)")
+        return None
+
     def apply(self, kind: ObjectKind, writes: Sequence[Write]) -> list[Result]:
         results: list[Result | None] = [None] * len(writes)
         self._describe(kind)
