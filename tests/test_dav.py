@@ -1015,7 +1015,8 @@ class FakeDav:
         self.etags: dict[str, str] = {}
         self.log: list[str] = []  # the paths changed, in order
         self.reports: list[str] = []  # the tokens sync-collection was asked with
-        # sync-collection from these tokens answers 503 (the server went away mid-listing).
+        # sync-collection from these tokens loses the connection (the server went away
+        # mid-listing; a server error would be a reason to list another way instead).
         self.broken: set[str] = set()
         for path in paths:
             self.put(path)
@@ -1055,7 +1056,7 @@ class FakeDav:
         assert token is not None
         self.reports.append(token[1])
         if token[1] in self.broken:
-            return httpx.Response(503)
+            raise httpx.ReadError("connection lost", request=request)
         if token[1] and int(token[1][1:]) > len(self.log):
             return httpx.Response(403, content=b'<D:error xmlns:D="DAV:">'
                                   b"<D:valid-sync-token/></D:error>")

@@ -1059,8 +1059,10 @@ class DavConnector(Connector):
             return None
         if response.status_code != 207:
             raise self._collection_error(response, "calendar-query")
+        # (Only what truly lacks one: a server ignoring the filter answers every item.)
         dated = {m.path for m in members}
-        undated = [m for m in self._members(response) if m.path not in dated]
+        undated = [m for m in self._members(response) if m.path not in dated
+                   and _undated(m.text(CALDAV + "calendar-data") or "")]
         members += undated
         changed = {m.path: etag for m in members
                    if (etag := _etag(m.text(DAV + "getetag"))) is not None}
