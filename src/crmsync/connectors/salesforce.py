@@ -94,7 +94,7 @@ import json
 import re
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -528,6 +528,17 @@ class SalesforceConnector(Connector):
         data = json.loads(cursor or "{}")
         data["since"] = None
         return self.list_changes(kind, json.dumps(data))
+
+    def image(self, kind: ObjectKind) -> Callable[[Record], Record]:
+        """A record as written here and read back (see formats.salesforce.image), with
+        this org's field lengths (describe, read once a run) and this endpoint's
+        settings."""
+        lengths = self.lengths(kind)
+        s = self.settings
+        return lambda record: sf.image(record,  # type: ignore[arg-type, return-value]
+                                       lengths,
+                                       invitees_in_description=s.invitees_in_description,
+                                       truncate_body=s.truncate_body)
 
     def cursor(self, kind: ObjectKind, listed: str | None) -> str | None:
         state = self._cursor.get(kind)

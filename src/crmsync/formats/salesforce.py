@@ -582,3 +582,31 @@ def fit(sobject: str, values: Doc, lengths: Mapping[str, int], *,
             values[name] = value[:limit]
         cut.append(name)
     return cut
+
+
+# --- images ------------------------------------------------------------------------------
+
+_SOBJECTS = {"calendar": "Event", "tasks": "Task", "contacts": "Contact"}
+
+
+def image(record: Event | Task | Contact, lengths: Mapping[str, int], *,
+          invitees_in_description: bool = False, truncate_body: bool = True
+          ) -> Event | Task | Contact:
+    """``record`` as Salesforce keeps it once written and read back: text fields cut to
+    ``lengths`` (the body with its " [...]" mark), invitee and attachment blocks taken out
+    of the Description again, times as UTC instants (floating ones must be pinned first).
+    A record Salesforce would refuse (a Subject over its limit) is its own image."""
+    if isinstance(record, Event):
+        raw = render_event(record, invitees_in_description=invitees_in_description)
+        parse: Any = parse_event
+    elif isinstance(record, Task):
+        raw, parse = render_task(record), parse_task
+    else:
+        raw, parse = render_contact(record), parse_contact
+    sobject = _SOBJECTS[record.kind]
+    doc = load(raw, sobject)
+    try:
+        fit(sobject, doc[sobject], lengths, truncate_body=truncate_body)
+    except ItemError:
+        return record
+    return parse(dump(doc))
