@@ -27,7 +27,7 @@ from crmsync.model import Contact, Event, ObjectKind, Record, Task
 from crmsync.policy import Policy
 
 Op = Literal["create", "update", "delete", "conflict", "skip", "link"]
-PairedBy = Literal["sent", "crm-id", "uid", "content"]
+PairedBy = Literal["sent", "crm-id", "uid", "content", "near"]
 # A function giving a record as one side would store it (and read it back) when written
 # there: fields cut to the side's limits, times as instants, ... (Connector.image). Where
 # a side's value is the image of the other side's, the two agree: a lossy copy is never
@@ -143,7 +143,8 @@ class View:
     base: Item | None = None
     # Without a pair: the evidence the two items were matched by (see :func:`pair_up`):
     # "sent" (the content a create sent), "crm-id" (the CRM Id the groupware item keeps),
-    # "uid" or "content" (start, end, subject only: no identity evidence at all).
+    # "uid", "content" (start, end, subject only: no identity evidence at all) or "near"
+    # (start and end only: not a pairing, a question for the user).
     by: PairedBy | None = None
     # Why an unpaired item is neither paired nor created: look-alikes (see pair_up).
     tie: str = ""
@@ -327,12 +328,14 @@ def _keep_both(step: Step, policy: Policy, common: frozenset[str]) -> Step:
     """A conflict kept both ways: the pair splits into two, nothing existing is changed.
 
     The CRM item gets a new groupware copy and the groupware item a new CRM copy, each
-    with an identity of its own (a fresh UID); the executor forgets the old pair before
-    writing and pairs each item with its copy. A copy a prevent switch forbids is left
+    with an identity of its own (a fresh UID); the executor forgets the old pair (if any:
+    two unpaired look-alikes kept as two items have none) before writing and pairs each
+    item with its copy. A copy a prevent switch forbids is left
     out: its item stays unpaired. Any other step is left as it was.
     """
-    if (step.pair is None or step.crm is None or step.gw is None
-            or not any(a.op == "conflict" for a in step.actions)):
+    if (step.crm is None or step.gw is None
+            or not any(a.op == "conflict" and (step.pair is not None or "both" in a.choices)
+                       for a in step.actions)):
         return step
     planner = _Planner(policy, common, {}, None, None)
     actions = []
@@ -362,6 +365,7 @@ def make_plan(
     now: datetime | None = None,
     sent: Mapping[tuple[Side, str], Item] | None = None,
     images: Mapping[Side, Image] | None = None,
+    fresh: bool = False,
 ) -> Plan:
     """Plan one object's run.
 
@@ -375,11 +379,12 @@ def make_plan(
     in range. ``sent`` are creates whose outcome a stopped run never learned, by (side,
     id) of the item they copied: see :func:`pair_up`. ``images`` give, per side, a record
     as that side stores it (see :data:`Image`); values equal through them are equal.
+    ``fresh``: no pair of this object is stored yet (see :func:`pair_up`).
     """
     all_views = list(views)
     if unpaired:
         all_views.extend(pair_up(kind, unpaired.get("crm", []), unpaired.get("groupware", []),
-                                 sent))
+                                 sent, fresh=fresh))
     planner = _Planner(policy, common, ignored or {}, known_emails, now, images)
     steps = sorted((s for v in all_views if (s := planner.step(kind, v)) is not None),
                    key=Step._order)
@@ -415,7 +420,8 @@ def content_key(record: Record) -> tuple | None:
 
 
 def pair_up(kind: ObjectKind, crm_items: list[Item], gw_items: list[Item],
-            sent: Mapping[tuple[Side, str], Item] | None = None) -> list[View]:
+            sent: Mapping[tuple[Side, str], Item] | None = None, *,
+            fresh: bool = False) -> list[View]:
     """Match items that no pair knows: first an item with the copy a stopped run may have
     made of it (``sent``: by the source's (side, id), the item as the create sent it; the
     copy has that content), then by the CRM Id a groupware item keeps (Record.crm_id),
@@ -430,6 +436,11 @@ def pair_up(kind: ObjectKind, crm_items: list[Item], gw_items: list[Item],
     has one of them too, none of them is paired and none is created (a create would copy
     an item the other side may already have): each comes back as a view with ``tie`` set,
     which the planner reports.
+
+    ``fresh``: no pair of this object is stored (a first sync, or the store was lost).
+    When some items then pair (by kept Id, UID or content), the sides already hold copies
+    of each other, and an item without a match may be the copy of one changed on the
+    other side: items left that resemble one there are not created (see :func:`_near`).
     """
     crm_items = sorted(crm_items, key=lambda i: i.id)
     gw_items = sorted(gw_items, key=lambda i: i.id)
@@ -469,6 +480,7 @@ def pair_up(kind: ObjectKind, crm_items: list[Item], gw_items: list[Item],
                 views.append(View(None, *_one_sided(side, item)))
             else:
                 groups.setdefault(key, {"crm": [], "groupware": []})[side].append(item)
+    alone: dict[Side, list[Item]] = {"crm": [], "groupware": []}
     for group in groups.values():
         crm, gw = group["crm"], group["groupware"]
         if len(crm) == 1 and len(gw) == 1:
@@ -476,8 +488,55 @@ def pair_up(kind: ObjectKind, crm_items: list[Item], gw_items: list[Item],
         elif crm and gw:
             views.extend(_ties(kind, group))
         else:
+            for side in SIDES:
+                alone[side].extend(group[side])
+    if fresh and any(v.by for v in views):
+        # Some items already have their copy on the other side (a lost or old store, not
+        # two calendars meeting for the first time): the rest may be copies changed since.
+        views.extend(_near(kind, alone))
+    else:
+        views.extend(View(None, *_one_sided(s, i)) for s in SIDES for i in alone[s])
+    return views
+
+
+def _near(kind: ObjectKind, alone: Mapping[Side, list[Item]]) -> list[View]:
+    """Items without a match that resemble one on the other side (an event at the same
+    start and end, a contact with the same first email; see :func:`near_key`): most often
+    the two copies of one item that changed while no pair joined them (a lost store).
+    Creating them would duplicate both, pairing them would guess: one with one becomes a
+    view ``by="near"``, which the planner turns into a decision for the user; more are
+    reported as look-alikes. The rest are one-sided views, to be created."""
+    groups: dict[tuple, dict[Side, list[Item]]] = {}
+    views: list[View] = []
+    for side in SIDES:
+        for item in alone[side]:
+            try:
+                key = near_key(item.record())
+            except FormatError:
+                key = None
+            if key is None:
+                views.append(View(None, *_one_sided(side, item)))
+            else:
+                groups.setdefault(key, {"crm": [], "groupware": []})[side].append(item)
+    for group in groups.values():
+        crm, gw = group["crm"], group["groupware"]
+        if len(crm) == 1 and len(gw) == 1:
+            views.append(View(None, crm[0], gw[0], by="near"))
+        elif crm and gw:
+            views.extend(_ties(kind, group, near=True))
+        else:
             views.extend(View(None, *_one_sided(s, i)) for s in SIDES for i in group[s])
     return views
+
+
+def near_key(record: Record) -> tuple | None:
+    """What makes two unmatched items look like the same one changed (see :func:`_near`):
+    an event's start and end, a contact's first email. None: nothing (tasks)."""
+    if isinstance(record, Event) and record.start:
+        return ("event", record.start, record.end)
+    if isinstance(record, Contact) and record.emails:
+        return ("contact", record.emails[0].lower())
+    return None
 
 
 def _size(value: Any) -> int:
@@ -490,13 +549,16 @@ def _one_sided(side: Side, item: Item) -> tuple[Item | None, Item | None]:
 
 _LOOKS = {"calendar": "start, end and subject", "contacts": "name and first email",
           "tasks": "subject and due date"}
+_NEAR = {"calendar": "start and end", "contacts": "first email"}
 
 
-def _ties(kind: ObjectKind, group: Mapping[Side, list[Item]]) -> list[View]:
+def _ties(kind: ObjectKind, group: Mapping[Side, list[Item]], near: bool = False
+          ) -> list[View]:
     """Views reporting look-alike items that content cannot tell apart."""
     crm, gw = len(group["crm"]), len(group["groupware"])
+    same = _NEAR.get(kind, "content") if near else _LOOKS.get(kind, "content")
     why = (f"{crm + gw} look-alike items ({crm} in CRM, {gw} in groupware; the same "
-           f"{_LOOKS.get(kind, 'content')}) and no stored pair or kept id for them: not "
+           f"{same}) and no stored pair or kept id for them: not "
            "paired by content, nothing written, as that would guess which is which; tell "
            "them apart (e.g. edit one's subject on one side, or delete a surplus copy) "
            "and sync again")
@@ -827,21 +889,30 @@ class _Planner:
         agreed = self._agreed(view, now, changed["crm"].keys() | changed["groupware"].keys())
         for side in SIDES:
             changed[side] = {k: v for k, v in changed[side].items() if k not in agreed}
-        if baseless and view.by == "content" and not self.chosen:
+        if baseless and view.by in ("content", "near") and not self.chosen:
             differ = sorted(changed["crm"].keys() | changed["groupware"].keys())
-            if differ:
+            if differ or view.by == "near":
                 # Matched by look only: which item is whose copy is a guess, so neither
                 # is written over with the other's content.
                 what = rules.describe(self.policy, view.gw.record())
+                if view.by == "content":
+                    why = (f"paired by content only (same {_LOOKS.get(step.kind, 'content')}"
+                           f", no stored pair or kept id) but they differ in "
+                           f"{', '.join(differ)}: neither is overwritten; choose the CRM's "
+                           "or the groupware's version, or skip this time")
+                    choices: tuple[str, ...] = ("crm", "groupware", "skip")
+                else:
+                    why = (f"not paired: no stored pair or kept id, and the other side has "
+                           f"an item with the same {_NEAR.get(step.kind, 'content')} that "
+                           f"differs in {', '.join(differ)} (the same item changed on one "
+                           "side?): neither is created nor overwritten; if they are the "
+                           "same, choose the CRM's or the groupware's version; if not, keep "
+                           "both (each is copied to the other side); or skip this time")
+                    choices = CONFLICT_CHOICES
                 step.actions.append(Action(
-                    "conflict",
-                    reason=(f"{what}: paired by content only (same "
-                            f"{_LOOKS.get(step.kind, 'content')}, no stored pair or kept "
-                            f"id) but they differ in {', '.join(differ)}: neither is "
-                            "overwritten; choose the CRM's or the groupware's version, or "
-                            "skip this time"),
+                    "conflict", reason=f"{what}: {why}",
                     conflicts={k: (now["crm"].get(k), now["groupware"].get(k)) for k in differ},
-                    choices=("crm", "groupware", "skip"),
+                    choices=choices,
                 ))
                 step.state = "retry"
                 return

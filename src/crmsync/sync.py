@@ -314,8 +314,13 @@ class Syncer:
         self._known[kind] = self.known_emails(kind, policy, unpaired["groupware"])
         sent = (self.store.unsettled_creates(pid, kind)
                 if all(unpaired[s] for s in SIDES) else None)
+        # Nothing stored of this object (no pair, no create a stopped run left: a first
+        # sync, or a lost store): unmatched look-alikes of re-paired items wait for the
+        # user instead of being created (see crmsync.plan.pair_up).
+        fresh = (not all_pairs and not sent and all(unpaired[s] for s in SIDES)
+                 and not any(self.store.side_counts(pid, kind).values()))
         plan = make_plan(kind, views, policy, self.common_fields(kind), unpaired=unpaired,
-                         totals=totals, sent=sent, **self._rules(kind))
+                         totals=totals, sent=sent, fresh=fresh, **self._rules(kind))
         return Prepared(kind, plan, listed, old, pend)
 
     def _rules(self, kind: ObjectKind) -> dict[str, Any]:
