@@ -14,7 +14,7 @@ executor applies it.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
@@ -366,6 +366,7 @@ def make_plan(
     sent: Mapping[tuple[Side, str], Item] | None = None,
     images: Mapping[Side, Image] | None = None,
     fresh: bool = False,
+    held: Collection[tuple[Side, str]] = (),
 ) -> Plan:
     """Plan one object's run.
 
@@ -379,12 +380,13 @@ def make_plan(
     in range. ``sent`` are creates whose outcome a stopped run never learned, by (side,
     id) of the item they copied: see :func:`pair_up`. ``images`` give, per side, a record
     as that side stores it (see :data:`Image`); values equal through them are equal.
-    ``fresh``: no pair of this object is stored yet (see :func:`pair_up`).
+    ``fresh``: no pair of this object is stored yet; ``held``: the (side, id)s an earlier
+    run left unsettled (see :func:`pair_up`).
     """
     all_views = list(views)
     if unpaired:
         all_views.extend(pair_up(kind, unpaired.get("crm", []), unpaired.get("groupware", []),
-                                 sent, fresh=fresh))
+                                 sent, fresh=fresh, held=held))
     planner = _Planner(policy, common, ignored or {}, known_emails, now, images)
     steps = sorted((s for v in all_views if (s := planner.step(kind, v)) is not None),
                    key=Step._order)
@@ -421,7 +423,7 @@ def content_key(record: Record) -> tuple | None:
 
 def pair_up(kind: ObjectKind, crm_items: list[Item], gw_items: list[Item],
             sent: Mapping[tuple[Side, str], Item] | None = None, *,
-            fresh: bool = False) -> list[View]:
+            fresh: bool = False, held: Collection[tuple[Side, str]] = ()) -> list[View]:
     """Match items that no pair knows: first an item with the copy a stopped run may have
     made of it (``sent``: by the source's (side, id), the item as the create sent it; the
     copy has that content), then by the CRM Id a groupware item keeps (Record.crm_id),
@@ -441,6 +443,8 @@ def pair_up(kind: ObjectKind, crm_items: list[Item], gw_items: list[Item],
     When some items then pair (by kept Id, UID or content), the sides already hold copies
     of each other, and an item without a match may be the copy of one changed on the
     other side: items left that resemble one there are not created (see :func:`_near`).
+    ``held`` are the (side, id)s of items an earlier run left unsettled: such a question
+    left for the user is asked again, whatever is stored by now.
     """
     crm_items = sorted(crm_items, key=lambda i: i.id)
     gw_items = sorted(gw_items, key=lambda i: i.id)
@@ -490,12 +494,13 @@ def pair_up(kind: ObjectKind, crm_items: list[Item], gw_items: list[Item],
         else:
             for side in SIDES:
                 alone[side].extend(group[side])
-    if fresh and any(v.by for v in views):
-        # Some items already have their copy on the other side (a lost or old store, not
-        # two calendars meeting for the first time): the rest may be copies changed since.
-        views.extend(_near(kind, alone))
-    else:
-        views.extend(View(None, *_one_sided(s, i)) for s in SIDES for i in alone[s])
+    # When some items already have their copy on the other side (a lost or old store, not
+    # two calendars meeting for the first time), the rest may be copies changed since.
+    near = fresh and any(v.by for v in views)
+    close = {s: [i for i in alone[s] if near or (s, i.id) in held] for s in SIDES}
+    views.extend(_near(kind, close))
+    views.extend(View(None, *_one_sided(s, i)) for s in SIDES for i in alone[s]
+                 if i not in close[s])
     return views
 
 

@@ -320,7 +320,8 @@ class Syncer:
         fresh = (not all_pairs and not sent and all(unpaired[s] for s in SIDES)
                  and not any(self.store.side_counts(pid, kind).values()))
         plan = make_plan(kind, views, policy, self.common_fields(kind), unpaired=unpaired,
-                         totals=totals, sent=sent, fresh=fresh, **self._rules(kind))
+                         totals=totals, sent=sent, fresh=fresh,
+                         held={(s, i) for s in SIDES for i in pend[s]}, **self._rules(kind))
         return Prepared(kind, plan, listed, old, pend)
 
     def _rules(self, kind: ObjectKind) -> dict[str, Any]:
