@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from crmsync.config import Paths
-from crmsync.model import Contact, Event, Task, moment
+from crmsync.model import Attendee, Contact, Event, Task, moment
 from scenario import Scenario, sf_time
 
 T0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=3)
@@ -156,3 +156,43 @@ def test_contacts_and_tasks_repair(scn: Scenario):
     tasks = scn.records("tasks")
     assert len(tasks) == 2 and len(scn.crm_query("SELECT Id FROM Task")) == 2
     assert "Call back soon" in {r.summary for r in tasks.values()}
+
+
+def test_look_alike_events_are_never_paired_by_guess(scn: Scenario):
+    """Issue 16 (A): two events with the same start, end and subject but different bodies
+    and attendees. After the store is lost, content cannot tell which CRM record is whose
+    copy: none is paired, nothing is written or created, and each is reported."""
+    start = T0 + timedelta(hours=12)
+    big = "First body. " + "x" * 20_000
+    for uid, description, people in (("twin-1@t", big, 0), ("twin-2@t", "Second body", 40)):
+        scn.put(Event(uid=uid, summary="Standup", start=moment(start),
+                      end=moment(start + timedelta(hours=1)), description=description,
+                      attendees=[Attendee(f"p{i}@guests.example") for i in range(people)]))
+    plans, report = scn.sync()
+    assert plans[0].counts() == {"create:crm": 2} and report.status == "ok"
+    before = {uid: scn.raw(uid) for uid in ("twin-1@t", "twin-2@t")}
+    crm_before = {r["Id"]: r["Description"] for r in scn.crm_query(
+        "SELECT Id, Description FROM Event")}
+
+    _lose(scn)
+    plans, report = scn.sync()
+    assert plans[0].counts() == {"skip": 4}, plans[0].counts()
+    reasons = {a.reason for _, a in plans[0].actions()}
+    assert len(reasons) == 1 and "4 look-alike items (2 in CRM, 2 in groupware" in reasons.pop()
+    assert {uid: scn.raw(uid) for uid in before} == before
+    assert {r["Id"]: r["Description"] for r in scn.crm_query(
+        "SELECT Id, Description FROM Event")} == crm_before
+    # Reported again until told apart, never created in the meantime.
+    plans, _ = scn.sync()
+    assert plans[0].counts() == {"skip": 4}
+
+    # The user tells them apart as the report says: the same new subject on both sides.
+    second = next(i for i, text in crm_before.items() if text.startswith("Second body"))
+    scn.crm_update("Event", second, Subject="Standup (team B)")
+    scn.edit("twin-2@t", summary="Standup (team B)")
+    plans, report = scn.sync()
+    assert plans[0].counts() == {"link": 2}, plans[0].counts()
+    assert {uid: scn.records()[uid].description for uid in before} == {
+        "twin-1@t": big, "twin-2@t": "Second body"}
+    assert len(scn.crm_query("SELECT Id FROM Event")) == 2
+    scn.cli("verify", "p", check=0)

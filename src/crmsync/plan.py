@@ -563,10 +563,10 @@ def _ties(kind: ObjectKind, group: Mapping[Side, list[Item]], near: bool = False
     crm, gw = len(group["crm"]), len(group["groupware"])
     same = _NEAR.get(kind, "content") if near else _LOOKS.get(kind, "content")
     why = (f"{crm + gw} look-alike items ({crm} in CRM, {gw} in groupware; the same "
-           f"{same}) and no stored pair or kept id for them: not "
-           "paired by content, nothing written, as that would guess which is which; tell "
-           "them apart (e.g. edit one's subject on one side, or delete a surplus copy) "
-           "and sync again")
+           f"{same}) and no stored pair or kept id for them: not paired by content and "
+           "nothing written, as that would guess which is which; tell them apart (give "
+           "an item and its copy the same new subject on both sides, or delete a surplus "
+           "copy) and sync again")
     return [View(None, *_one_sided(s, i), tie=why) for s in SIDES for i in group[s]]
 
 

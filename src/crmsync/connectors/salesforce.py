@@ -356,6 +356,9 @@ class SalesforceConnector(Connector):
         # Email fields per Contact/Lead/User (the alternates too), from describe.
         self._email_fields: dict[str, list[str]] = {}
         self._shared: bool | None = None  # see _shared_activities
+        # The emails of the people read as invitees (Salesforce knows them): an attendee
+        # not among them may be one it cannot relate (see image).
+        self._invitees: set[str] = set()
 
     def __repr__(self) -> str:
         return f"SalesforceConnector({public_url(self.client.instance_url)})"
@@ -535,10 +538,13 @@ class SalesforceConnector(Connector):
         settings."""
         lengths = self.lengths(kind)
         s = self.settings
+        # Without the invitee block, only people Salesforce knows stay attendees: those
+        # seen as invitees this run are known, others may not be.
+        known = None if s.invitees_in_description else frozenset(self._invitees)
         return lambda record: sf.image(record,  # type: ignore[arg-type, return-value]
                                        lengths,
                                        invitees_in_description=s.invitees_in_description,
-                                       truncate_body=s.truncate_body)
+                                       truncate_body=s.truncate_body, known=known)
 
     def cursor(self, kind: ObjectKind, listed: str | None) -> str | None:
         state = self._cursor.get(kind)
@@ -648,6 +654,8 @@ class SalesforceConnector(Connector):
             if not rel.get("IsInvitee", True):
                 continue
             person = people.get(rel.get("RelationId") or "", {})
+            if person.get("Email"):
+                self._invitees.add(person["Email"].lower())
             invitees.append({"Id": rel.get("Id"), "RelationId": rel.get("RelationId"),
                              "Email": person.get("Email"), "Name": person.get("Name"),
                              "Status": rel.get("Status") or "New"})
