@@ -395,6 +395,18 @@ def make_plan(
     return plan
 
 
+def differences(crm: Item, gw: Item, common: frozenset[str],
+                images: Mapping[Side, Image] | None = None) -> dict[str, tuple[Any, Any]]:
+    """The fields in which two paired items differ, compared through the mapping as the
+    planner compares them (a value equal to the image of the other side's is equal):
+    field -> (CRM value, groupware value). For `crmsync verify`."""
+    planner = _Planner(Policy(), common, {}, None, None, images)
+    now: dict[Side, Flat] = {"crm": planner._fields(crm), "groupware": planner._fields(gw)}
+    keys = set(diff(now["crm"], now["groupware"]))
+    agreed = planner._agreed(View(None, crm, gw), now, keys)
+    return {k: (now["crm"].get(k), now["groupware"].get(k)) for k in sorted(keys - agreed)}
+
+
 def _mass_delete_guard(plan: Plan, policy: Policy, totals: dict[Side, int]) -> dict:
     deletes: dict[Side, int] = defaultdict(int)
     for _, action in plan.actions():
