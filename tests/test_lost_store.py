@@ -7,6 +7,7 @@ Radicale + the Salesforce sandbox, driven as in tests/scenario.py.
 from __future__ import annotations
 
 import gc
+import json
 import shutil
 import sqlite3
 from datetime import UTC, datetime, timedelta
@@ -98,9 +99,10 @@ def test_lost_store_repairs_by_kept_id_and_content(scn: Scenario):
     c = next(r for r in records.values() if r.summary == "CRM C")
     c_crm = scn.crm_query(f"SELECT StartDateTime FROM Event WHERE Id = '{moved}'")
     assert c_crm[0]["StartDateTime"][:19] == c.start.rstrip("Z")
-    # A third run has nothing to do: the pairs are stored again.
+    # A third run has nothing to do: the pairs are stored again, and they all agree.
     plans, _ = scn.sync()
     assert plans[0].counts() == {}
+    scn.cli("verify", "p", check=0)
 
 
 def test_old_store_copy_does_not_duplicate(scn: Scenario):
@@ -124,6 +126,7 @@ def test_old_store_copy_does_not_duplicate(scn: Scenario):
         "CRM B", "CRM F", "Calendar A", "Calendar E"]
     assert sorted(r.summary for r in scn.records().values()) == [
         "CRM B", "CRM F", "Calendar A", "Calendar E"]
+    scn.cli("verify", "p", check=0)
 
 
 def test_contacts_and_tasks_repair(scn: Scenario):
@@ -156,6 +159,9 @@ def test_contacts_and_tasks_repair(scn: Scenario):
     tasks = scn.records("tasks")
     assert len(tasks) == 2 and len(scn.crm_query("SELECT Id FROM Task")) == 2
     assert "Call back soon" in {r.summary for r in tasks.values()}
+    verified = json.loads(scn.cli("verify", "p", "--json", check=0).stdout)
+    assert {k: o["agree"] for k, o in verified["objects"].items()} == {
+        "calendar": 0, "contacts": 2, "tasks": 2}
 
 
 def test_look_alike_events_are_never_paired_by_guess(scn: Scenario):

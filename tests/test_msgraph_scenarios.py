@@ -155,10 +155,13 @@ def test_calendar_both_ways(world: World) -> None:
     assert outlook["From the CRM"].start == at(4).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert outlook["From the CRM"].description == "Call notes"
 
-    # A second run finds nothing to do (nothing read back differs from what was written).
+    # A second run finds nothing to do (nothing read back differs from what was written),
+    # and verify finds both pairs in agreement.
     again = world.sync("p")
     assert again["status"] == "ok"
     assert writes(again) == {}, again
+    verified = json.loads(world.cli("verify", "p", "--json"))
+    assert verified["objects"]["calendar"]["agree"] == 2
 
     world.outlook("PATCH", f"/me/events/{made['id']}", {"subject": "Pricing call (v2)"})
     world.sync("p")

@@ -588,6 +588,8 @@ def fit(sobject: str, values: Doc, lengths: Mapping[str, int], *,
 # --- images ------------------------------------------------------------------------------
 
 _SOBJECTS = {"calendar": "Event", "tasks": "Task", "contacts": "Contact"}
+# The picklist defaults of a standard org, set on a record written without them.
+_DEFAULTS = {"Task": {"Priority": "Normal", "Status": "Not Started"}}
 
 
 def image(record: Event | Task | Contact, lengths: Mapping[str, int], *,
@@ -611,6 +613,9 @@ def image(record: Event | Task | Contact, lengths: Mapping[str, int], *,
         raw, parse = render_contact(record), parse_contact
     sobject = _SOBJECTS[record.kind]
     doc = load(raw, sobject)
+    for name, value in _DEFAULTS.get(sobject, {}).items():
+        if doc[sobject].get(name) is None:
+            doc[sobject][name] = value  # what Salesforce sets on a new record
     try:
         fit(sobject, doc[sobject], lengths, truncate_body=truncate_body)
     except ItemError:
