@@ -13,9 +13,15 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from crmsync.config import Paths
 from crmsync.model import Attendee, Contact, Event, Task, moment
 from scenario import Scenario, sf_time
+from test_planfile import add_profile
+
+from conftest import Sides, day, event
+from test_cli import crmsync
 
 T0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=3)
 
@@ -202,3 +208,40 @@ def test_look_alike_events_are_never_paired_by_guess(scn: Scenario):
         "twin-1@t": big, "twin-2@t": "Second body"}
     assert len(scn.crm_query("SELECT Id FROM Event")) == 2
     scn.cli("verify", "p", check=0)
+
+
+@pytest.mark.parametrize("choice", ["crm", "both"])
+def test_a_near_look_alike_waits_for_the_users_choice(tmp_path: Path, sides: Sides,
+                                                      choice: str):
+    """Two calendars that already hold copies of each other meet without a store (a first
+    sync of both, or a lost store): "Pricing" was renamed on one side. It is not created
+    twice: the plan asks; the user's choice pairs them ("crm") or keeps both."""
+    home = tmp_path / "home"
+    sides.put("crm", event("a@x", "Kickoff"), "a.ics")
+    sides.put("crm", event("b@x", "Pricing (moved)", start=day(2), end=day(2, "10:00")),
+              "b.ics")
+    sides.put("groupware", event("x@x", "Kickoff"), "x.ics")
+    sides.put("groupware", event("y@x", "Pricing", start=day(2), end=day(2, "10:00")),
+              "y.ics")
+    add_profile(home, sides, "work", "--objects", "calendar")
+    path = tmp_path / "plan.json"
+    out = json.loads(crmsync(home, "sync", "work", "--plan-out", str(path), "--json").stdout)
+    assert out["counts"]["calendar"] == {"conflict": 1, "link": 1}
+    assert crmsync(home, "sync", "work", "--yes", check=3).returncode == 3
+    assert sides.names("crm", "calendar") == ["a.ics", "b.ics"]  # nothing created
+
+    plan = json.loads(path.read_text())
+    [conflict] = [a for s in plan["objects"]["calendar"]["steps"] for a in s["actions"]
+                  if a["op"] == "conflict"]
+    conflict["choose"] = choice
+    path.write_text(json.dumps(plan))
+    crmsync(home, "apply", "work", str(path), "--yes")
+    summaries = {s: sorted(r.summary for r in sides.records(s, "calendar").values())
+                 for s in ("crm", "groupware")}
+    want = (["Kickoff", "Pricing (moved)"] if choice == "crm"
+            else ["Kickoff", "Pricing", "Pricing (moved)"])
+    assert summaries == {"crm": want, "groupware": want}
+    found = json.loads(crmsync(home, "verify", "work", "--json").stdout)
+    assert found["objects"]["calendar"]["agree"] == len(want)
+    quiet = json.loads(crmsync(home, "sync", "work", "--dry-run", "--json").stdout)
+    assert quiet["objects"]["calendar"]["counts"] == {}
