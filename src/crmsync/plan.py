@@ -907,10 +907,13 @@ class _Planner:
         for side in SIDES:
             changed[side] = {k: v for k, v in changed[side].items() if k not in agreed}
         if baseless and view.by in ("content", "near") and not self.chosen:
-            differ = sorted(changed["crm"].keys() | changed["groupware"].keys())
+            # Both hold a value, and different ones (a side lacking a value is only
+            # filled from the other: nothing of its own is replaced).
+            differ = sorted(changed["crm"].keys() & changed["groupware"].keys())
             if differ or view.by == "near":
                 # Matched by look only: which item is whose copy is a guess, so neither
                 # is written over with the other's content.
+                differ = differ or sorted(changed["crm"].keys() | changed["groupware"].keys())
                 what = rules.describe(self.policy, view.gw.record())
                 if view.by == "content":
                     why = (f"paired by content only (same {_LOOKS.get(step.kind, 'content')}"
