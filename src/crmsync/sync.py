@@ -326,7 +326,8 @@ class Syncer:
 
     def _rules(self, kind: ObjectKind) -> dict[str, Any]:
         """What the planner needs beyond the items, the same for a run's plan and for
-        each step planned again: stored ignores, this run's known emails, now."""
+        each step planned again: stored ignores, this run's known emails, now, and each
+        side's image of a record (what it keeps of it, for comparing through the mapping)."""
         return {"ignored": self.store.ignored(self.profile.id, kind),
                 "known_emails": self._known.get(kind), "now": self.clock(),
                 "images": self.images(kind)}
