@@ -393,5 +393,8 @@ def test_a_pair_that_diverged_while_the_store_was_lost_is_not_created_again(
     assert writes(out) == {}, out
     assert sorted(world.events()) == ["Pricing call", "Stays the same"]
     assert len(world.crm_query("SELECT Id FROM Event")) == 2
-    # The conflict stays until decided; verify lists what is not paired yet as well.
+    # The question is asked again until decided; verify counts the two as unpaired.
     assert _dry_run(world, "p")["counts"] == {"conflict": 1}
+    found = json.loads(world.cli("verify", "p", "--json"))["objects"]["calendar"]
+    assert (found["pairs"], found["agree"], found["unpaired"]) == (
+        1, 1, {"crm": 1, "groupware": 1})
