@@ -492,3 +492,13 @@ def test_after_a_lost_store_a_renamed_item_is_a_decision_not_two_creates():
     # Not after a lost store (pairs are stored): two new items, created.
     assert sorted(ops(plan_of(unpaired={"crm": crm[1:], "groupware": gw[1:]})),
                   key=str) == [("create", "crm"), ("create", "groupware")]
+
+
+def test_look_alikes_that_are_the_same_in_every_field_pair_in_order():
+    # Two copies of one event on each side: which pairs with which changes nothing.
+    crm = [item(event("", "Standup"), f"c{n}") for n in (1, 2)]
+    gw = [item(event(f"g{n}", "Standup"), f"g{n}.ics") for n in (1, 2)]
+    plan = plan_of(unpaired={"crm": crm, "groupware": gw})
+    assert ops(plan) == [("link", None)] * 2
+    assert sorted((s.crm.id, s.gw.id) for s in plan.steps) == [("c1", "g1.ics"),
+                                                              ("c2", "g2.ics")]

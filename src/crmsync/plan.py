@@ -499,8 +499,8 @@ def pair_up(kind: ObjectKind, crm_items: list[Item], gw_items: list[Item],
     alone: dict[Side, list[Item]] = {"crm": [], "groupware": []}
     for group in groups.values():
         crm, gw = group["crm"], group["groupware"]
-        if len(crm) == 1 and len(gw) == 1:
-            views.append(View(None, crm[0], gw[0], by="content"))
+        if len(crm) == 1 and len(gw) == 1 or (len(crm) == len(gw) and _alike(group)):
+            views.extend(View(None, c, g, by="content") for c, g in zip(crm, gw, strict=True))
         elif crm and gw:
             views.extend(_ties(kind, group))
         else:
@@ -556,6 +556,19 @@ def near_key(record: Record) -> tuple | None:
     return None
 
 
+def _alike(group: Mapping[Side, list[Item]]) -> bool:
+    """Whether the items of each side are all the same in every field: then which copy
+    pairs with which changes nothing, and pairing them in order guesses nothing."""
+    for side in SIDES:
+        try:
+            first, *rest = [i.record().fields() for i in group[side]]
+        except FormatError:
+            return False
+        if any(fields != first for fields in rest):
+            return False
+    return True
+
+
 def _size(value: Any) -> int:
     return len(value) if isinstance(value, str | list | dict) else 0
 
@@ -598,7 +611,7 @@ def _pair_sent(kind: ObjectKind, crm_items: list[Item], gw_items: list[Item],
 
     One to one, as in :func:`pair_up`: when several sources sent look-alike content, or
     several items on the other side look like what was sent, none of them is paired
-    (each is reported as a tie)."""
+    (each is reported as a tie), unless the items of each side are all the same."""
     items: dict[Side, list[Item]] = {"crm": crm_items, "groupware": gw_items}
     keys = {(s, i.id): _safe_key(i) for s in SIDES for i in items[s]}
     taken: set[tuple[Side, str]] = set()
@@ -617,10 +630,11 @@ def _pair_sent(kind: ObjectKind, crm_items: list[Item], gw_items: list[Item],
             if not matches:
                 continue
             taken |= {(side, s.id) for s, _ in group} | {(target, i.id) for i in matches}
-            if len(group) == 1 and len(matches) == 1:
-                (source, copy_of), match = group[0], matches[0]
-                pair = (source, match) if side == "crm" else (match, source)
-                views.append(View(None, *pair, base=copy_of, by="sent"))
+            if len(group) == len(matches) and (len(group) == 1 or _alike(
+                    {side: [s for s, _ in group], target: matches})):
+                for (source, copy_of), match in zip(group, matches, strict=True):
+                    pair = (source, match) if side == "crm" else (match, source)
+                    views.append(View(None, *pair, base=copy_of, by="sent"))
             else:
                 views.extend(_ties(kind, {side: [s for s, _ in group], target: matches}))
     rest = {s: [i for i in items[s] if (s, i.id) not in taken] for s in SIDES}
