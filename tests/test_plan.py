@@ -502,3 +502,15 @@ def test_look_alikes_that_are_the_same_in_every_field_pair_in_order():
     assert ops(plan) == [("link", None)] * 2
     assert sorted((s.crm.id, s.gw.id) for s in plan.steps) == [("c1", "g1.ics"),
                                                               ("c2", "g2.ics")]
+
+
+def test_a_change_on_one_side_is_carried_over_whatever_the_other_sides_image():
+    # The CRM keeps only attendees it knows; one added in the groupware since the last
+    # sync still goes to the CRM (which relates it if it can), never dropped as "equal".
+    def known_only(record):
+        return dataclasses.replace(record, attendees=[])
+
+    view = paired("same", event("u1", "Kickoff", location="Room 1",
+                                attendees=[Attendee("ann@client.example")]), BASE)
+    plan = plan_of(view, images={"crm": known_only})
+    assert ops(plan) == [("update", "crm")]

@@ -916,8 +916,12 @@ class _Planner:
             for side in SIDES:
                 changed[side] = {k: v for k, v in diff(now[other(side)], now[side]).items()
                                  if v not in _EMPTY}
-        # Values equal through the mapping (a lossy copy and its original) are no change.
-        agreed = self._agreed(view, now, changed["crm"].keys() | changed["groupware"].keys())
+        # Values equal through the mapping (a lossy copy and its original) are no change
+        # where the two are compared with each other: without a base, and where both sides
+        # changed a field. A change made on one side since the base is always carried
+        # over (to a lossy side it may be a no-op, never a loss).
+        agreed = self._agreed(view, now, changed["crm"].keys() | changed["groupware"].keys()
+                              if baseless else changed["crm"].keys() & changed["groupware"].keys())
         for side in SIDES:
             changed[side] = {k: v for k, v in changed[side].items() if k not in agreed}
         if baseless and view.by in ("content", "near") and not self.chosen:

@@ -620,4 +620,9 @@ def image(record: Event | Task | Contact, lengths: Mapping[str, int], *,
         fit(sobject, doc[sobject], lengths, truncate_body=truncate_body)
     except ItemError:
         return record
-    return parse(dump(doc))
+    out = parse(dump(doc))
+    if isinstance(record, Event):
+        # A series' cancelled and moved occurrences are occurrence records of their own,
+        # which a rendered document does not have: Salesforce keeps them as they are.
+        out = replace(out, exdates=list(record.exdates), overrides=dict(record.overrides))
+    return out
