@@ -7,14 +7,21 @@ Radicale + the Salesforce sandbox, driven as in tests/scenario.py.
 from __future__ import annotations
 
 import gc
+import json
 import shutil
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from crmsync.config import Paths
-from crmsync.model import Contact, Event, Task, moment
+from crmsync.model import Attendee, Contact, Event, Task, moment
 from scenario import Scenario, sf_time
+from test_planfile import add_profile
+
+from conftest import Sides, day, event
+from test_cli import crmsync
 
 T0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=3)
 
@@ -98,9 +105,10 @@ def test_lost_store_repairs_by_kept_id_and_content(scn: Scenario):
     c = next(r for r in records.values() if r.summary == "CRM C")
     c_crm = scn.crm_query(f"SELECT StartDateTime FROM Event WHERE Id = '{moved}'")
     assert c_crm[0]["StartDateTime"][:19] == c.start.rstrip("Z")
-    # A third run has nothing to do: the pairs are stored again.
+    # A third run has nothing to do: the pairs are stored again, and they all agree.
     plans, _ = scn.sync()
     assert plans[0].counts() == {}
+    scn.cli("verify", "p", check=0)
 
 
 def test_old_store_copy_does_not_duplicate(scn: Scenario):
@@ -124,6 +132,7 @@ def test_old_store_copy_does_not_duplicate(scn: Scenario):
         "CRM B", "CRM F", "Calendar A", "Calendar E"]
     assert sorted(r.summary for r in scn.records().values()) == [
         "CRM B", "CRM F", "Calendar A", "Calendar E"]
+    scn.cli("verify", "p", check=0)
 
 
 def test_contacts_and_tasks_repair(scn: Scenario):
@@ -156,3 +165,83 @@ def test_contacts_and_tasks_repair(scn: Scenario):
     tasks = scn.records("tasks")
     assert len(tasks) == 2 and len(scn.crm_query("SELECT Id FROM Task")) == 2
     assert "Call back soon" in {r.summary for r in tasks.values()}
+    verified = json.loads(scn.cli("verify", "p", "--json", check=0).stdout)
+    assert {k: o["agree"] for k, o in verified["objects"].items()} == {
+        "calendar": 0, "contacts": 2, "tasks": 2}
+
+
+def test_look_alike_events_are_never_paired_by_guess(scn: Scenario):
+    """Issue 16 (A): two events with the same start, end and subject but different bodies
+    and attendees. After the store is lost, content cannot tell which CRM record is whose
+    copy: none is paired, nothing is written or created, and each is reported."""
+    start = T0 + timedelta(hours=12)
+    big = "First body. " + "x" * 20_000
+    for uid, description, people in (("twin-1@t", big, 0), ("twin-2@t", "Second body", 40)):
+        scn.put(Event(uid=uid, summary="Standup", start=moment(start),
+                      end=moment(start + timedelta(hours=1)), description=description,
+                      attendees=[Attendee(f"p{i}@guests.example") for i in range(people)]))
+    plans, report = scn.sync()
+    assert plans[0].counts() == {"create:crm": 2} and report.status == "ok"
+    before = {uid: scn.raw(uid) for uid in ("twin-1@t", "twin-2@t")}
+    crm_before = {r["Id"]: r["Description"] for r in scn.crm_query(
+        "SELECT Id, Description FROM Event")}
+
+    _lose(scn)
+    plans, report = scn.sync()
+    assert plans[0].counts() == {"skip": 4}, plans[0].counts()
+    reasons = {a.reason for _, a in plans[0].actions()}
+    assert len(reasons) == 1 and "4 look-alike items (2 in CRM, 2 in groupware" in reasons.pop()
+    assert {uid: scn.raw(uid) for uid in before} == before
+    assert {r["Id"]: r["Description"] for r in scn.crm_query(
+        "SELECT Id, Description FROM Event")} == crm_before
+    # Reported again until told apart, never created in the meantime.
+    plans, _ = scn.sync()
+    assert plans[0].counts() == {"skip": 4}
+
+    # The user tells them apart as the report says: the same new subject on both sides.
+    second = next(i for i, text in crm_before.items() if text.startswith("Second body"))
+    scn.crm_update("Event", second, Subject="Standup (team B)")
+    scn.edit("twin-2@t", summary="Standup (team B)")
+    plans, report = scn.sync()
+    assert plans[0].counts() == {"link": 2}, plans[0].counts()
+    assert {uid: scn.records()[uid].description for uid in before} == {
+        "twin-1@t": big, "twin-2@t": "Second body"}
+    assert len(scn.crm_query("SELECT Id FROM Event")) == 2
+    scn.cli("verify", "p", check=0)
+
+
+@pytest.mark.parametrize("choice", ["crm", "both"])
+def test_a_near_look_alike_waits_for_the_users_choice(tmp_path: Path, sides: Sides,
+                                                      choice: str):
+    """Two calendars that already hold copies of each other meet without a store (a first
+    sync of both, or a lost store): "Pricing" was renamed on one side. It is not created
+    twice: the plan asks; the user's choice pairs them ("crm") or keeps both."""
+    home = tmp_path / "home"
+    sides.put("crm", event("a@x", "Kickoff"), "a.ics")
+    sides.put("crm", event("b@x", "Pricing (moved)", start=day(2), end=day(2, "10:00")),
+              "b.ics")
+    sides.put("groupware", event("x@x", "Kickoff"), "x.ics")
+    sides.put("groupware", event("y@x", "Pricing", start=day(2), end=day(2, "10:00")),
+              "y.ics")
+    add_profile(home, sides, "work", "--objects", "calendar")
+    path = tmp_path / "plan.json"
+    out = json.loads(crmsync(home, "sync", "work", "--plan-out", str(path), "--json").stdout)
+    assert out["counts"]["calendar"] == {"conflict": 1, "link": 1}
+    assert crmsync(home, "sync", "work", "--yes", check=3).returncode == 3
+    assert sides.names("crm", "calendar") == ["a.ics", "b.ics"]  # nothing created
+
+    plan = json.loads(path.read_text())
+    [conflict] = [a for s in plan["objects"]["calendar"]["steps"] for a in s["actions"]
+                  if a["op"] == "conflict"]
+    conflict["choose"] = choice
+    path.write_text(json.dumps(plan))
+    crmsync(home, "apply", "work", str(path), "--yes")
+    summaries = {s: sorted(r.summary for r in sides.records(s, "calendar").values())
+                 for s in ("crm", "groupware")}
+    want = (["Kickoff", "Pricing (moved)"] if choice == "crm"
+            else ["Kickoff", "Pricing", "Pricing (moved)"])
+    assert summaries == {"crm": want, "groupware": want}
+    found = json.loads(crmsync(home, "verify", "work", "--json").stdout)
+    assert found["objects"]["calendar"]["agree"] == len(want)
+    quiet = json.loads(crmsync(home, "sync", "work", "--dry-run", "--json").stdout)
+    assert quiet["objects"]["calendar"]["counts"] == {}

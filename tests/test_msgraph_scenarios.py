@@ -155,10 +155,13 @@ def test_calendar_both_ways(world: World) -> None:
     assert outlook["From the CRM"].start == at(4).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert outlook["From the CRM"].description == "Call notes"
 
-    # A second run finds nothing to do (nothing read back differs from what was written).
+    # A second run finds nothing to do (nothing read back differs from what was written),
+    # and verify finds both pairs in agreement.
     again = world.sync("p")
     assert again["status"] == "ok"
     assert writes(again) == {}, again
+    verified = json.loads(world.cli("verify", "p", "--json"))
+    assert verified["objects"]["calendar"]["agree"] == 2
 
     world.outlook("PATCH", f"/me/events/{made['id']}", {"subject": "Pricing call (v2)"})
     world.sync("p")
@@ -303,3 +306,95 @@ def test_a_rotated_refresh_token_is_kept_for_the_next_run(world: World) -> None:
         assert kept.refresh_token not in (paths.data_dir / "secrets.json").read_text()
     finally:
         gcontrol(world.graph, "single-use-refresh", on=False)
+
+
+# --- issue 16: a lost state store between Salesforce and Outlook ---------------------------
+
+
+def _lose_store(world: World, name: str, objects: str) -> None:
+    """Delete the state store (and SQLite's side files); make the profile again."""
+    import gc
+
+    from crmsync.config import Paths
+
+    gc.collect()  # close what in-process commands left open
+    for path in Paths.resolve(world.home).data_dir.glob("state.db*"):
+        path.unlink()
+    world.profile(name, objects)
+
+
+def _dry_run(world: World, name: str) -> dict[str, Any]:
+    return json.loads(world.cli("sync", name, "--dry-run", "--json"))["objects"]["calendar"]
+
+
+def _planned_writes(plan: dict[str, Any]) -> dict[str, int]:
+    return {k: v for k, v in plan["counts"].items()
+            if k.split(":")[0] in ("create", "update", "delete")}
+
+
+LONG_BODY = "".join(f"Line {i:04d} of the meeting notes, kept in full in Outlook.\n"
+                    for i in range(800))[:39_999] + "."
+LONG_PLACE = ("Acme Tower, Conference Level, Room 12 (ask at reception, badge needed) "
+              * 6)[:400]
+
+
+def test_a_lost_store_plans_no_writes_for_cut_bodies_and_locations(world: World) -> None:
+    """Salesforce keeps 32,000 characters of a body and 255 of a location: after the state
+    store is lost, its cut copies are still the same items as Outlook's full ones."""
+    assert len(LONG_BODY) == 40_000 and len(LONG_PLACE) == 400
+    world.profile("p", "calendar")
+    world.outlook("POST", "/me/events", berlin(
+        at(3), at(3, 10), "Long notes", body={"contentType": "text", "content": LONG_BODY},
+        location={"displayName": LONG_PLACE}))
+    world.outlook("POST", "/me/events", berlin(at(4), at(4, 10), "Short notes",
+                                               body={"contentType": "text", "content": "Hi"}))
+    world.crm_insert("Event", Subject="From the CRM", StartDateTime=sf_time(at(5)),
+                     EndDateTime=sf_time(at(5, 10)), Description="CRM notes",
+                     Location="CRM room")
+    report = world.sync("p")
+    assert writes(report) == {"create:crm": 2, "create:groupware": 1}, report
+    crm = {r["Subject"]: r for r in world.crm_query(
+        "SELECT Subject, Location, Description FROM Event")}
+    assert len(crm["Long notes"]["Description"]) == 32_000
+    assert crm["Long notes"]["Location"] == LONG_PLACE[:255]
+    assert writes(world.sync("p")) == {}
+
+    _lose_store(world, "p", "calendar")
+    plan = _dry_run(world, "p")
+    assert _planned_writes(plan) == {}, plan
+    assert plan["counts"] == {"link": 3}, plan
+    report = world.sync("p")
+    assert report["status"] == "ok" and writes(report) == {}, report
+    # Nothing was cut in Outlook, nothing duplicated anywhere; the pairs are known again.
+    events = world.events()
+    assert sorted(events) == ["From the CRM", "Long notes", "Short notes"]
+    assert events["Long notes"].description == LONG_BODY
+    assert events["Long notes"].location == LONG_PLACE
+    assert len(world.crm_query("SELECT Id FROM Event")) == 3
+    assert _dry_run(world, "p")["counts"] == {}
+    world.cli("verify", "p")
+
+
+def test_a_pair_that_diverged_while_the_store_was_lost_is_not_created_again(
+        world: World) -> None:
+    world.profile("p", "calendar")
+    world.outlook("POST", "/me/events", berlin(at(3), at(3, 10), "Stays the same"))
+    world.outlook("POST", "/me/events", berlin(at(6), at(6, 10), "Pricing call"))
+    assert writes(world.sync("p")) == {"create:crm": 2}
+    _lose_store(world, "p", "calendar")
+    renamed = next(r["Id"] for r in world.crm_query("SELECT Id, Subject FROM Event")
+                   if r["Subject"] == "Pricing call")
+    world.crm_update("Event", renamed, Subject="Pricing call (moved to Q3)")
+
+    plan = _dry_run(world, "p")
+    assert _planned_writes(plan) == {}, plan
+    assert plan["counts"] == {"conflict": 1, "link": 1}, plan
+    out = json.loads(world.cli("sync", "p", "--yes", "--json", check=3))
+    assert writes(out) == {}, out
+    assert sorted(world.events()) == ["Pricing call", "Stays the same"]
+    assert len(world.crm_query("SELECT Id FROM Event")) == 2
+    # The question is asked again until decided; verify counts the two as unpaired.
+    assert _dry_run(world, "p")["counts"] == {"conflict": 1}
+    found = json.loads(world.cli("verify", "p", "--json"))["objects"]["calendar"]
+    assert (found["pairs"], found["agree"], found["unpaired"]) == (
+        1, 1, {"crm": 1, "groupware": 1})

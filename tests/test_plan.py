@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from crmsync.connectors.vdir import VdirConnector
@@ -9,7 +11,7 @@ from crmsync.model import Attendee, Contact, Occurrence, Phone, Task
 from crmsync.plan import Decisions, Ignore, Pair, View, decide, make_plan, pair_up
 from crmsync.policy import Policy
 
-from conftest import event, item
+from conftest import day, event, item
 
 COMMON = VdirConnector(".", "crm").capabilities.fields["calendar"]
 
@@ -426,3 +428,124 @@ def test_a_new_item_the_target_would_refuse_is_not_created():
     back = make_plan("calendar", [], Policy(), COMMON, unpaired={"crm": [long]},
                      refuses={"crm": _long_subjects})
     assert ops(back) == [("create", "groupware")]
+
+
+# --- issue 16: identity is never guessed; lossy copies never win --------------------------
+
+
+def _twins():
+    """Two look-alike CRM events (same start, end, subject; other bodies) and their two
+    groupware copies, none with an id or UID in common."""
+    crm = [item(event("", "Standup", description=f"CRM body {n}"), f"c{n}") for n in (1, 2)]
+    gw = [item(event(f"g{n}", "Standup", description=f"GW body {n}"), f"g{n}.ics")
+          for n in (1, 2)]
+    return crm, gw
+
+
+def test_look_alikes_are_neither_paired_nor_created_but_reported():
+    crm, gw = _twins()
+    plan = plan_of(unpaired={"crm": crm, "groupware": gw})
+    assert sorted(ops(plan)) == [("skip", "crm")] * 2 + [("skip", "groupware")] * 2
+    assert all(s.state == "retry" and s.pair is None for s in plan.steps)
+    assert {len(s.ids()) for s in plan.steps} == {1}
+    assert "4 look-alike items (2 in CRM, 2 in groupware" in plan.steps[0].actions[0].reason
+    # Two on one side and one on the other: still no guess.
+    plan = plan_of(unpaired={"crm": crm, "groupware": gw[:1]})
+    assert [a.op for _, a in plan.actions()] == ["skip"] * 3
+
+
+def test_look_alikes_a_stopped_run_sent_are_not_paired_by_guess_either():
+    crm, gw = _twins()
+    sent = {("groupware", "g1.ics"): gw[0], ("groupware", "g2.ics"): gw[1]}
+    plan = plan_of(unpaired={"crm": crm, "groupware": gw}, sent=sent)
+    assert [a.op for _, a in plan.actions()] == ["skip"] * 4
+    # One with one: the create's sent content pairs them (identity evidence) and merges.
+    plan = plan_of(unpaired={"crm": crm[:1], "groupware": gw[:1]},
+                   sent={("groupware", "g1.ics"): gw[0]})
+    assert ops(plan) == [("update", "groupware")]
+
+
+def test_a_content_pairing_that_differs_is_a_decision_not_an_overwrite():
+    crm, gw = _twins()
+    plan = plan_of(unpaired={"crm": crm[:1], "groupware": gw[:1]},
+                   policy=Policy(conflict="crm"))
+    [(step, action)] = list(plan.actions())
+    assert action.op == "conflict" and "paired by content only" in action.reason
+    assert action.conflicts == {"description": ("CRM body 1", "GW body 1")}
+    # The user's choice stands: the CRM's version, and the pair is made.
+    chosen = decide(plan, Decisions({step.key: "groupware"}), Policy(), COMMON)
+    assert ops(chosen) == [("update", "crm")]
+    assert chosen.steps[0].actions[0].changes == {"description": "GW body 1"}
+
+
+def _cut(record):
+    """A CRM's image: the description cut to 20 characters, as a CRM with limits does."""
+    return dataclasses.replace(record, description=record.description[:17] + "...")
+
+
+def test_a_cut_copy_equals_its_original_without_a_base():
+    full = "A long body that the CRM cannot hold in full."
+    crm = item(event("u", "Kickoff", description=full[:17] + "..."), "c1")
+    gw = item(event("u", "Kickoff", description=full), "g1.ics")
+    assert ops(plan_of(unpaired={"crm": [crm], "groupware": [gw]}, policy=Policy(
+        conflict="crm"))) == [("update", "groupware")]  # without the image: cut by rule
+    plan = plan_of(unpaired={"crm": [crm], "groupware": [gw]}, policy=Policy(conflict="crm"),
+                   images={"crm": _cut})
+    assert ops(plan) == [("link", None)]
+    # A real difference is still one.
+    other = item(event("u", "Kickoff", description="Another text entirely, also long."), "c1")
+    plan = plan_of(unpaired={"crm": [other], "groupware": [gw]}, images={"crm": _cut})
+    assert ops(plan) != [("link", None)]
+
+
+def test_a_cut_copy_never_replaces_its_original_by_rule():
+    full = "A long body that the CRM cannot hold in full."
+    base = event("u1", "Kickoff", description="Short")
+    view = paired(event("u1", "Kickoff", description="Edited in the CRM, cut..."),
+                  event("u1", "Kickoff", description=full), base)
+    plan = plan_of(view, policy=Policy(conflict="crm"), images={"crm": _cut})
+    [action] = [a for _, a in plan.actions()]
+    assert action.op == "conflict" and "cannot hold" in action.reason
+    # The groupware may win: its full text goes to the CRM (cut there, as always).
+    plan = plan_of(view, policy=Policy(conflict="groupware"), images={"crm": _cut})
+    assert ops(plan) == [("update", "crm")]
+
+
+def test_after_a_lost_store_a_renamed_item_is_a_decision_not_two_creates():
+    crm = [item(event("", "Kickoff"), "c1"),
+           item(event("", "Pricing (moved)", start=day(2), end=day(2, "10:00")), "c2")]
+    gw = [item(event("a", "Kickoff"), "a.ics"),
+          item(event("b", "Pricing", start=day(2), end=day(2, "10:00")), "b.ics")]
+    plan = plan_of(unpaired={"crm": crm, "groupware": gw}, fresh=True)
+    assert sorted(ops(plan), key=str) == [("conflict", None), ("link", None)]
+    conflict = next(s for s in plan.steps if s.actions[0].op == "conflict")
+    assert conflict.actions[0].choices == ("crm", "groupware", "both", "skip")
+    # Kept as two items: each is copied to the other side, nothing existing changes.
+    both = decide(plan, Decisions({conflict.key: "both"}), Policy(), COMMON)
+    copied = [a for s in both.steps for a in s.actions if a.copy]
+    assert sorted(a.side for a in copied) == ["crm", "groupware"]
+    # Not after a lost store (pairs are stored): two new items, created.
+    assert sorted(ops(plan_of(unpaired={"crm": crm[1:], "groupware": gw[1:]})),
+                  key=str) == [("create", "crm"), ("create", "groupware")]
+
+
+def test_look_alikes_that_are_the_same_in_every_field_pair_in_order():
+    # Two copies of one event on each side: which pairs with which changes nothing.
+    crm = [item(event("", "Standup"), f"c{n}") for n in (1, 2)]
+    gw = [item(event(f"g{n}", "Standup"), f"g{n}.ics") for n in (1, 2)]
+    plan = plan_of(unpaired={"crm": crm, "groupware": gw})
+    assert ops(plan) == [("link", None)] * 2
+    assert sorted((s.crm.id, s.gw.id) for s in plan.steps) == [("c1", "g1.ics"),
+                                                              ("c2", "g2.ics")]
+
+
+def test_a_change_on_one_side_is_carried_over_whatever_the_other_sides_image():
+    # The CRM keeps only attendees it knows; one added in the groupware since the last
+    # sync still goes to the CRM (which relates it if it can), never dropped as "equal".
+    def known_only(record):
+        return dataclasses.replace(record, attendees=[])
+
+    view = paired("same", event("u1", "Kickoff", location="Room 1",
+                                attendees=[Attendee("ann@client.example")]), BASE)
+    plan = plan_of(view, images={"crm": known_only})
+    assert ops(plan) == [("update", "crm")]

@@ -35,6 +35,15 @@ def _crm_subjects(scn: Scenario) -> list[str]:
     return sorted(r["Subject"] for r in scn.crm_query("SELECT Subject FROM Event"))
 
 
+def _verified(scn: Scenario, profile: str = "p") -> tuple[int, int]:
+    """`crmsync verify` after a scenario: (pairs, pairs that agree); exits 0 only when
+    they all agree."""
+    found = json.loads(scn.cli("verify", profile, "--json", check=None).stdout)
+    calendar = found["objects"]["calendar"]
+    assert calendar["divergent"] == [], calendar
+    return calendar["pairs"], calendar["agree"]
+
+
 def test_duplicate_uids_on_radicale_get_new_uids_and_sync_once(scn: Scenario):
     scn.put(_event("dup@t", "First copy", 0))
     twin = formats.render(formats.ICALENDAR, "calendar", _event("dup@t", "Second copy", 2))
@@ -69,6 +78,7 @@ def test_duplicate_uids_on_radicale_get_new_uids_and_sync_once(scn: Scenario):
     plans, _ = scn.sync()
     assert plans[0].counts() == {}
     assert _crm_subjects(scn) == ["First copy", "Second copy"]
+    assert _verified(scn) == (2, 2)
 
 
 def _vdir_profile(scn: Scenario) -> Path:
@@ -123,6 +133,7 @@ def test_duplicate_uids_get_new_uids_and_sync_once(scn: Scenario):
     assert _repair(scn, profile="v")["findings"] == []
     scn.cli("sync", "v", "--yes", check=0)
     assert _crm_subjects(scn) == ["First copy", "Second copy"]  # no duplicates
+    assert _verified(scn, "v") == (2, 2)
 
 
 def test_pair_gone_on_both_sides_is_forgotten(scn: Scenario):
@@ -150,6 +161,7 @@ def test_pair_gone_on_both_sides_is_forgotten(scn: Scenario):
         syncer.store.close()
     assert len(pairs) == 1 and pairs[0].crm_id != crm_gone
     assert _repair(scn)["findings"] == []
+    assert _verified(scn) == (1, 1)
 
 
 def test_one_side_gone_is_left_to_the_sync(scn: Scenario):
@@ -178,5 +190,6 @@ def test_paired_calendar_item_gets_the_kept_crm_id(scn: Scenario):
     assert scn.records()["mine@t"].summary == "Made here"
     plans, _ = scn.sync()
     assert plans[0].counts() == {}  # the stored pair follows the repaired version
+    assert _verified(scn) == (1, 1)
     assert scn.cli("repair", "p", check=0).stdout.strip() == "Nothing to repair."
     assert "--dry-run" in scn.cli("repair", "--help", check=0).stdout

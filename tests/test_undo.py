@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -60,8 +61,8 @@ def test_journal_keeps_each_write_with_the_item_before_it(home: Path, sides: Sid
     assert {e.action for e in store.journal(report["run"] - 1)} == {"create"}
 
 
-def test_undo_reverts_a_run_on_both_sides_and_the_next_sync_is_quiet(home: Path,
-                                                                    sides: Sides):
+def test_undo_reverts_a_run_on_both_sides_and_the_next_sync_settles_what_differs(
+        home: Path, sides: Sides):
     _first_sync(home, sides)
     sides.put("crm", event("e@x", "Kick-off"))
     sides.put("groupware", event("d@x", "Lunch"))
@@ -83,11 +84,34 @@ def test_undo_reverts_a_run_on_both_sides_and_the_next_sync_is_quiet(home: Path,
     for side in ("crm", "groupware"):
         assert _records(sides, side) == before[side], side
 
-    quiet = json.loads(crmsync(home, "sync", "work", "--yes", "--json").stdout)
+    # Two pairs differ now (a: moved in the CRM, reverted in the groupware; c: the other
+    # way round). Never silently: verify lists them and the next plan settles them.
+    _settles_after_undo(lambda *a, check: crmsync(home, *a, check=check).stdout,
+                        {"Pricing call", "Review"})
+    runs = json.loads(crmsync(home, "history", "work", "--json").stdout)
+    assert [r["mode"] for r in runs][:4] == ["manual", "manual", "dry-run", "undo"]
+
+
+def _settles_after_undo(cli: Callable[..., str], labels: set[str], name: str = "work"
+                        ) -> None:
+    """After an undo left pairs different: verify lists them, a dry run plans one update
+    for each (the undo is the newest change), the sync makes them agree, then all quiet.
+    ``cli(*args, check=code)`` runs crmsync and returns its output."""
+    found = json.loads(cli("verify", name, "--json", check=6))
+    divergent = found["objects"]["calendar"]["divergent"]
+    assert len(divergent) == len(labels) == found["divergent"], divergent
+    assert all(list(d["fields"]) == ["summary"] for d in divergent), divergent
+    assert {d["fields"]["summary"]["crm"] for d in divergent} \
+        | {d["fields"]["summary"]["groupware"] for d in divergent} >= labels
+    plan = json.loads(cli("sync", name, "--dry-run", "--json", check=0))
+    counts = plan["objects"]["calendar"]["counts"]
+    assert sum(n for k, n in counts.items() if k.startswith("update")) == len(labels), counts
+    assert not any(k.startswith(("create", "delete")) for k in counts), counts
+    cli("sync", name, "--yes", check=0)
+    assert json.loads(cli("verify", name, "--json", check=0))["divergent"] == 0
+    quiet = json.loads(cli("sync", name, "--yes", "--json", check=0))
     assert not any(k.startswith(("create", "update", "delete"))
                    for k in quiet["objects"]["calendar"]["counts"]), quiet
-    runs = json.loads(crmsync(home, "history", "work", "--json").stdout)
-    assert [r["mode"] for r in runs][:2] == ["manual", "undo"]
 
 
 def test_undo_leaves_items_changed_since_the_run_alone(home: Path, sides: Sides):
@@ -135,9 +159,10 @@ def test_undo_on_radicale_and_salesforce_reverts_creates_updates_and_deletes(scn
     assert {u: r.summary for u, r in scn.records().items()} == before_gw
     assert sorted(r["Subject"] for r in scn.crm_query("SELECT Subject FROM Event")) \
         == before_crm
-    quiet = json.loads(scn.cli("sync", "p", "--yes", "--json", check=0).stdout)
-    assert not any(k.startswith(("create", "update", "delete"))
-                   for k in quiet["objects"]["calendar"]["counts"]), quiet
+    # Meeting 0 (moved in the groupware, reverted in the CRM) and Meeting 2 (the other
+    # way round) differ now: listed by verify, settled by the next sync.
+    _settles_after_undo(lambda *a, check: scn.cli(*a, check=check).stdout,
+                        {"Meeting 0", "Meeting 2"}, "p")
 
 
 def test_undo_restores_a_mass_deletion_on_the_calendar(scn: Scenario):
@@ -159,6 +184,9 @@ def test_undo_restores_a_mass_deletion_on_the_calendar(scn: Scenario):
     quiet = json.loads(scn.cli("sync", "p", "--yes", "--json", check=0).stdout)
     assert not any(k.startswith(("create", "update", "delete"))
                    for k in quiet["objects"]["calendar"]["counts"]), quiet
+    # The restored items are unpaired (their CRM copies are gone), not divergent pairs.
+    found = json.loads(scn.cli("verify", "p", "--json", check=0).stdout)
+    assert found["objects"]["calendar"]["unpaired"]["groupware"] == 10
 
 
 def test_journal_intents_are_completed_with_the_pairs_on_both_databases(store: Store):

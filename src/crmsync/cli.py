@@ -31,7 +31,8 @@ EXIT_MASS_DELETE, EXIT_CONNECTION, EXIT_PARTIAL, EXIT_CANCELLED = 4, 5, 6, 7
 EXIT_CODES_HELP = """
 Exit codes: 0 ok; 1 unexpected error; 2 usage or configuration error; 3 conflicts wait
 for a decision; 4 mass-delete guard stopped the run (nothing written); 5 a side could
-not be reached; 6 some items failed (the rest synced); 7 cancelled at the prompt.
+not be reached; 6 some items failed (the rest synced), or verify found pairs that differ;
+7 cancelled at the prompt.
 """
 
 app = typer.Typer(
@@ -799,6 +800,65 @@ def repair(
             console.print(", ".join(f"{n} {code}" for code, n in done.counts().items()),
                           highlight=False)
     raise typer.Exit(EXIT_PARTIAL if done.unfixed else EXIT_OK)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def verify(
+    name: Annotated[str, typer.Argument(help="The profile.")],
+    objects: Annotated[list[str] | None, typer.Option(
+        "--object", help="Only this object (calendar, contacts, tasks); repeatable.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")
+                        ] = False,
+) -> None:
+    """Check that both sides of every pair agree; change nothing.
+
+    Lists both sides in full and compares each stored pair field by field through the
+    mapping (a CRM copy cut to the CRM's limits agrees with its full original). Lists the
+    pairs that differ, with the fields and both values, and the pairs that could not be
+    compared (an item gone, ignored, recorded one-way). Exits 0 when every pair agrees,
+    6 when some differ: the next sync carries a difference over once a side changes;
+    until then, edit the item that is wrong.
+    """
+    from crmsync.verify import verify as check
+
+    syncer = _syncer(name)
+    try:
+        for kind in objects or ():
+            if kind not in syncer.profile.objects:
+                raise ConfigError(f"profile {name!r} does not sync {kind}")
+        report = check(syncer, objects or None)  # type: ignore[arg-type]
+    finally:
+        syncer.close()
+    if json_out:
+        _emit_json(report.to_dict())
+    else:
+        console = _console()
+        for kind, obj in report.objects.items():
+            parts = [f"{obj.pairs} pairs", f"{obj.agree} agree", f"{len(obj.divergent)} differ"]
+            parts += [f"{n} unpaired in {SIDE_NAMES[side]}" for side, n in obj.unpaired.items()
+                      if n]
+            console.print(f"{kind}: {', '.join(parts)}", highlight=False)
+            for d in obj.divergent:
+                console.print(f"  differ  {d.label} (CRM {d.crm_id}, groupware {d.gw_id})",
+                              highlight=False)
+                for key, (crm, gw) in d.fields.items():
+                    console.print(f"          {key}: CRM {_brief(crm)} | groupware "
+                                  f"{_brief(gw)}", highlight=False)
+            for o in obj.other:
+                console.print(f"  --      {o.label or o.crm_id or o.gw_id}: {o.problem}",
+                              highlight=False)
+    raise typer.Exit(EXIT_PARTIAL if report.divergent else EXIT_OK)
+
+
+SIDE_NAMES = {"crm": "CRM", "groupware": "groupware"}
+
+
+def _brief(value: object) -> str:
+    """A field value for one line: short ones as they are, long text by its length."""
+    text = repr(value)
+    if isinstance(value, str) and len(value) > 60:
+        return f"{value[:40]!r}... ({len(value):,} characters)"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 # --- status and history -------------------------------------------------------------------

@@ -14,7 +14,7 @@ executor applies it.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
@@ -27,6 +27,12 @@ from crmsync.model import Contact, Event, ObjectKind, Record, Task
 from crmsync.policy import Policy
 
 Op = Literal["create", "update", "delete", "conflict", "skip", "link"]
+PairedBy = Literal["sent", "crm-id", "uid", "content", "near"]
+# A function giving a record as one side would store it (and read it back) when written
+# there: fields cut to the side's limits, times as instants, ... (Connector.image). Where
+# a side's value is the image of the other side's, the two agree: a lossy copy is never
+# taken for a change, and never written over the fuller original.
+Image = Callable[[Record], Record]
 WRITES: frozenset[Op] = frozenset({"create", "update", "delete"})
 _RANK = {"delete": 0, "conflict": 1, "update": 2, "create": 3, "link": 4, "skip": 5}
 SIDE_NAME = {"crm": "CRM", "groupware": "groupware"}
@@ -138,6 +144,13 @@ class View:
     # when the run stopped before it heard back): a difference from it is that side's
     # change, as with a pair's bases.
     base: Item | None = None
+    # Without a pair: the evidence the two items were matched by (see :func:`pair_up`):
+    # "sent" (the content a create sent), "crm-id" (the CRM Id the groupware item keeps),
+    # "uid", "content" (start, end, subject only: no identity evidence at all) or "near"
+    # (start and end only: not a pairing, a question for the user).
+    by: PairedBy | None = None
+    # Why an unpaired item is neither paired nor created: look-alikes (see pair_up).
+    tie: str = ""
 
     def item(self, side: Side) -> Item | None:
         return self.crm if side == "crm" else self.gw
@@ -241,7 +254,8 @@ class Plan:
 # --- the user's decisions -----------------------------------------------------------------
 
 
-def decide(plan: Plan, decisions: Decisions, policy: Policy, common: frozenset[str]) -> Plan:
+def decide(plan: Plan, decisions: Decisions, policy: Policy, common: frozenset[str],
+           images: Mapping[Side, Image] | None = None) -> Plan:
     """The plan as the user decided it in the review; ``plan`` is left as it was.
 
     * ``exclude``: the step writes nothing this run and its items come back on the next
@@ -253,7 +267,7 @@ def decide(plan: Plan, decisions: Decisions, policy: Policy, common: frozenset[s
     * ``both`` on a conflict: each item stays as it is, and each is copied to the other
       side as a new item of its own (see :func:`_keep_both`).
 
-    ``policy`` and ``common`` are the ones the plan was made with.
+    ``policy``, ``common`` and ``images`` are the ones the plan was made with.
     """
     steps: list[Step] = []
     ignores: list[NewIgnore] = []
@@ -279,7 +293,7 @@ def decide(plan: Plan, decisions: Decisions, policy: Policy, common: frozenset[s
         elif choice == "both":
             steps.append(_keep_both(step, policy, common))
         else:
-            steps.append(_resolve(step, choice, policy, common))
+            steps.append(_resolve(step, choice, policy, common, images))
     chosen = {(n.side, n.item_id) for n in ignores}
     out = Plan(plan.kind, steps, lapsed=[k for k in plan.lapsed if k not in chosen],
                ignores=plan.ignores + ignores)
@@ -301,12 +315,14 @@ def _ignore_of(step: Step, mode: IgnoreMode) -> NewIgnore | None:
     return NewIgnore(side, ids[side], Ignore(mode, versions["crm"], versions["groupware"]))
 
 
-def _resolve(step: Step, winner: Side, policy: Policy, common: frozenset[str]) -> Step:
+def _resolve(step: Step, winner: Side, policy: Policy, common: frozenset[str],
+             images: Mapping[Side, Image] | None = None) -> Step:
     """A conflict step planned again with ``winner`` as the conflict rule; any other
     step as it was (a winner means nothing without a conflict)."""
     if not any(a.op == "conflict" for a in step.actions):
         return step
-    planner = _Planner(replace(policy, conflict=winner), common, {}, None, None)
+    planner = _Planner(replace(policy, conflict=winner), common, {}, None, None, images,
+                       chosen=True)
     again = planner.step(step.kind, View(step.pair, step.crm, step.gw))
     return again if again is not None else step
 
@@ -315,12 +331,14 @@ def _keep_both(step: Step, policy: Policy, common: frozenset[str]) -> Step:
     """A conflict kept both ways: the pair splits into two, nothing existing is changed.
 
     The CRM item gets a new groupware copy and the groupware item a new CRM copy, each
-    with an identity of its own (a fresh UID); the executor forgets the old pair before
-    writing and pairs each item with its copy. A copy a prevent switch forbids is left
+    with an identity of its own (a fresh UID); the executor forgets the old pair (if any:
+    two unpaired look-alikes kept as two items have none) before writing and pairs each
+    item with its copy. A copy a prevent switch forbids is left
     out: its item stays unpaired. Any other step is left as it was.
     """
-    if (step.pair is None or step.crm is None or step.gw is None
-            or not any(a.op == "conflict" for a in step.actions)):
+    if (step.crm is None or step.gw is None
+            or not any(a.op == "conflict" and (step.pair is not None or "both" in a.choices)
+                       for a in step.actions)):
         return step
     planner = _Planner(policy, common, {}, None, None)
     actions = []
@@ -350,6 +368,9 @@ def make_plan(
     now: datetime | None = None,
     sent: Mapping[tuple[Side, str], Item] | None = None,
     refuses: Mapping[Side, Refuses] | None = None,
+    images: Mapping[Side, Image] | None = None,
+    fresh: bool = False,
+    held: Collection[tuple[Side, str]] = (),
 ) -> Plan:
     """Plan one object's run.
 
@@ -363,18 +384,35 @@ def make_plan(
     in range. ``sent`` are creates whose outcome a stopped run never learned, by (side,
     id) of the item they copied: see :func:`pair_up`. ``refuses`` asks a side whether it
     would certainly refuse a write (SPEC 5: a subject over the CRM's limit): such a write
-    is planned as a skip with the side's reason, never tried.
+    is planned as a skip with the side's reason, never tried. ``images`` give, per side,
+    a record as that side stores it (see :data:`Image`); values equal through them are
+    equal.
+    ``fresh``: no pair of this object is stored yet; ``held``: the (side, id)s an earlier
+    run left unsettled (see :func:`pair_up`).
     """
     all_views = list(views)
     if unpaired:
         all_views.extend(pair_up(kind, unpaired.get("crm", []), unpaired.get("groupware", []),
-                                 sent))
-    planner = _Planner(policy, common, ignored or {}, known_emails, now, refuses)
+                                 sent, fresh=fresh, held=held))
+    planner = _Planner(policy, common, ignored or {}, known_emails, now, images,
+                       refuses=refuses)
     steps = sorted((s for v in all_views if (s := planner.step(kind, v)) is not None),
                    key=Step._order)
     plan = Plan(kind, steps, lapsed=sorted(planner.lapsed))
     plan.guard = _mass_delete_guard(plan, policy, totals or {})
     return plan
+
+
+def differences(crm: Item, gw: Item, common: frozenset[str],
+                images: Mapping[Side, Image] | None = None) -> dict[str, tuple[Any, Any]]:
+    """The fields in which two paired items differ, compared through the mapping as the
+    planner compares them (a value equal to the image of the other side's is equal):
+    field -> (CRM value, groupware value). For `crmsync verify`."""
+    planner = _Planner(Policy(), common, {}, None, None, images)
+    now: dict[Side, Flat] = {"crm": planner._fields(crm), "groupware": planner._fields(gw)}
+    keys = set(diff(now["crm"], now["groupware"]))
+    agreed = planner._agreed(View(None, crm, gw), now, keys)
+    return {k: (now["crm"].get(k), now["groupware"].get(k)) for k in sorted(keys - agreed)}
 
 
 def _mass_delete_guard(plan: Plan, policy: Policy, totals: dict[Side, int]) -> dict:
@@ -404,7 +442,8 @@ def content_key(record: Record) -> tuple | None:
 
 
 def pair_up(kind: ObjectKind, crm_items: list[Item], gw_items: list[Item],
-            sent: Mapping[tuple[Side, str], Item] | None = None) -> list[View]:
+            sent: Mapping[tuple[Side, str], Item] | None = None, *,
+            fresh: bool = False, held: Collection[tuple[Side, str]] = ()) -> list[View]:
     """Match items that no pair knows: first an item with the copy a stopped run may have
     made of it (``sent``: by the source's (side, id), the item as the create sent it; the
     copy has that content), then by the CRM Id a groupware item keeps (Record.crm_id),
@@ -413,6 +452,19 @@ def pair_up(kind: ObjectKind, crm_items: list[Item], gw_items: list[Item],
     Unmatched items come back as one-sided views (they will be created on the other side);
     a UID seen twice on one side is kept out until it is repaired. A kept Id naming no
     unpaired CRM item (paired elsewhere, deleted) is passed over.
+
+    Content never guesses an identity: it pairs one item with one item. Where several
+    items on a side look alike (the same key, see :func:`content_key`) and the other side
+    has one of them too, none of them is paired and none is created (a create would copy
+    an item the other side may already have): each comes back as a view with ``tie`` set,
+    which the planner reports.
+
+    ``fresh``: no pair of this object is stored (a first sync, or the store was lost).
+    When some items then pair (by kept Id, UID or content), the sides already hold copies
+    of each other, and an item without a match may be the copy of one changed on the
+    other side: items left that resemble one there are not created (see :func:`_near`).
+    ``held`` are the (side, id)s of items an earlier run left unsettled: such a question
+    left for the user is asked again, whatever is stored by now.
     """
     crm_items = sorted(crm_items, key=lambda i: i.id)
     gw_items = sorted(gw_items, key=lambda i: i.id)
@@ -420,13 +472,13 @@ def pair_up(kind: ObjectKind, crm_items: list[Item], gw_items: list[Item],
         return [View(None, i, None) for i in crm_items] + [View(None, None, i) for i in gw_items]
     views: list[View] = []
     if sent:
-        views, crm_items, gw_items = _pair_sent(crm_items, gw_items, sent)
+        views, crm_items, gw_items = _pair_sent(kind, crm_items, gw_items, sent)
     crm_by_id = {item.id: item for item in crm_items}
     kept: list[Item] = []
     for item in gw_items:
         match = crm_by_id.pop(_kept_id(item), None)
         if match is not None:
-            views.append(View(None, match, item))
+            views.append(View(None, match, item, by="crm-id"))
         else:
             kept.append(item)
     crm_items = [i for i in crm_items if i.id in crm_by_id]
@@ -440,26 +492,115 @@ def pair_up(kind: ObjectKind, crm_items: list[Item], gw_items: list[Item],
     for item in crm_items:
         match = gw_by_uid.pop(item.uid, None) if item.uid else None
         if match is not None:
-            views.append(View(None, item, match))
+            views.append(View(None, item, match, by="uid"))
         else:
             left["crm"].append(item)
     left["groupware"].extend(gw_by_uid.values())
-    by_content: dict[tuple, Item] = {}
-    for item in sorted(left["groupware"], key=lambda i: i.id):
-        key = _safe_key(item)
-        if key is not None and key not in by_content:
-            by_content[key] = item
-    matched: set[str] = set()
-    for item in left["crm"]:
-        key = _safe_key(item)
-        match = by_content.pop(key, None) if key is not None else None
-        if match is not None:
-            views.append(View(None, item, match))
-            matched.add(match.id)
+    groups: dict[tuple, dict[Side, list[Item]]] = {}
+    for side in SIDES:
+        for item in sorted(left[side], key=lambda i: i.id):
+            key = _safe_key(item)
+            if key is None:
+                views.append(View(None, *_one_sided(side, item)))
+            else:
+                groups.setdefault(key, {"crm": [], "groupware": []})[side].append(item)
+    alone: dict[Side, list[Item]] = {"crm": [], "groupware": []}
+    for group in groups.values():
+        crm, gw = group["crm"], group["groupware"]
+        if len(crm) == 1 and len(gw) == 1 or (len(crm) == len(gw) and _alike(group)):
+            views.extend(View(None, c, g, by="content") for c, g in zip(crm, gw, strict=True))
+        elif crm and gw:
+            views.extend(_ties(kind, group))
         else:
-            views.append(View(None, item, None))
-    views.extend(View(None, None, i) for i in left["groupware"] if i.id not in matched)
+            for side in SIDES:
+                alone[side].extend(group[side])
+    # When some items already have their copy on the other side (a lost or old store, not
+    # two calendars meeting for the first time), the rest may be copies changed since.
+    near = fresh and any(v.by for v in views)
+    close = {s: [i for i in alone[s] if near or (s, i.id) in held] for s in SIDES}
+    views.extend(_near(kind, close))
+    views.extend(View(None, *_one_sided(s, i)) for s in SIDES for i in alone[s]
+                 if i not in close[s])
     return views
+
+
+def _near(kind: ObjectKind, alone: Mapping[Side, list[Item]]) -> list[View]:
+    """Items without a match that resemble one on the other side (an event at the same
+    start and end, a contact with the same first email; see :func:`near_key`): most often
+    the two copies of one item that changed while no pair joined them (a lost store).
+    Creating them would duplicate both, pairing them would guess: one with one becomes a
+    view ``by="near"``, which the planner turns into a decision for the user; more are
+    reported as look-alikes. The rest are one-sided views, to be created."""
+    groups: dict[tuple, dict[Side, list[Item]]] = {}
+    views: list[View] = []
+    for side in SIDES:
+        for item in alone[side]:
+            try:
+                key = near_key(item.record())
+            except FormatError:
+                key = None
+            if key is None:
+                views.append(View(None, *_one_sided(side, item)))
+            else:
+                groups.setdefault(key, {"crm": [], "groupware": []})[side].append(item)
+    for group in groups.values():
+        crm, gw = group["crm"], group["groupware"]
+        if len(crm) == 1 and len(gw) == 1:
+            views.append(View(None, crm[0], gw[0], by="near"))
+        elif crm and gw:
+            views.extend(_ties(kind, group, near=True))
+        else:
+            views.extend(View(None, *_one_sided(s, i)) for s in SIDES for i in group[s])
+    return views
+
+
+def near_key(record: Record) -> tuple | None:
+    """What makes two unmatched items look like the same one changed (see :func:`_near`):
+    an event's start and end, a contact's first email. None: nothing (tasks)."""
+    if isinstance(record, Event) and record.start:
+        return ("event", record.start, record.end)
+    if isinstance(record, Contact) and record.emails:
+        return ("contact", record.emails[0].lower())
+    return None
+
+
+def _alike(group: Mapping[Side, list[Item]]) -> bool:
+    """Whether the items of each side are all the same in every field: then which copy
+    pairs with which changes nothing, and pairing them in order guesses nothing."""
+    for side in SIDES:
+        try:
+            first, *rest = [i.record().fields() for i in group[side]]
+        except FormatError:
+            return False
+        if any(fields != first for fields in rest):
+            return False
+    return True
+
+
+def _size(value: Any) -> int:
+    return len(value) if isinstance(value, str | list | dict) else 0
+
+
+def _one_sided(side: Side, item: Item) -> tuple[Item | None, Item | None]:
+    return (item, None) if side == "crm" else (None, item)
+
+
+_LOOKS = {"calendar": "start, end and subject", "contacts": "name and first email",
+          "tasks": "subject and due date"}
+_NEAR = {"calendar": "start and end", "contacts": "first email"}
+
+
+def _ties(kind: ObjectKind, group: Mapping[Side, list[Item]], near: bool = False
+          ) -> list[View]:
+    """Views reporting look-alike items that content cannot tell apart."""
+    crm, gw = len(group["crm"]), len(group["groupware"])
+    same = _NEAR.get(kind, "content") if near else _LOOKS.get(kind, "content")
+    why = (f"{crm + gw} look-alike items ({crm} in CRM, {gw} in groupware; the same "
+           f"{same}) and no stored pair or kept id for them: not paired by content and "
+           "nothing written, as that would guess which is which; tell them apart (give "
+           "an item and its copy the same new subject on both sides, or delete a surplus "
+           "copy) and sync again")
+    return [View(None, *_one_sided(s, i), tie=why) for s in SIDES for i in group[s]]
 
 
 def _kept_id(item: Item) -> str:
@@ -469,28 +610,41 @@ def _kept_id(item: Item) -> str:
         return ""
 
 
-def _pair_sent(crm_items: list[Item], gw_items: list[Item],
+def _pair_sent(kind: ObjectKind, crm_items: list[Item], gw_items: list[Item],
                sent: Mapping[tuple[Side, str], Item]
                ) -> tuple[list[View], list[Item], list[Item]]:
     """Pair each source of a create whose answer was lost with the copy it made, found by
     the content that was sent (the source may have changed since); the views carry what
-    was sent as their base. Returns those views and the items left over."""
+    was sent as their base. Returns those views and the items left over.
+
+    One to one, as in :func:`pair_up`: when several sources sent look-alike content, or
+    several items on the other side look like what was sent, none of them is paired
+    (each is reported as a tie), unless the items of each side are all the same."""
     items: dict[Side, list[Item]] = {"crm": crm_items, "groupware": gw_items}
+    keys = {(s, i.id): _safe_key(i) for s in SIDES for i in items[s]}
     taken: set[tuple[Side, str]] = set()
     views: list[View] = []
     for side in SIDES:
         target = other(side)
+        sources: dict[tuple, list[tuple[Item, Item]]] = defaultdict(list)
         for source in items[side]:
             copy_of = sent.get((side, source.id))
             key = _safe_key(copy_of) if copy_of is not None else None
-            if key is None:
+            if key is not None and (side, source.id) not in taken:
+                sources[key].append((source, copy_of))  # type: ignore[arg-type]
+        for key, group in sources.items():
+            matches = [i for i in items[target] if (target, i.id) not in taken
+                       and keys[(target, i.id)] == key]
+            if not matches:
                 continue
-            match = next((i for i in items[target] if (target, i.id) not in taken
-                          and _safe_key(i) == key), None)
-            if match is not None:
-                taken |= {(side, source.id), (target, match.id)}
-                pair = (source, match) if side == "crm" else (match, source)
-                views.append(View(None, *pair, base=copy_of))
+            taken |= {(side, s.id) for s, _ in group} | {(target, i.id) for i in matches}
+            if len(group) == len(matches) and (len(group) == 1 or _alike(
+                    {side: [s for s, _ in group], target: matches})):
+                for (source, copy_of), match in zip(group, matches, strict=True):
+                    pair = (source, match) if side == "crm" else (match, source)
+                    views.append(View(None, *pair, base=copy_of, by="sent"))
+            else:
+                views.extend(_ties(kind, {side: [s for s, _ in group], target: matches}))
     rest = {s: [i for i in items[s] if (s, i.id) not in taken] for s in SIDES}
     return views, rest["crm"], rest["groupware"]
 
@@ -506,6 +660,7 @@ class _Planner:
     def __init__(self, policy: Policy, common: frozenset[str],
                  ignored: Mapping[tuple[Side, str], Ignore],
                  known_emails: frozenset[str] | None, now: datetime | None,
+                 images: Mapping[Side, Image] | None = None, *, chosen: bool = False,
                  refuses: Mapping[Side, Refuses] | None = None) -> None:
         self.policy = policy
         self.refuses = refuses or {}
@@ -513,6 +668,10 @@ class _Planner:
         self.ignored = ignored
         self.known_emails = known_emails
         self.now = now
+        self.images = images or {}
+        # Planning a conflict again with the side the user chose as the rule: the choice
+        # stands even where the winner's side cannot hold the loser's value in full.
+        self.chosen = chosen
         self.lapsed: list[tuple[Side, str]] = []
         # Flattened fields by content: a base copied verbatim to the other side, and an
         # unchanged side whose base is its current item, are parsed once.
@@ -554,7 +713,11 @@ class _Planner:
         if not self._considered(step, view):
             return bool(step.actions)
         if pair is None:
-            if view.crm is not None and view.gw is not None:
+            if view.tie:
+                side: Side = "crm" if view.crm is not None else "groupware"
+                step.actions.append(Action("skip", side, reason=view.tie))
+                step.state = "retry"  # reported again on every run until told apart
+            elif view.crm is not None and view.gw is not None:
                 self._merge(step, view)
             else:
                 self._create(step, view)
@@ -726,11 +889,55 @@ class _Planner:
             flat = self._flat[key] = flatten(item.record(), self.common)
         return flat
 
+    def _imaged(self, view: View, side: Side) -> Flat | None:
+        """The other side's item as ``side`` would store it (its image), flattened; None
+        when ``side`` stores what it is given."""
+        image = self.images.get(side)
+        source = view.item(other(side))
+        if image is None or source is None:
+            return None
+        key = (f"image:{side}:{source.fmt}", source.raw)
+        flat = self._flat.get(key)
+        if flat is None:
+            flat = self._flat[key] = flatten(image(source.record()), self.common)
+        return flat
+
+    def _agreed(self, view: View, now: Mapping[Side, Flat], keys: Iterable[str]) -> set[str]:
+        """Of ``keys``, the fields where the two sides hold the same value through the
+        mapping: one side's value is the image of the other's (a body cut to the CRM's
+        limit, a location cut to 255 characters, ...). Neither is a change to write."""
+        out = set()
+        images: dict[Side, Flat | None] = {}
+        for key in keys:
+            if now["crm"].get(key) == now["groupware"].get(key):
+                out.add(key)
+                continue
+            for side in SIDES:
+                if side not in images:
+                    images[side] = self._imaged(view, side)
+                imaged = images[side]
+                if imaged is not None and imaged.get(key) == now[side].get(key):
+                    out.add(key)
+                    break
+        return out
+
+    def _lossy(self, view: View, now: Mapping[Side, Flat], winner: Side,
+               keys: Iterable[str]) -> list[str]:
+        """Of ``keys``, the fields whose loser's value the winner's side cannot hold in
+        full (its image there differs): the winner's value may be a cut copy of it."""
+        loser = other(winner)
+        imaged = self._imaged(view, winner)
+        if imaged is None:
+            return []
+        return sorted(k for k in keys if imaged.get(k) != now[loser].get(k)
+                      and _size(imaged.get(k)) < _size(now[loser].get(k)))
+
     def _merge(self, step: Step, view: View) -> None:
         assert view.crm is not None and view.gw is not None
         now = {"crm": self._fields(view.crm), "groupware": self._fields(view.gw)}
         pair = view.pair
         changed: dict[Side, Flat] = {}
+        baseless = False
         if pair is not None and pair.crm_base is not None and pair.gw_base is not None:
             for side in SIDES:
                 item = view.item(side)
@@ -749,21 +956,66 @@ class _Planner:
             # exist on both sides): every difference counts as changed on both sides,
             # except that a side lacking a value never wipes the other side's: it is
             # filled from it instead.
+            baseless = True
             for side in SIDES:
                 changed[side] = {k: v for k, v in diff(now[other(side)], now[side]).items()
                                  if v not in _EMPTY}
+        # Values equal through the mapping (a lossy copy and its original) are no change
+        # where the two are compared with each other: without a base, and where both sides
+        # changed a field. A change made on one side since the base is always carried
+        # over (to a lossy side it may be a no-op, never a loss).
+        agreed = self._agreed(view, now, changed["crm"].keys() | changed["groupware"].keys()
+                              if baseless else changed["crm"].keys() & changed["groupware"].keys())
+        for side in SIDES:
+            changed[side] = {k: v for k, v in changed[side].items() if k not in agreed}
+        if baseless and view.by in ("content", "near") and not self.chosen:
+            # Both hold a value, and different ones (a side lacking a value is only
+            # filled from the other: nothing of its own is replaced).
+            differ = sorted(changed["crm"].keys() & changed["groupware"].keys())
+            if differ or view.by == "near":
+                # Matched by look only: which item is whose copy is a guess, so neither
+                # is written over with the other's content.
+                differ = differ or sorted(changed["crm"].keys() | changed["groupware"].keys())
+                what = rules.describe(self.policy, view.gw.record())
+                if view.by == "content":
+                    why = (f"paired by content only (same {_LOOKS.get(step.kind, 'content')}"
+                           f", no stored pair or kept id) but they differ in "
+                           f"{', '.join(differ)}: neither is overwritten; choose the CRM's "
+                           "or the groupware's version, or skip this time")
+                    choices: tuple[str, ...] = ("crm", "groupware", "skip")
+                else:
+                    why = (f"not paired: no stored pair or kept id, and the other side has "
+                           f"an item with the same {_NEAR.get(step.kind, 'content')} that "
+                           f"differs in {', '.join(differ)} (the same item changed on one "
+                           "side?): neither is created nor overwritten; if they are the "
+                           "same, choose the CRM's or the groupware's version; if not, keep "
+                           "both (each is copied to the other side); or skip this time")
+                    choices = CONFLICT_CHOICES
+                step.actions.append(Action(
+                    "conflict", reason=f"{what}: {why}",
+                    conflicts={k: (now["crm"].get(k), now["groupware"].get(k)) for k in differ},
+                    choices=choices,
+                ))
+                step.state = "retry"
+                return
         clash = sorted(k for k in changed["crm"].keys() & changed["groupware"].keys()
                        if changed["crm"][k] != changed["groupware"][k])
         note = ""
         one_way = pair is not None and pair.one_way
         if clash:
             winner: Side | None = "groupware" if one_way else self._winner(view)
-            if winner is None:
+            cut = [] if winner is None or self.chosen else self._lossy(view, now, winner, clash)
+            if winner is None or cut:
                 what = rules.describe(self.policy, view.gw.record())
+                why = (f"both sides changed {', '.join(clash)}" if not cut else
+                       f"both sides changed {', '.join(clash)} and the "
+                       f"{SIDE_NAME[winner]} (the rule's winner) cannot hold the "  # type: ignore[index]
+                       f"{SIDE_NAME[other(winner)]}'s {', '.join(cut)} in full: a cut "  # type: ignore[arg-type]
+                       "copy never replaces the original by rule")
                 step.actions.append(Action(
                     "conflict",
-                    reason=(f"{what}: both sides changed {', '.join(clash)}; choose: keep "
-                            "the CRM's, the groupware's or both, or skip this time"),
+                    reason=(f"{what}: {why}; choose: keep the CRM's, the groupware's or "
+                            "both, or skip this time"),
                     conflicts={k: (now["crm"].get(k), now["groupware"].get(k)) for k in clash},
                     choices=CONFLICT_CHOICES,
                 ))

@@ -48,6 +48,7 @@ from crmsync.plan import (
     Action,
     Decisions,
     IgnoreMode,
+    Image,
     Pair,
     Plan,
     Step,
@@ -170,6 +171,7 @@ class Syncer:
         self._credentials = credentials or (lambda side: None)
         # Per object, the emails the CRM knows a person for (this run's lookup).
         self._known: dict[ObjectKind, frozenset[str] | None] = {}
+        self._images: dict[ObjectKind, dict[Side, Image]] = {}
         # "Now" for the sync range and the rules; a run may be planned as of another time.
         self.clock = clock or (lambda: datetime.now(UTC))
 
@@ -315,17 +317,43 @@ class Syncer:
         self._known[kind] = self.known_emails(kind, policy, unpaired["groupware"])
         sent = (self.store.unsettled_creates(pid, kind)
                 if all(unpaired[s] for s in SIDES) else None)
+        # Nothing stored of this object (no pair, no create a stopped run left: a first
+        # sync, or a lost store): unmatched look-alikes of re-paired items wait for the
+        # user instead of being created (see crmsync.plan.pair_up).
+        fresh = (not all_pairs and not sent and all(unpaired[s] for s in SIDES)
+                 and not any(self.store.side_counts(pid, kind).values()))
         plan = make_plan(kind, views, policy, self.common_fields(kind), unpaired=unpaired,
-                         totals=totals, sent=sent, **self._rules(kind))
+                         totals=totals, sent=sent, fresh=fresh,
+                         held={(s, i) for s in SIDES for i in pend[s]}, **self._rules(kind))
         return Prepared(kind, plan, listed, old, pend, notes)
 
     def _rules(self, kind: ObjectKind) -> dict[str, Any]:
         """What the planner needs beyond the items, the same for a run's plan and for
-        each step planned again: stored ignores, this run's known emails, now, and what
-        each side would refuse to store."""
+        each step planned again: stored ignores, this run's known emails, now, what each
+        side would refuse to store, and each side's image of a record (what it keeps of
+        it, for comparing through the mapping)."""
         return {"ignored": self.store.ignored(self.profile.id, kind),
                 "known_emails": self._known.get(kind), "now": self.clock(),
-                "refuses": {s: self.connector(s, kind).refuses for s in SIDES}}
+                "refuses": {s: self.connector(s, kind).refuses for s in SIDES},
+                "images": self.images(kind)}
+
+    def images(self, kind: ObjectKind) -> dict[Side, Image]:
+        """Per side, a record as that side keeps it once written (Connector.image), for
+        the planner's comparisons; floating times pinned first where the side keeps
+        instants only, as the executor pins them."""
+        if kind not in self._images:
+            out: dict[Side, Image] = {}
+            for side in SIDES:
+                connector = self.connector(side, kind)
+                image = connector.image(kind)
+                if image is None:
+                    continue
+                if kind == "calendar" and not connector.capabilities.floating:
+                    out[side] = _pinning(image, self.policy(kind).zone())
+                else:
+                    out[side] = image
+            self._images[kind] = out
+        return self._images[kind]
 
     def known_emails(self, kind: ObjectKind, policy: Policy,
                      new: Sequence[Item]) -> frozenset[str] | None:
@@ -350,7 +378,8 @@ class Syncer:
         """The prepared plans as the user decided them in the review (see
         :func:`crmsync.plan.decide`); nothing is written until they are run."""
         return [dataclasses.replace(p, plan=decide(p.plan, decisions, self.policy(p.kind),
-                                                   self.common_fields(p.kind)))
+                                                   self.common_fields(p.kind),
+                                                   self.images(p.kind)))
                 for p in prepared]
 
     # --- ignores ---------------------------------------------------------------------------
@@ -515,7 +544,7 @@ class Syncer:
                 one = Decisions({step.key: "exclude" if choice in (None, "skip")
                                  else choice})  # type: ignore[dict-item]
                 return decide(Plan(kind, [step]), one, self.policy(kind),
-                              self.common_fields(kind)).steps[0]
+                              self.common_fields(kind), self.images(kind)).steps[0]
 
             outcome = reconcile(prep.plan, saved.steps[prep.kind], choose)
             prep.plan = outcome.plan
@@ -800,6 +829,11 @@ class _Executor:
                 out.append(RunItem(self.kind, code, "warning", step.label(), result.note,
                                    ids.get("crm"), ids.get("groupware"), action.side))
         return out
+
+
+def _pinning(image: Image, zone: tzinfo) -> Image:
+    """``image`` of an event with its floating times pinned to ``zone`` first."""
+    return lambda record: image(pinned(record, zone) if isinstance(record, Event) else record)
 
 
 def _done(entry: JournalEntry, result: Result) -> JournalEntry:

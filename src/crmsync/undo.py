@@ -5,10 +5,14 @@ it: a created item is deleted, an updated one gets back its fields as they were,
 one is created again from its before image. An item changed since is reported and left
 alone, as is a write whose outcome the journal does not know (the run was cut off).
 
-The state store afterwards, so that the next sync neither redoes what was undone nor
-takes it for a new change:
-- reverted update: the pair's base on that side is the reverted item (both sides' versions
-  match their bases: the next run sees no change, the two sides stay different);
+The state store afterwards, so that the next sync neither redoes what was undone blindly
+nor leaves the two sides different unnoticed:
+- reverted update: the pair's base on that side is the reverted item, the other side's
+  base is forgotten and both items are marked pending: the next run compares the two as
+  after a lost store, through the mapping. Where they differ (the undo put back a value
+  the other side does not have), the conflict rule decides and the plan shows it: with
+  "newest" the undo, the latest change, is carried to the other side; with "ask" the user
+  chooses. A pair is never left different without the next plan saying so;
 - reverted create: the pair is forgotten and the item it was copied from is ignored until
   it changes (else the next run would copy it again);
 - reverted delete: the re-created item is ignored until it changes (else the next run
@@ -129,6 +133,13 @@ def _undo_kind(syncer: Syncer, run_id: int | None, kind: ObjectKind, entries: li
             continue
         _settle(syncer, kind, entry, result, saved, dropped)
     store.save_pairs(profile.id, kind, saved, dropped, run_id, (), journal)
+    held: dict[Side, set[str]] = {s: set() for s in SIDES}
+    for pair in saved:
+        for side in SIDES:
+            if (item_id := pair.id_on(side)) is not None:
+                held[side].add(item_id)
+    if any(held.values()):
+        store.hold(profile.id, kind, held)
 
 
 def _revert(entry: JournalEntry, now: Item | None, names: frozenset[str]
@@ -178,5 +189,6 @@ def _settle(syncer: Syncer, kind: ObjectKind, entry: JournalEntry, result: Resul
         return
     store.load_bases(kind, found)
     for pair in found:
-        base = "crm_base" if side == "crm" else "gw_base"
-        saved.append(dataclasses.replace(pair, **{base: result.item}))
+        bases = {"crm_base": result.item, "gw_base": None} if side == "crm" else \
+            {"gw_base": result.item, "crm_base": None}
+        saved.append(dataclasses.replace(pair, **bases))

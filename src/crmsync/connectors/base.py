@@ -292,6 +292,14 @@ class Connector(ABC):
         in the review and dry run instead of failing at apply on every run."""
         return None
 
+    def image(self, kind: ObjectKind) -> Callable[[Record], Record] | None:
+        """How a record written here reads back, as a pure function (no I/O: what it needs,
+        e.g. field lengths, the connector looks up now): the side's lossy IMAGE of it.
+        The planner compares through it, so that a value this side cut (a body, a
+        location) is taken as equal to its original and never written over it. None:
+        this side keeps what it is given (the default)."""
+        return None
+
     def cursor(self, kind: ObjectKind, listed: str | None) -> str | None:
         """The cursor to store after this run's writes; by default the listing's."""
         return listed

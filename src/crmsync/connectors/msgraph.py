@@ -62,7 +62,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -223,6 +223,10 @@ class GraphConnector(Connector):
 
     def __repr__(self) -> str:
         return f"GraphConnector({self.user})"
+
+    def image(self, kind: ObjectKind) -> Callable[[Record], Record]:
+        """A record as written here and read back (see formats.msgraph.image)."""
+        return fmt.image  # type: ignore[return-value]
 
     def stats(self) -> dict[str, int]:
         return {"requests": self.client.http.requests, "api_calls": self.client.calls,

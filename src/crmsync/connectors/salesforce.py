@@ -94,7 +94,7 @@ import json
 import re
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -356,6 +356,9 @@ class SalesforceConnector(Connector):
         # Email fields per Contact/Lead/User (the alternates too), from describe.
         self._email_fields: dict[str, list[str]] = {}
         self._shared: bool | None = None  # see _shared_activities
+        # The emails of the people read as invitees (Salesforce knows them): an attendee
+        # not among them may be one it cannot relate (see image).
+        self._invitees: set[str] = set()
 
     def __repr__(self) -> str:
         return f"SalesforceConnector({public_url(self.client.instance_url)})"
@@ -534,6 +537,20 @@ class SalesforceConnector(Connector):
         data["since"] = None
         return self.list_changes(kind, json.dumps(data))
 
+    def image(self, kind: ObjectKind) -> Callable[[Record], Record]:
+        """A record as written here and read back (see formats.salesforce.image), with
+        this org's field lengths (describe, read once a run) and this endpoint's
+        settings."""
+        lengths = self.lengths(kind)
+        s = self.settings
+        # Without the invitee block, only people Salesforce knows stay attendees: those
+        # seen as invitees this run are known, others may not be.
+        known = None if s.invitees_in_description else frozenset(self._invitees)
+        return lambda record: sf.image(record,  # type: ignore[arg-type, return-value]
+                                       lengths,
+                                       invitees_in_description=s.invitees_in_description,
+                                       truncate_body=s.truncate_body, known=known)
+
     def cursor(self, kind: ObjectKind, listed: str | None) -> str | None:
         state = self._cursor.get(kind)
         if state is None or listed is None:
@@ -642,6 +659,8 @@ class SalesforceConnector(Connector):
             if not rel.get("IsInvitee", True):
                 continue
             person = people.get(rel.get("RelationId") or "", {})
+            if person.get("Email"):
+                self._invitees.add(person["Email"].lower())
             invitees.append({"Id": rel.get("Id"), "RelationId": rel.get("RelationId"),
                              "Email": person.get("Email"), "Name": person.get("Name"),
                              "Status": rel.get("Status") or "New"})

@@ -46,6 +46,7 @@ https://learn.microsoft.com/en-us/graph/api/resources/todotask
 from __future__ import annotations
 
 import copy
+import dataclasses
 import html
 import re
 from collections.abc import Mapping
@@ -596,3 +597,16 @@ def render_contact(contact: Contact, template: str | None = None) -> str:
     doc = load(template, "contact") if template else {"contact": {}}
     doc["contact"] = contact_fields(contact, doc["contact"])
     return dump(doc)
+
+
+# --- images ----------------------------------------------------------------------------
+
+def image(record: Event | Task | Contact) -> Event | Task | Contact:
+    """``record`` as Outlook keeps it once written and read back: a description becomes
+    a text body, read without its surrounding blank lines and with LF line ends. Other
+    fields are kept as given."""
+    if isinstance(record, Event | Task) and record.description:
+        text = body_text({"contentType": "text", "content": record.description})
+        if text != record.description:
+            return dataclasses.replace(record, description=text)  # type: ignore[type-var]
+    return record

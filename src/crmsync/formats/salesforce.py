@@ -35,7 +35,8 @@ object_reference/sforce_api_objects_event.htm (Event), ..._task.htm, ..._contact
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -582,3 +583,46 @@ def fit(sobject: str, values: Doc, lengths: Mapping[str, int], *,
             values[name] = value[:limit]
         cut.append(name)
     return cut
+
+
+# --- images ------------------------------------------------------------------------------
+
+_SOBJECTS = {"calendar": "Event", "tasks": "Task", "contacts": "Contact"}
+# The picklist defaults of a standard org, set on a record written without them.
+_DEFAULTS = {"Task": {"Priority": "Normal", "Status": "Not Started"}}
+
+
+def image(record: Event | Task | Contact, lengths: Mapping[str, int], *,
+          invitees_in_description: bool = False, truncate_body: bool = True,
+          known: Collection[str] | None = None) -> Event | Task | Contact:
+    """``record`` as Salesforce keeps it once written and read back: text fields cut to
+    ``lengths`` (the body with its " [...]" mark), invitee and attachment blocks taken out
+    of the Description again, times as UTC instants (floating ones must be pinned first).
+    ``known``: the (lower-case) emails of the people Salesforce can relate as invitees;
+    other attendees are left out (None: all are kept, as the invitee block keeps them).
+    A record Salesforce would refuse (a Subject over its limit) is its own image."""
+    if isinstance(record, Event) and known is not None:
+        record = replace(record, attendees=[a for a in record.attendees
+                                            if a.email.lower() in known])
+    if isinstance(record, Event):
+        raw = render_event(record, invitees_in_description=invitees_in_description)
+        parse: Any = parse_event
+    elif isinstance(record, Task):
+        raw, parse = render_task(record), parse_task
+    else:
+        raw, parse = render_contact(record), parse_contact
+    sobject = _SOBJECTS[record.kind]
+    doc = load(raw, sobject)
+    for name, value in _DEFAULTS.get(sobject, {}).items():
+        if doc[sobject].get(name) is None:
+            doc[sobject][name] = value  # what Salesforce sets on a new record
+    try:
+        fit(sobject, doc[sobject], lengths, truncate_body=truncate_body)
+    except ItemError:
+        return record
+    out = parse(dump(doc))
+    if isinstance(record, Event):
+        # A series' cancelled and moved occurrences are occurrence records of their own,
+        # which a rendered document does not have: Salesforce keeps them as they are.
+        out = replace(out, exdates=list(record.exdates), overrides=dict(record.overrides))
+    return out

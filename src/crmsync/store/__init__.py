@@ -394,6 +394,19 @@ class Store:
             if rows:
                 conn.execute(insert(pending), rows)
 
+    def hold(self, profile_id: int, kind: ObjectKind, ids: dict[Side, set[str]]) -> None:
+        """Mark items pending (fetched and planned again by the next run, whether or not
+        a listing names them), e.g. the two items of a pair that an undo left different."""
+        c = pending.c
+        with self.engine.begin() as conn:
+            for side, wanted in ids.items():
+                known = set(conn.execute(select(c.item_id).where(
+                    c.profile_id == profile_id, c.kind == kind, c.side == side)).scalars())
+                rows = [{"profile_id": profile_id, "kind": kind, "side": side, "item_id": i}
+                        for i in sorted(wanted - known)]
+                if rows:
+                    conn.execute(insert(pending), rows)
+
     def reset_cursors(self, profile_id: int, kind: ObjectKind | None = None) -> None:
         """Forget cursors so that the next run lists everything (e.g. after rule changes)."""
         with self.engine.begin() as conn:
