@@ -18,7 +18,7 @@ calendar, where every item not marked private syncs.
 
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from crmsync.model import Contact, Event, Record, Task, is_all_day
@@ -140,13 +140,40 @@ def _event_in_range(event: Event, lo: datetime, hi: datetime, user: tzinfo) -> b
         return _overlaps(first, first + span, lo, hi)
     if first >= hi:
         return False
-    return _occurs(event, first, span, lo, hi, _event_zone(event, user), user)
+    try:
+        return _occurs(event, first, span, lo, hi, _event_zone(event, user), user)
+    except (ValueError, TypeError, OverflowError):
+        # A rule dateutil cannot expand (RSCALE, SKIP, a misspelt or unknown part): it may
+        # repeat into the range, so the series counts from its first start on, until an
+        # UNTIL that can be read. Leaving it out would hide an item that may occur in the
+        # range; the sides that cannot hold such a rule say so per item.
+        until = _until(event.rrule or "", user)
+        return until is None or _overlaps(first, max(until, first) + span, lo, hi)
+
+
+def _until(rrule: str, user: tzinfo) -> datetime | None:
+    """The UNTIL of a rule as an instant (a day: its end), None when absent or unreadable."""
+    for part in rrule.split(";"):
+        name, _, value = part.partition("=")
+        if name.strip().upper() != "UNTIL":
+            continue
+        value = value.strip().upper()
+        try:
+            if len(value) == 8:
+                return instant(date(int(value[:4]), int(value[4:6]), int(value[6:])).isoformat(),
+                               user) + timedelta(days=1)
+            when = datetime.strptime(value.rstrip("Z"), "%Y%m%dT%H%M%S")
+        except ValueError:
+            return None
+        return when.replace(tzinfo=UTC if value.endswith("Z") else user)
+    return None
 
 
 def _occurs(event: Event, first: datetime, span: timedelta, lo: datetime, hi: datetime,
             zone: tzinfo, user: tzinfo) -> bool:
     """Whether an occurrence of the series overlaps [lo, hi). Expanded on local wall
-    times in the series' zone, so that 10:00 stays 10:00 across a DST change."""
+    times in the series' zone, so that 10:00 stays 10:00 across a DST change. Raises
+    ValueError (or TypeError, OverflowError) for a rule dateutil cannot expand."""
     from dateutil.rrule import rruleset, rrulestr
 
     def local(m: str) -> datetime:
