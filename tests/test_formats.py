@@ -751,3 +751,16 @@ def test_contact_round_trip(contact: Contact, template: str | None) -> None:
     assert parse_contact(out) == contact
     assert "PHOTO" not in (template or "") or "PHOTO" in out
     assert render_contact(contact, out) == out
+
+
+# --- real-world oddities (issue 16) ------------------------------------------------------------
+
+
+def test_an_empty_rrule_is_no_repetition_and_is_kept() -> None:
+    """Some exporters (German holiday feeds) write "RRULE:" for a single event: read as
+    no rule, not as a broken item, and the line stays when the event is edited."""
+    raw = calendar("SUMMARY:Neujahr", "DTSTART;VALUE=DATE:20270101", "RRULE:")
+    event = parse_event(raw)
+    assert (event.rrule, event.start, event.summary) == (None, "2027-01-01", "Neujahr")
+    event.summary = "Neujahrstag"
+    assert diff(raw, render_event(event, raw)) == (["SUMMARY:Neujahr"], ["SUMMARY:Neujahrstag"])

@@ -467,7 +467,8 @@ def _rrule(text: str) -> str:
 
 def _read_rrule(comp: Component, prop: str, item: _Item) -> str | None:
     line = comp.first(prop)
-    return _rrule(_parts(line)[1]) if line else None
+    # An empty RRULE (some exporters write "RRULE:" for no repetition) is no rule at all
+    return _rrule(_parts(line)[1]) if line and _parts(line)[1].strip() else None
 
 
 def _write_rrule(comp: Component, prop: str, value: str | None, item: _Item) -> None:
