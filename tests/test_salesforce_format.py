@@ -4,6 +4,7 @@ and the field limits. Pure: no server."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -233,3 +234,40 @@ def test_salesforce_datetimes_become_utc_moments() -> None:
     assert sf.sf_datetime("2026-11-22T10:00:00.000+0100") == "2026-11-22T09:00:00Z"
     assert sf.sf_datetime("2026-11-22T10:00:00Z") == "2026-11-22T10:00:00Z"
     assert sf.to_sf_datetime("2026-11-22T09:00:00Z") == "2026-11-22T09:00:00.000+0000"
+
+
+# --- what Salesforce cannot hold is an error for the item (issue 16) --------------------------
+
+
+@pytest.mark.parametrize(("start", "end", "words"), [
+    ("2026-12-30", "2026-12-31T00:00:00Z", "the start is a date (all day) but the end a date "
+                                           "and time"),
+    ("2026-12-30T09:00:00Z", "2026-12-31", "the start is a date and time but the end a date"),
+])
+def test_a_start_and_end_of_different_kinds_is_an_item_error(start: str, end: str,
+                                                              words: str) -> None:
+    with pytest.raises(ItemError, match=re.escape(words)):
+        sf.render_event(Event(summary="Mixed", start=start, end=end))
+
+
+def test_extra_dates_are_an_item_error_not_dropped() -> None:
+    event = Event(summary="Extra", start="2026-12-01T09:00:00Z", end="2026-12-01T10:00:00Z",
+                  rrule="FREQ=WEEKLY;COUNT=3",
+                  rdates=["2026-12-02T09:00:00Z", "2026-12-03T09:00:00Z"])
+    with pytest.raises(ItemError, match=r"2 extra dates \(RDATE\) cannot be held by Salesforce"):
+        sf.render_event(event)
+
+
+@pytest.mark.parametrize(("rule", "parts"), [
+    ("FREQ=WEEKLY;UNTL=20270101T000000Z", "part UNTL"),
+    ("RSCALE=HEBREW;FREQ=YEARLY;BYMONTH=5L;SKIP=FORWARD", "parts RSCALE, SKIP"),
+])
+def test_a_rule_salesforce_cannot_hold_is_an_item_error(rule: str, parts: str) -> None:
+    event = Event(summary="Rule", start="2026-12-01T09:00:00Z", end="2026-12-01T10:00:00Z",
+                  rrule=rule)
+    with pytest.raises(ItemError, match=f"repeat rule's {parts} cannot be held"):
+        sf.render_event(event)
+    # a plain RFC 5545 rule is written as the pattern
+    event.rrule = "FREQ=WEEKLY;UNTIL=20270101T000000Z;BYDAY=TU,TH;WKST=MO"
+    assert json.loads(sf.render_event(event))["Event"]["Recurrence2PatternText"] == \
+        "RRULE:" + event.rrule

@@ -1252,7 +1252,10 @@ class SalesforceConnector(Connector):
                     continue
                 one.summary = occurrence.summary or one.summary
                 one.start, one.end = occurrence.start or one.start, occurrence.end or one.end
-            fields = {**values, **sf.event_fields(one, template={})}
+            try:
+                fields = {**values, **sf.event_fields(one, template={})}
+            except ItemError as exc:  # a moved occurrence Salesforce cannot hold
+                return Result("failed", error=f"occurrence {slot}: {exc}")
             for name in RECURRENCE_FIELDS:
                 fields.pop(name, None)
             records.append((len(records), fields))

@@ -41,7 +41,17 @@ from typing import Any
 
 from crmsync.errors import ItemError
 from crmsync.formats import jsondoc
-from crmsync.model import Address, Attendee, Contact, Event, Occurrence, Person, Phone, Task
+from crmsync.model import (
+    Address,
+    Attendee,
+    Contact,
+    Event,
+    Occurrence,
+    Person,
+    Phone,
+    Task,
+    is_all_day,
+)
 
 FORMAT = "application/vnd.crmsync.salesforce+json"
 
@@ -357,10 +367,40 @@ def _span(start: str | None, end: str | None) -> float | None:
     return (_sortable(end) - _sortable(start)).total_seconds()
 
 
+# The parts of an RFC 5545 RRULE; Salesforce's pattern takes these and no others (no
+# RFC 7529 RSCALE/SKIP, no extensions, no misspelt parts).
+RRULE_PARTS = frozenset({"FREQ", "UNTIL", "COUNT", "INTERVAL", "BYSECOND", "BYMINUTE",
+                         "BYHOUR", "BYDAY", "BYMONTHDAY", "BYYEARDAY", "BYWEEKNO",
+                         "BYMONTH", "BYSETPOS", "WKST"})
+
+
+def unmappable(event: Event) -> None:
+    """Raise ItemError when Salesforce cannot hold what ``event`` means: written anyway,
+    it would come back as another event (SPEC section 4: reported per item, never
+    dropped silently)."""
+    if event.start and event.end and is_all_day(event.start) != is_all_day(event.end):
+        kinds = ("a date (all day)", "a date and time")
+        first, second = kinds if is_all_day(event.start) else kinds[::-1]
+        raise ItemError(f"the start is {first} but the end {second}: Salesforce needs both "
+                        "of one kind: not synced (make both dates or both times)")
+    if event.rdates:
+        n = len(event.rdates)
+        raise ItemError(f"{n} extra date{'s' if n > 1 else ''} (RDATE) cannot be held by "
+                        "Salesforce, whose series repeat by their rule only: not synced")
+    if event.rrule:
+        names = [part.partition("=")[0].strip().upper() for part in event.rrule.split(";")]
+        other = sorted({n for n in names if n and n not in RRULE_PARTS})
+        if other:
+            raise ItemError(f"the repeat rule's part{'s' if len(other) > 1 else ''} "
+                            f"{', '.join(other)} cannot be held by Salesforce (its pattern "
+                            "is a plain RFC 5545 RRULE): not synced")
+
+
 def event_fields(event: Event, *, invitees_in_description: bool = False,
                  attachments: Iterable[str] = (), event_type: str | None = None,
                  template: Mapping[str, Any] | None = None) -> Doc:
     """The Event fields to write for ``event`` (over ``template``, the record as read)."""
+    unmappable(event)
     ev: Doc = dict(template or {})
     ev["Subject"] = event.summary
     if event.all_day and event.start:
