@@ -271,3 +271,26 @@ def test_a_rule_salesforce_cannot_hold_is_an_item_error(rule: str, parts: str) -
     event.rrule = "FREQ=WEEKLY;UNTIL=20270101T000000Z;BYDAY=TU,TH;WKST=MO"
     assert json.loads(sf.render_event(event))["Event"]["Recurrence2PatternText"] == \
         "RRULE:" + event.rrule
+
+
+def test_a_series_whose_start_is_off_its_rule_is_an_item_error() -> None:
+    """RFC 5545 counts the start as the first occurrence even where the rule does not
+    give it; Salesforce's series would lose it."""
+    event = Event(summary="Second Monday", start="2026-12-07T12:00:00Z",
+                  end="2026-12-07T12:30:00Z", tz="Europe/Paris",
+                  rrule="FREQ=MONTHLY;INTERVAL=2;BYDAY=2MO")  # Dec 7 is the first Monday
+    with pytest.raises(ItemError, match="the first start is not a day the repeat rule gives"):
+        sf.render_event(event)
+    # without that start (an EXDATE), the series is the rule's occurrences alone
+    event.exdates = ["2026-12-07T12:00:00Z"]
+    assert json.loads(sf.render_event(event))["Event"]["IsRecurrence2"] is True
+
+
+def test_the_start_of_a_series_is_its_first_slot_even_off_the_rule() -> None:
+    """Read back, a start off the rule without an occurrence record is an EXDATE (as it
+    was written), not dropped."""
+    event = Event(summary="Second Monday", start="2026-12-07T12:00:00Z",
+                  end="2026-12-07T12:30:00Z", tz="Europe/Paris",
+                  rrule="FREQ=MONTHLY;INTERVAL=2;COUNT=2;BYDAY=2MO")
+    assert sf.slots(event) == ["2026-12-07T12:00:00Z", "2026-12-14T12:00:00Z",
+                               "2027-02-08T12:00:00Z"]

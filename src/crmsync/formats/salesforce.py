@@ -227,13 +227,15 @@ def slots(event: Event, until: str | None = None, limit: int = 1000) -> list[str
     Expansion happens in the series' time zone so that a weekly 10:00 stays at 10:00
     across a DST change, as Salesforce and every calendar expand it.
     """
-    from dateutil.rrule import rrulestr
+    from dateutil.rrule import rruleset, rrulestr
 
     if not event.rrule or not event.start:
         return []
     zone = _zone(event.tz)
     first = _local(event.start, zone)
-    rule = rrulestr(event.rrule, dtstart=first, ignoretz=True)
+    rule = rruleset()
+    rule.rrule(rrulestr(event.rrule, dtstart=first, ignoretz=True))  # type: ignore[arg-type]
+    rule.rdate(first)  # RFC 5545: the start is the first occurrence, on the rule or not
     end = _local(until, zone) if until else None
     out = []
     for when in rule:
@@ -394,6 +396,25 @@ def unmappable(event: Event) -> None:
             raise ItemError(f"the repeat rule's part{'s' if len(other) > 1 else ''} "
                             f"{', '.join(other)} cannot be held by Salesforce (its pattern "
                             "is a plain RFC 5545 RRULE): not synced")
+        if event.start and event.start not in event.exdates and _off_pattern(event):
+            raise ItemError("the first start is not a day the repeat rule gives, and "
+                            "Salesforce's series holds only the rule's occurrences: not "
+                            "synced (move the start onto the rule, e.g. its first day)")
+
+
+def _off_pattern(event: Event) -> bool:
+    """Whether the series' start is not an occurrence of its RRULE (RFC 5545 counts it
+    all the same; Salesforce, like dateutil, does not)."""
+    from dateutil.rrule import rrulestr
+
+    assert event.start is not None and event.rrule is not None
+    zone = _zone(event.tz)
+    first = _local(event.start, zone)
+    try:
+        rule = rrulestr(event.rrule, dtstart=first, ignoretz=True)
+        return next(iter(rule), None) != first  # type: ignore[call-overload]
+    except (ValueError, TypeError, OverflowError):
+        return False  # a rule Salesforce refuses says why itself
 
 
 def event_fields(event: Event, *, invitees_in_description: bool = False,
