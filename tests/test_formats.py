@@ -764,3 +764,15 @@ def test_an_empty_rrule_is_no_repetition_and_is_kept() -> None:
     assert (event.rrule, event.start, event.summary) == (None, "2027-01-01", "Neujahr")
     event.summary = "Neujahrstag"
     assert diff(raw, render_event(event, raw)) == (["SUMMARY:Neujahr"], ["SUMMARY:Neujahrstag"])
+
+
+def test_a_start_given_twice_with_two_values_is_a_format_error() -> None:
+    """Which of two DTSTARTs is meant cannot be told: the item fails with the reason
+    rather than syncing one of them."""
+    raw = calendar("SUMMARY:Twice", "DTSTART:20261209T080000Z", "DTSTART:20261209T100000Z")
+    with pytest.raises(FormatError, match=r"DTSTART is given 2 times \('20261209T080000Z', "
+                                          r"'20261209T100000Z'\)"):
+        parse_event(raw)
+    # the same value twice means that value
+    assert parse_event(calendar("DTSTART:20261209T080000Z", "DTSTART:20261209T080000Z",
+                                "DTEND:20261209T090000Z")).start == "2026-12-09T08:00:00Z"

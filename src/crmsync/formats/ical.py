@@ -286,8 +286,19 @@ def _write_text(comp: Component, prop: str, value: str, item: _Item) -> None:
     comp.replace(prop, [_prop(prop, _escape(value))] if value else [])
 
 
+def _once(comp: Component, prop: str) -> Line | None:
+    """The one line of a property that may occur once; FormatError when it occurs again
+    with another value (which one is meant cannot be known)."""
+    lines = comp.props(prop)
+    if len(lines) > 1 and len({_parts(line)[1].strip() for line in lines}) > 1:
+        values = ", ".join(repr(_parts(line)[1].strip()) for line in lines)
+        raise FormatError(f"{prop} is given {len(lines)} times ({values}): which one is "
+                          "meant cannot be told")
+    return lines[0] if lines else None
+
+
 def _read_when(comp: Component, prop: str, item: _Item) -> str | None:
-    line = comp.first(prop)
+    line = _once(comp, prop)
     return moment(_when(line, item.zones)[0]) if line else None
 
 
@@ -301,7 +312,7 @@ def _write_utc(comp: Component, prop: str, value: str | None, item: _Item) -> No
 
 
 def _read_end(comp: Component, prop: str, item: _Item) -> str | None:
-    line, duration, start = comp.first(prop), comp.first("DURATION"), comp.first("DTSTART")
+    line, duration, start = _once(comp, prop), comp.first("DURATION"), comp.first("DTSTART")
     if line is not None:
         return moment(_when(line, item.zones)[0])
     if duration is None or start is None:
