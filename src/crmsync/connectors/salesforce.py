@@ -1171,8 +1171,10 @@ class SalesforceConnector(Connector):
                         end=occurrence.end, location=occurrence.location,
                         description=occurrence.description)
             values = sf.event_fields(one, template={})
+            # An all-day occurrence moves by its dates: Salesforce derives its times
             fields = {k: values[k] for k in ("Subject", "StartDateTime", "EndDateTime",
-                                             "Location", "Description") if k in values}
+                                             "ActivityDate", "EndDate", "Location",
+                                             "Description") if k in values}
             sf.fit("Event", fields, self.lengths("calendar"),
                    truncate_body=self.settings.truncate_body)
             patches.append({"attributes": {"type": "Event"}, "Id": record["Id"], **fields})
