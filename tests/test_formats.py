@@ -776,3 +776,13 @@ def test_a_start_given_twice_with_two_values_is_a_format_error() -> None:
     # the same value twice means that value
     assert parse_event(calendar("DTSTART:20261209T080000Z", "DTSTART:20261209T080000Z",
                                 "DTEND:20261209T090000Z")).start == "2026-12-09T08:00:00Z"
+
+
+def test_a_day_start_with_a_duration_in_hours_is_a_format_error() -> None:
+    raw = calendar("SUMMARY:Ten hours", "DTSTART;VALUE=DATE:20261212", "DURATION:PT10H")
+    with pytest.raises(FormatError, match="DURATION PT10H is not whole days, but the start "
+                                          r"is a date \(all day\)"):
+        parse_event(raw)
+    two_days = calendar("DTSTART;VALUE=DATE:20261212", "DURATION:P2D")
+    assert (parse_event(two_days).start, parse_event(two_days).end) == (
+        "2026-12-12", "2026-12-14")

@@ -317,7 +317,13 @@ def _read_end(comp: Component, prop: str, item: _Item) -> str | None:
         return moment(_when(line, item.zones)[0])
     if duration is None or start is None:
         return None
-    return moment(_add(_when(start, item.zones)[0], vDuration.from_ical(_parts(duration)[1])))
+    first, span = _when(start, item.zones)[0], vDuration.from_ical(_parts(duration)[1])
+    if not isinstance(first, datetime) and span % timedelta(days=1):
+        # RFC 5545 3.8.2.5: a day start takes a duration in days or weeks; hours cannot be
+        # added to a day without guessing where it begins
+        raise FormatError(f"DURATION {_parts(duration)[1].strip()} is not whole days, but "
+                          "the start is a date (all day)")
+    return moment(_add(first, span))
 
 
 def _write_end(comp: Component, prop: str, value: str | None, item: _Item) -> None:
