@@ -294,3 +294,17 @@ def test_the_start_of_a_series_is_its_first_slot_even_off_the_rule() -> None:
                   rrule="FREQ=MONTHLY;INTERVAL=2;COUNT=2;BYDAY=2MO")
     assert sf.slots(event) == ["2026-12-07T12:00:00Z", "2026-12-14T12:00:00Z",
                                "2027-02-08T12:00:00Z"]
+
+
+def test_a_repeating_task_is_an_item_error_not_a_single_task() -> None:
+    """The task's repetition is read (iCalendar keeps it) and Salesforce says it cannot
+    hold it, rather than writing the first due date alone."""
+    raw = ("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\nBEGIN:VTODO\r\nUID:t-1\r\n"
+           "SUMMARY:Water the plants\r\nDUE;VALUE=DATE:20261214\r\n"
+           "RRULE:FREQ=WEEKLY;COUNT=4\r\nEND:VTODO\r\nEND:VCALENDAR\r\n")
+    task = formats.parse(formats.ICALENDAR, "tasks", raw)
+    assert isinstance(task, Task) and task.rrule == "FREQ=WEEKLY;COUNT=4"
+    with pytest.raises(ItemError, match=r"a repeating task \(RRULE\) cannot be held"):
+        sf.render_task(task)
+    task.rrule = None
+    assert json.loads(sf.render_task(task))["Task"]["ActivityDate"] == "2026-12-14"

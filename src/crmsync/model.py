@@ -287,6 +287,9 @@ class Task(Record):
     completed: str | None = None
     private: bool = False
     categories: list[str] = field(default_factory=list)
+    # A repeating task's RRULE value, as Event.rrule; a side without repeating tasks
+    # reports the task rather than dropping the repetition.
+    rrule: str | None = None
 
     def __post_init__(self) -> None:
         self.categories = sorted(set(self.categories))

@@ -539,6 +539,7 @@ _TASK_FIELDS = (
     _Field("completed", "COMPLETED", _read_when, _write_utc),
     _Field("private", "CLASS", _read_private, _write_private),
     _Field("categories", "CATEGORIES", _read_list, _write_list),
+    _Field("rrule", "RRULE", _read_rrule, _write_rrule),
 )
 
 

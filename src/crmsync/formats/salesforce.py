@@ -517,6 +517,9 @@ def parse_task(raw: str) -> Task:
 
 
 def task_fields(task: Task, template: Mapping[str, Any] | None = None) -> Doc:
+    if task.rrule:
+        raise ItemError("a repeating task (RRULE) cannot be held by Salesforce, whose Task "
+                        "has one due date: not synced")
     out: Doc = dict(template or {})
     out["Subject"] = task.summary
     out["Description"] = task.description
