@@ -308,3 +308,19 @@ def test_a_repeating_task_is_an_item_error_not_a_single_task() -> None:
         sf.render_task(task)
     task.rrule = None
     assert json.loads(sf.render_task(task))["Task"]["ActivityDate"] == "2026-12-14"
+
+
+def test_an_override_off_the_rule_is_an_item_error_not_dropped() -> None:
+    """A day series changed at RECURRENCE-ID 20261221T000000Z (a time, not the day):
+    no occurrence of the series is that, and the change would vanish in Salesforce."""
+    event = Event(summary="Base", start="2026-12-07", end="2026-12-08", rrule="FREQ=WEEKLY",
+                  overrides={"2026-12-14": Occurrence(summary="one", start="2026-12-14",
+                                                      end="2026-12-15"),
+                             "2026-12-21T00:00:00Z": Occurrence(summary="two",
+                                                                start="2026-12-21",
+                                                                end="2026-12-22")})
+    with pytest.raises(ItemError, match="the changed occurrence 2026-12-21T00:00:00Z "
+                                        r"\(RECURRENCE-ID\) is not one the repeat rule gives"):
+        sf.render_event(event)
+    del event.overrides["2026-12-21T00:00:00Z"]
+    assert json.loads(sf.render_event(event))["Event"]["IsRecurrence2"] is True

@@ -400,6 +400,23 @@ def unmappable(event: Event) -> None:
             raise ItemError("the first start is not a day the repeat rule gives, and "
                             "Salesforce's series holds only the rule's occurrences: not "
                             "synced (move the start onto the rule, e.g. its first day)")
+        stray = _stray_overrides(event)
+        if stray:
+            raise ItemError(f"the changed occurrence {stray[0]} (RECURRENCE-ID) is not one "
+                            "the repeat rule gives, so Salesforce cannot tell which "
+                            "occurrence it changes: not synced")
+
+
+def _stray_overrides(event: Event) -> list[str]:
+    """The overrides whose RECURRENCE-ID is no slot of the series (a date-time on a day
+    series, say): Salesforce keeps no RECURRENCE-ID, only the occurrence in its slot."""
+    if not event.overrides or not event.start:
+        return []
+    try:
+        known = set(slots(event, max(event.overrides), limit=1_000_000))
+    except (ValueError, TypeError, OverflowError):
+        return []  # a rule Salesforce refuses says why itself
+    return [key for key in event.overrides if key not in known]
 
 
 def _off_pattern(event: Event) -> bool:
