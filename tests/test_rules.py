@@ -395,3 +395,11 @@ def test_an_unexpandable_rule_that_ended_before_the_range_is_out_of_it():
     day = Event(uid="u", start="2025-01-06", end="2025-01-07",
                 rrule="RSCALE=GREGORIAN;FREQ=DAILY;UNTIL=20261024;SKIP=OMIT")
     assert rules.in_range(policy, day, now)  # its last day, Oct 24, is in the 30 days back
+
+
+def test_an_until_in_utc_is_an_instant_for_a_zoned_series():
+    """The last 10:30 in Paris (09:30Z, the UNTIL) is still an occurrence of the series."""
+    policy = Policy(timezone="Europe/Paris", past_days=0, future_days=30)
+    series = Event(uid="u", start="2026-11-30T09:30:00Z", end="2026-11-30T10:00:00Z",
+                   tz="Europe/Paris", rrule="FREQ=WEEKLY;UNTIL=20261221T093000Z")
+    assert rules.in_range(policy, series, datetime(2026, 12, 21, 9, 0, tzinfo=UTC))

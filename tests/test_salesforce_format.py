@@ -324,3 +324,12 @@ def test_an_override_off_the_rule_is_an_item_error_not_dropped() -> None:
         sf.render_event(event)
     del event.overrides["2026-12-21T00:00:00Z"]
     assert json.loads(sf.render_event(event))["Event"]["IsRecurrence2"] is True
+
+
+def test_an_until_in_utc_ends_the_slots_at_that_instant_not_at_that_wall_time() -> None:
+    """10:30 in Paris is 09:30Z in winter: UNTIL=...T093000Z keeps the last 10:30, which
+    read as a wall time (09:30) fell off, and its occurrence record became a stranger."""
+    event = Event(start="2026-12-07T09:30:00Z", end="2026-12-07T11:00:00Z", tz="Europe/Paris",
+                  rrule="FREQ=WEEKLY;UNTIL=20261221T093000Z")
+    assert sf.slots(event) == ["2026-12-07T09:30:00Z", "2026-12-14T09:30:00Z",
+                               "2026-12-21T09:30:00Z"]

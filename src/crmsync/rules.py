@@ -21,7 +21,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from crmsync.model import Contact, Event, Record, Task, is_all_day
+from crmsync.model import Contact, Event, Record, Task, is_all_day, rule_in_zone
 from crmsync.policy import Policy
 
 _MAX_OCCURRENCES = 100_000
@@ -182,7 +182,8 @@ def _occurs(event: Event, first: datetime, span: timedelta, lo: datetime, hi: da
     start = first.astimezone(zone).replace(tzinfo=None)
     rules = rruleset()
     if event.rrule:
-        rules.rrule(rrulestr(event.rrule, dtstart=start, ignoretz=True))  # type: ignore[arg-type]
+        rules.rrule(rrulestr(rule_in_zone(event.rrule, zone), dtstart=start,  # type: ignore[arg-type]
+                             ignoretz=True))
     rules.rdate(start)
     for m in event.rdates:
         rules.rdate(local(m))

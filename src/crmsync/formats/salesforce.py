@@ -51,6 +51,7 @@ from crmsync.model import (
     Phone,
     Task,
     is_all_day,
+    rule_in_zone,
 )
 
 FORMAT = "application/vnd.crmsync.salesforce+json"
@@ -234,7 +235,8 @@ def slots(event: Event, until: str | None = None, limit: int = 1000) -> list[str
     zone = _zone(event.tz)
     first = _local(event.start, zone)
     rule = rruleset()
-    rule.rrule(rrulestr(event.rrule, dtstart=first, ignoretz=True))  # type: ignore[arg-type]
+    rule.rrule(rrulestr(rule_in_zone(event.rrule, zone), dtstart=first,  # type: ignore[arg-type]
+                        ignoretz=True))
     rule.rdate(first)  # RFC 5545: the start is the first occurrence, on the rule or not
     end = _local(until, zone) if until else None
     out = []
@@ -428,7 +430,7 @@ def _off_pattern(event: Event) -> bool:
     zone = _zone(event.tz)
     first = _local(event.start, zone)
     try:
-        rule = rrulestr(event.rrule, dtstart=first, ignoretz=True)
+        rule = rrulestr(rule_in_zone(event.rrule, zone), dtstart=first, ignoretz=True)
         return next(iter(rule), None) != first  # type: ignore[call-overload]
     except (ValueError, TypeError, OverflowError):
         return False  # a rule Salesforce refuses says why itself
