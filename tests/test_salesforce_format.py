@@ -333,3 +333,19 @@ def test_an_until_in_utc_ends_the_slots_at_that_instant_not_at_that_wall_time() 
                   rrule="FREQ=WEEKLY;UNTIL=20261221T093000Z")
     assert sf.slots(event) == ["2026-12-07T09:30:00Z", "2026-12-14T09:30:00Z",
                                "2026-12-21T09:30:00Z"]
+
+
+def test_changed_occurrences_shared_without_their_series_are_an_item_error() -> None:
+    """An invitation to two instances (no master, no rule): Salesforce would keep the
+    first alone; one instance alone is a plain event."""
+    two = {"2026-12-07T14:00:00Z": Occurrence(summary="x", start="2026-12-07T16:00:00Z",
+                                              end="2026-12-07T16:40:00Z"),
+           "2026-12-14T14:00:00Z": Occurrence(summary="x", start="2026-12-14T14:30:00Z",
+                                              end="2026-12-14T15:15:00Z")}
+    event = Event(summary="x", start="2026-12-07T16:00:00Z", end="2026-12-07T16:40:00Z",
+                  overrides=two)
+    with pytest.raises(ItemError, match="2 occurrences of a series without its rule"):
+        sf.render_event(event)
+    event.overrides = {"2026-12-07T14:00:00Z": two["2026-12-07T14:00:00Z"]}
+    assert json.loads(sf.render_event(event))["Event"]["StartDateTime"].startswith(
+        "2026-12-07T16:00:00")

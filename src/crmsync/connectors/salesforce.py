@@ -1172,9 +1172,9 @@ class SalesforceConnector(Connector):
                         description=occurrence.description)
             values = sf.event_fields(one, template={})
             # An all-day occurrence moves by its dates: Salesforce derives its times
-            fields = {k: values[k] for k in ("Subject", "StartDateTime", "EndDateTime",
-                                             "ActivityDate", "EndDate", "Location",
-                                             "Description") if k in values}
+            fields = {k: values[k] for k in ("Subject", "IsAllDayEvent", "StartDateTime",
+                                             "EndDateTime", "ActivityDate", "EndDate",
+                                             "Location", "Description") if k in values}
             sf.fit("Event", fields, self.lengths("calendar"),
                    truncate_body=self.settings.truncate_body)
             patches.append({"attributes": {"type": "Event"}, "Id": record["Id"], **fields})

@@ -391,6 +391,10 @@ def unmappable(event: Event) -> None:
         n = len(event.rdates)
         raise ItemError(f"{n} extra date{'s' if n > 1 else ''} (RDATE) cannot be held by "
                         "Salesforce, whose series repeat by their rule only: not synced")
+    if not event.rrule and len(event.overrides) > 1:
+        raise ItemError(f"{len(event.overrides)} occurrences of a series without its rule "
+                        "(only changed occurrences were shared): Salesforce would keep the "
+                        "first one alone: not synced")
     if event.rrule:
         names = [part.partition("=")[0].strip().upper() for part in event.rrule.split(";")]
         other = sorted({n for n in names if n and n not in RRULE_PARTS})
