@@ -786,3 +786,20 @@ def test_a_day_start_with_a_duration_in_hours_is_a_format_error() -> None:
     two_days = calendar("DTSTART;VALUE=DATE:20261212", "DURATION:P2D")
     assert (parse_event(two_days).start, parse_event(two_days).end) == (
         "2026-12-12", "2026-12-14")
+
+
+def test_two_repeat_rules_are_a_format_error() -> None:
+    raw = calendar("DTSTART:20261210T100000Z", "RRULE:FREQ=WEEKLY;COUNT=20;BYDAY=TH",
+                   "RRULE:FREQ=MONTHLY;COUNT=2;BYDAY=2MO")
+    with pytest.raises(FormatError, match=r"2 repeat rules \(RRULE\): crmsync holds one"):
+        parse_event(raw)
+
+
+def test_two_masters_with_one_uid_are_a_format_error() -> None:
+    """Two VEVENTs of one UID without RECURRENCE-ID (an edited copy left beside the
+    original): which is the event cannot be told."""
+    one = "BEGIN:VEVENT\r\nUID:e-1\r\nDTSTART:20261207T090000Z\r\nSUMMARY:{}\r\nEND:VEVENT\r\n"
+    raw = ("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\n" + one.format("test")
+           + one.format("test - edited") + "END:VCALENDAR\r\n")
+    with pytest.raises(FormatError, match="2 VEVENTs with UID 'e-1' and no RECURRENCE-ID"):
+        parse_event(raw)

@@ -349,3 +349,14 @@ def test_changed_occurrences_shared_without_their_series_are_an_item_error() -> 
     event.overrides = {"2026-12-07T14:00:00Z": two["2026-12-07T14:00:00Z"]}
     assert json.loads(sf.render_event(event))["Event"]["StartDateTime"].startswith(
         "2026-12-07T16:00:00")
+
+
+def test_two_occurrences_moved_to_the_same_time_are_both_kept() -> None:
+    """The 16th moved onto the 9th's time: two records start at once, and each keeps a
+    slot (keyed by start, one of them vanished and its slot read as an EXDATE)."""
+    doc = json.loads(series_doc(cancelled=None, moved=("16", "2026-11-09T09:00:00.000+0000")))
+    doc["Occurrences"][2]["EndDateTime"] = "2026-11-09T09:30:00.000+0000"
+    event = sf.parse_event(json.dumps(doc))
+    assert event.exdates == []
+    assert {k: o.start for k, o in event.overrides.items()} == {
+        "2026-11-16T09:00:00Z": "2026-11-09T09:00:00Z"}

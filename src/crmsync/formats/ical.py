@@ -483,6 +483,11 @@ def _rrule(text: str) -> str:
 
 
 def _read_rrule(comp: Component, prop: str, item: _Item) -> str | None:
+    lines = [line for line in comp.props(prop) if _parts(line)[1].strip()]
+    if len({_parts(line)[1].strip().upper() for line in lines}) > 1:
+        # RFC 2445 allowed several (their union); RFC 5545 deprecates it
+        raise FormatError(f"{len(lines)} repeat rules (RRULE): crmsync holds one rule per "
+                          "series")
     line = comp.first(prop)
     # An empty RRULE (some exporters write "RRULE:" for no repetition) is no rule at all
     return _rrule(_parts(line)[1]) if line and _parts(line)[1].strip() else None
@@ -555,7 +560,13 @@ class _Item:
         comps = self.cal.subs(kind)
         if not comps:
             raise FormatError(f"no {kind} in the calendar")
-        self.master = next((c for c in comps if c.first("RECURRENCE-ID") is None), None)
+        masters = [c for c in comps if c.first("RECURRENCE-ID") is None]
+        self.master = masters[0] if masters else None
+        uid = _text(self.master, "UID") if self.master else ""
+        twins = [c for c in masters if _text(c, "UID") == uid]
+        if len(twins) > 1:
+            raise FormatError(f"{len(twins)} {kind}s with UID {uid!r} and no RECURRENCE-ID: "
+                              "which one is the item cannot be told")
         # Without a master (an invitation to single instances) the first instance stands in
         self.head = self.master or comps[0]
         self.uid = _text(self.head, "UID")

@@ -293,8 +293,9 @@ def _match(event: Event, others: list[Mapping[str, Any]]
     records = [r for r in others if not r.get("IsRecurrence2Exclusion")]
     if not records:
         return {}, []
-    starts = {_when(r)[0]: r for r in records}
-    last = max(s for s in [event.start, *starts] if s)
+    # (sorted, not keyed by start: two occurrences may be moved to the same time)
+    starts = sorted(((_when(r)[0] or "", r) for r in records), key=lambda sr: sr[0])
+    last = max(s for s in [event.start, *(s for s, _ in starts)] if s)
     if _bounded(event.rrule or ""):
         # A series with an end: every slot up to Salesforce's horizon has (or had) a record.
         assert event.start is not None
@@ -303,7 +304,7 @@ def _match(event: Event, others: list[Mapping[str, Any]]
         expected = slots(event, last)
     index: dict[str, Mapping[str, Any]] = {}
     moved: list[Mapping[str, Any]] = []
-    for start, record in sorted(starts.items(), key=lambda kv: kv[0] or ""):
+    for start, record in starts:
         if start in expected and start not in index:
             index[start] = record
         else:
