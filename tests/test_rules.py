@@ -403,3 +403,13 @@ def test_an_until_in_utc_is_an_instant_for_a_zoned_series():
     series = Event(uid="u", start="2026-11-30T09:30:00Z", end="2026-11-30T10:00:00Z",
                    tz="Europe/Paris", rrule="FREQ=WEEKLY;UNTIL=20261221T093000Z")
     assert rules.in_range(policy, series, datetime(2026, 12, 21, 9, 0, tzinfo=UTC))
+
+
+def test_a_repeating_task_counts_by_its_due_dates():
+    """A weekly task first due years ago is due again this week: in range."""
+    policy = Policy(timezone="Europe/Berlin")
+    now = datetime(2026, 11, 22, tzinfo=UTC)
+    weekly = Task(uid="t", summary="Report", due="2019-03-04", rrule="FREQ=WEEKLY")
+    assert rules.in_range(policy, weekly, now)
+    ended = Task(uid="t", summary="Report", due="2019-03-04", rrule="FREQ=WEEKLY;COUNT=3")
+    assert not rules.in_range(policy, ended, now)

@@ -36,6 +36,9 @@ def in_range(policy: Policy, record: Record, now: datetime) -> bool:
     if isinstance(record, Task):
         if record.due is None:
             return True
+        if record.rrule:  # a repeating task counts by its due dates, as a series
+            series = Event(start=record.due, end=record.due, rrule=record.rrule)
+            return _event_in_range(series, start, end, zone)
         due = instant(record.due, zone)
         until = due + timedelta(days=1) if is_all_day(record.due) else due
         return _overlaps(due, until, start, end)
