@@ -803,3 +803,32 @@ def test_two_masters_with_one_uid_are_a_format_error() -> None:
            + one.format("test - edited") + "END:VCALENDAR\r\n")
     with pytest.raises(FormatError, match="2 VEVENTs with UID 'e-1' and no RECURRENCE-ID"):
         parse_event(raw)
+
+
+def test_a_windows_zone_name_resolves_whatever_calendars_were_read_before() -> None:
+    """icalendar caches every VTIMEZONE it parses process-wide, under its TZID: an item
+    naming a Windows zone without defining it must still get the IANA zone, not fail as
+    "unknown" because some other calendar once defined a zone of that name."""
+    from crmsync.formats import ical
+
+    Calendar.from_ical(crlf("""
+BEGIN:VCALENDAR
+VERSION:2.0
+PRODID:-//other//EN
+BEGIN:VTIMEZONE
+TZID:Tokyo Standard Time
+BEGIN:STANDARD
+DTSTART:16010101T000000
+TZOFFSETFROM:+0900
+TZOFFSETTO:+0900
+END:STANDARD
+END:VTIMEZONE
+BEGIN:VEVENT
+UID:other
+DTSTART;TZID=Tokyo Standard Time:20261201T090000
+END:VEVENT
+END:VCALENDAR
+"""))
+    ical._iana.cache_clear()
+    event = parse_event(calendar("DTSTART;TZID=Tokyo Standard Time:20261208T090000"))
+    assert (event.start, event.tz) == ("2026-12-08T00:00:00Z", "Asia/Tokyo")

@@ -215,18 +215,22 @@ def account(corpus: Corpus, reference: dict[str, list[Any] | None], b: Path,
             "strays in B": strays,
             "lost": {n: detail[n] for n, o in outcome.items() if o == "lost"},
             "duplicated": sorted(n for n, o in outcome.items() if o == "duplicated"),
-            "reasons": dict(reasons.most_common())}
+            "reasons": dict(reasons.most_common()),
+            # our own hostile files, one by one: what became of each
+            "own": {n: (f"{o}: {detail[n]}" if n in detail else o)[:160]
+                    for n, o in sorted(outcome.items()) if n.startswith("own-")}}
 
 
 def merged(results: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"counts": Counter(), "strays in B": [], "lost": {},
-                           "duplicated": [], "reasons": Counter()}
+                           "duplicated": [], "reasons": Counter(), "own": {}}
     for one in results:
         out["counts"].update(one["counts"])
         out["strays in B"] += one["strays in B"]
         out["lost"].update(one["lost"])
         out["duplicated"] += one["duplicated"]
         out["reasons"].update(one["reasons"])
+        out["own"].update(one["own"])
     out["counts"] = dict(out["counts"])
     out["reasons"] = dict(out["reasons"].most_common())
     return out

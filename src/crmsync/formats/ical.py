@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import uuid
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from functools import lru_cache
@@ -30,7 +29,7 @@ from icalendar.parser import (
     unescape_backslash,
 )
 from icalendar.prop import vDate, vDatetime, vDuration, vRecur
-from icalendar.timezone import tzp
+from icalendar.timezone.windows_to_olson import WINDOWS_TO_OLSON
 
 from crmsync.errors import FormatError
 from crmsync.formats.contentlines import (
@@ -131,15 +130,24 @@ def _stamp() -> str:
 @lru_cache(maxsize=1024)
 def _iana(tzid: str) -> str | None:
     """The IANA zone a TZID names, also through the aliases icalendar knows (Windows names,
-    vendor-prefixed ids); None for a zone only a VTIMEZONE can define."""
-    try:
-        return ZoneInfo(tzid).key
-    except Exception:  # not found, not a valid key, a directory: each has its own type
-        pass
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # guessing a vendor prefix warns; the guess is checked
-        tz = tzp.timezone(tzid)
-    return tz.key if isinstance(tz, ZoneInfo) else None
+    vendor-prefixed ids); None for a zone only a VTIMEZONE can define.
+
+    Not icalendar's ``tzp.timezone``: it answers from a process-wide cache that every
+    VTIMEZONE icalendar ever parsed fills, so a Windows name resolved or not depending
+    on which calendars were read before."""
+    cleaned = tzid.strip("/")
+    candidates = [tzid, cleaned, WINDOWS_TO_OLSON.get(cleaned)]
+    if tzid.startswith("/"):  # RFC 5545 3.2.19 "globally unique": /vendor/.../Olson/Name
+        parts = cleaned.split("/")
+        candidates += ["/".join(parts[start:]) for start in range(1, len(parts))]
+    for name in candidates:
+        if not name:
+            continue
+        try:
+            return ZoneInfo(name).key
+        except Exception:  # not found, not a valid key, a directory: each has its own type
+            continue
+    return None
 
 
 @lru_cache(maxsize=64)
