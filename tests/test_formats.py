@@ -832,3 +832,16 @@ END:VCALENDAR
     ical._iana.cache_clear()
     event = parse_event(calendar("DTSTART;TZID=Tokyo Standard Time:20261208T090000"))
     assert (event.start, event.tz) == ("2026-12-08T00:00:00Z", "Asia/Tokyo")
+
+
+def test_a_bare_cr_inside_a_text_value_is_a_line_break_both_ways() -> None:
+    """Found by the mutated corpus: a lone CR in FN (or SUMMARY) came back as LF from a
+    fresh render, so the item read differently after its own round trip."""
+    card = crlf("BEGIN:VCARD\nVERSION:3.0\nUID:c-1\nN:Person;Jo;;;\nEND:VCARD\n").replace(
+        "N:Person;Jo;;;", "FN:Jo\rPerson\r\nN:Person;Jo;;;")
+    contact = parse_contact(card)
+    assert contact.full_name == "Jo\nPerson"
+    assert parse_contact(render_contact(contact, None)).full_name == "Jo\nPerson"
+    event = parse_event(calendar("SUMMARY:one\rtwo", "DTSTART:20261208T090000Z"))
+    assert event.summary == "one\ntwo"
+    assert parse_event(render_event(event, None)).summary == "one\ntwo"

@@ -87,7 +87,9 @@ def _param(params: Mapping[str, Any], name: str) -> str | None:
 
 def _text(comp: Component, name: str) -> str:
     line = comp.first(name)
-    return unescape_backslash(_parts(line)[1]) if line else ""
+    # a bare CR inside a line is a line break, as _escape writes it back
+    text = unescape_backslash(_parts(line)[1]) if line else ""
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
 def _escape(text: str) -> str:
