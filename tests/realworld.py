@@ -91,6 +91,8 @@ class Corpus:
     # file name -> (source, source file) it came from
     origin: dict[str, tuple[str, str]] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)
+    # name -> package, version and licence of each source used
+    sources: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def shards(self, n: int) -> list[Corpus]:
         """The items in ``n`` parts, each item in one (by a hash of its name: stable)."""
@@ -107,7 +109,8 @@ class Corpus:
         for name, (source, _) in self.origin.items():
             kind = "tasks" if name in self.items["tasks"] else "calendar"
             per_source.setdefault(source, Counter())[kind] += 1
-        return {"items": {k: len(v) for k, v in self.items.items()},
+        return {"sources": self.sources,
+                "items": {k: len(v) for k, v in self.items.items()},
                 "per_source": {s: dict(c) for s, c in sorted(per_source.items())},
                 "notes": dict(sorted(self.counts.items()))}
 
@@ -122,6 +125,9 @@ def build(now: datetime, wanted: list[Source]) -> Corpus:
     corpus = Corpus()
     seen_uids: set[str] = set()
     for source in wanted:
+        corpus.sources[source.name] = {"package": source.package or "crmsync",
+                                       "version": source.version(),
+                                       "licence": source.licence()}
         for path in source.files():
             data = path.read_bytes()
             stem = _SAFE.sub("_", path.name.removesuffix(".ics"))

@@ -55,8 +55,9 @@ from sfsandbox import control
 ZONE = "Europe/Berlin"
 KINDS = ("calendar", "tasks")
 SETTINGS = {kind: {"timezone": ZONE} for kind in KINDS}
-# Every run's "now": today at midnight, so that the corpus is shifted next to it.
-NOW = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+# Every run's "now" (Syncer's clock), and the corpus is shifted next to it: a fixed day,
+# so that the items land in the same season (DST) whenever the test runs.
+NOW = datetime(2026, 11, 22, tzinfo=UTC)
 LO, HI = NOW - timedelta(days=30), NOW + timedelta(days=365)
 SUMMARY = Path(__file__).parents[1] / "bench" / "realworld.json"
 RESULTS: dict[str, Any] = {}
