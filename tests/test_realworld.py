@@ -311,7 +311,7 @@ SALESFORCE_KNOWN = {
     "rie-same_event_recurring_at_same_time-0.ics":
         "occurrences moved onto each other: Salesforce keeps no RECURRENCE-ID, and the "
         "nearest free slot guessed on read-back swaps two of them",
-    "own-huge-description-0.ics":
+    "own-huge-description.ics":
         "the description is cut to Salesforce's 32,000 characters (SPEC 5, the default), "
         "but the run report does not say so: sync.py drops the note of a write that "
         "succeeded",
