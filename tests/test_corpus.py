@@ -93,6 +93,18 @@ EXPECTED: dict[str, Callable[[list[Row]], None] | str] = {
                                    "2026-12-19T10:00:00", IsReminderSet=True),
     "allday-multi.ics": event("Corpus three days off", "2026-12-20T00:00:00",
                               "2026-12-22T00:00:00", IsAllDayEvent=True),
+    # Real-world rules and times Salesforce cannot hold (issue 16): a reason per item.
+    "rrule-untl-typo.ics": "the repeat rule's part UNTL cannot be held by Salesforce",
+    "rrule-rscale-skip.ics": "the repeat rule's parts RSCALE, SKIP cannot be held",
+    "rrule-rscale-hebrew.ics": "the repeat rule's parts RSCALE, SKIP cannot be held",
+    "allday-start-timed-end.ics": "the start is a date (all day) but the end a date and time",
+    "timed-start-allday-end.ics": "the start is a date and time but the end a date",
+    "rdate-extra.ics": "2 extra dates (RDATE) cannot be held by Salesforce",
+    "start-off-the-rule.ics": "the first start is not a day the repeat rule gives",
+    "dtstart-twice.ics": "DTSTART is given 2 times",
+    # "RRULE:" with nothing after it: no repetition.
+    "empty-rrule.ics": event("Corpus empty RRULE", "2026-12-24T00:00:00",
+                             "2026-12-24T00:00:00", IsAllDayEvent=True, IsRecurrence2=False),
     "vcard21-qp.vcf": contact("Jürgen", "Müller", "juergen.mueller@corpus.example",
                               Phone="+49 30 1234567",
                               Description="Line one\nLine two and more"),

@@ -751,3 +751,97 @@ def test_contact_round_trip(contact: Contact, template: str | None) -> None:
     assert parse_contact(out) == contact
     assert "PHOTO" not in (template or "") or "PHOTO" in out
     assert render_contact(contact, out) == out
+
+
+# --- real-world oddities (issue 16) ------------------------------------------------------------
+
+
+def test_an_empty_rrule_is_no_repetition_and_is_kept() -> None:
+    """Some exporters (German holiday feeds) write "RRULE:" for a single event: read as
+    no rule, not as a broken item, and the line stays when the event is edited."""
+    raw = calendar("SUMMARY:Neujahr", "DTSTART;VALUE=DATE:20270101", "RRULE:")
+    event = parse_event(raw)
+    assert (event.rrule, event.start, event.summary) == (None, "2027-01-01", "Neujahr")
+    event.summary = "Neujahrstag"
+    assert diff(raw, render_event(event, raw)) == (["SUMMARY:Neujahr"], ["SUMMARY:Neujahrstag"])
+
+
+def test_a_start_given_twice_with_two_values_is_a_format_error() -> None:
+    """Which of two DTSTARTs is meant cannot be told: the item fails with the reason
+    rather than syncing one of them."""
+    raw = calendar("SUMMARY:Twice", "DTSTART:20261209T080000Z", "DTSTART:20261209T100000Z")
+    with pytest.raises(FormatError, match=r"DTSTART is given 2 times \('20261209T080000Z', "
+                                          r"'20261209T100000Z'\)"):
+        parse_event(raw)
+    # the same value twice means that value
+    assert parse_event(calendar("DTSTART:20261209T080000Z", "DTSTART:20261209T080000Z",
+                                "DTEND:20261209T090000Z")).start == "2026-12-09T08:00:00Z"
+
+
+def test_a_day_start_with_a_duration_in_hours_is_a_format_error() -> None:
+    raw = calendar("SUMMARY:Ten hours", "DTSTART;VALUE=DATE:20261212", "DURATION:PT10H")
+    with pytest.raises(FormatError, match="DURATION PT10H is not whole days, but the start "
+                                          r"is a date \(all day\)"):
+        parse_event(raw)
+    two_days = calendar("DTSTART;VALUE=DATE:20261212", "DURATION:P2D")
+    assert (parse_event(two_days).start, parse_event(two_days).end) == (
+        "2026-12-12", "2026-12-14")
+
+
+def test_two_repeat_rules_are_a_format_error() -> None:
+    raw = calendar("DTSTART:20261210T100000Z", "RRULE:FREQ=WEEKLY;COUNT=20;BYDAY=TH",
+                   "RRULE:FREQ=MONTHLY;COUNT=2;BYDAY=2MO")
+    with pytest.raises(FormatError, match=r"2 repeat rules \(RRULE\): crmsync holds one"):
+        parse_event(raw)
+
+
+def test_two_masters_with_one_uid_are_a_format_error() -> None:
+    """Two VEVENTs of one UID without RECURRENCE-ID (an edited copy left beside the
+    original): which is the event cannot be told."""
+    one = "BEGIN:VEVENT\r\nUID:e-1\r\nDTSTART:20261207T090000Z\r\nSUMMARY:{}\r\nEND:VEVENT\r\n"
+    raw = ("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\n" + one.format("test")
+           + one.format("test - edited") + "END:VCALENDAR\r\n")
+    with pytest.raises(FormatError, match="2 VEVENTs with UID 'e-1' and no RECURRENCE-ID"):
+        parse_event(raw)
+
+
+def test_a_windows_zone_name_resolves_whatever_calendars_were_read_before() -> None:
+    """icalendar caches every VTIMEZONE it parses process-wide, under its TZID: an item
+    naming a Windows zone without defining it must still get the IANA zone, not fail as
+    "unknown" because some other calendar once defined a zone of that name."""
+    from crmsync.formats import ical
+
+    Calendar.from_ical(crlf("""
+BEGIN:VCALENDAR
+VERSION:2.0
+PRODID:-//other//EN
+BEGIN:VTIMEZONE
+TZID:Tokyo Standard Time
+BEGIN:STANDARD
+DTSTART:16010101T000000
+TZOFFSETFROM:+0900
+TZOFFSETTO:+0900
+END:STANDARD
+END:VTIMEZONE
+BEGIN:VEVENT
+UID:other
+DTSTART;TZID=Tokyo Standard Time:20261201T090000
+END:VEVENT
+END:VCALENDAR
+"""))
+    ical._iana.cache_clear()
+    event = parse_event(calendar("DTSTART;TZID=Tokyo Standard Time:20261208T090000"))
+    assert (event.start, event.tz) == ("2026-12-08T00:00:00Z", "Asia/Tokyo")
+
+
+def test_a_bare_cr_inside_a_text_value_is_a_line_break_both_ways() -> None:
+    """Found by the mutated corpus: a lone CR in FN (or SUMMARY) came back as LF from a
+    fresh render, so the item read differently after its own round trip."""
+    card = crlf("BEGIN:VCARD\nVERSION:3.0\nUID:c-1\nN:Person;Jo;;;\nEND:VCARD\n").replace(
+        "N:Person;Jo;;;", "FN:Jo\rPerson\r\nN:Person;Jo;;;")
+    contact = parse_contact(card)
+    assert contact.full_name == "Jo\nPerson"
+    assert parse_contact(render_contact(contact, None)).full_name == "Jo\nPerson"
+    event = parse_event(calendar("SUMMARY:one\rtwo", "DTSTART:20261208T090000Z"))
+    assert event.summary == "one\ntwo"
+    assert parse_event(render_event(event, None)).summary == "one\ntwo"

@@ -365,3 +365,51 @@ def test_range_days_are_the_users_days(scn: Scenario, zone_name: str, considered
                   end=(day + timedelta(days=1)).isoformat()))
     plans, _ = scn.sync(now=now)
     assert (subjects(scn) == {"Fair"}) is considered
+
+
+# --- rules the range check cannot expand (issue 16) -------------------------------------------
+
+
+@pytest.mark.parametrize("rule", [
+    "FREQ=WEEKLY;UNTL=20270101T000000Z",  # misspelt UNTIL
+    "RSCALE=CHINESE;FREQ=YEARLY",  # RFC 7529
+    "RSCALE=GREGORIAN;FREQ=MONTHLY;BYMONTHDAY=31;SKIP=FORWARD",
+])
+def test_a_rule_dateutil_cannot_expand_counts_from_its_first_start(rule: str):
+    """Such a series may repeat into the range: it is considered from its first start on,
+    and the range check never raises."""
+    policy = Policy(timezone="Europe/Berlin")
+    now = datetime(2026, 11, 22, tzinfo=UTC)
+    started = {"start": "2025-01-06T09:00:00Z", "end": "2025-01-06T10:00:00Z"}
+    assert rules.in_range(policy, Event(uid="u", rrule=rule, **started), now)
+    later = {"start": "2028-01-06T09:00:00Z", "end": "2028-01-06T10:00:00Z"}
+    assert not rules.in_range(policy, Event(uid="u", rrule=rule, **later), now)
+
+
+def test_an_unexpandable_rule_that_ended_before_the_range_is_out_of_it():
+    policy = Policy(timezone="Europe/Berlin")
+    now = datetime(2026, 11, 22, tzinfo=UTC)
+    ended = Event(uid="u", start="2025-01-06T09:00:00Z", end="2025-01-06T10:00:00Z",
+                  rrule="RSCALE=GREGORIAN;FREQ=WEEKLY;UNTIL=20250301T000000Z;SKIP=BACKWARD")
+    assert not rules.in_range(policy, ended, now)
+    day = Event(uid="u", start="2025-01-06", end="2025-01-07",
+                rrule="RSCALE=GREGORIAN;FREQ=DAILY;UNTIL=20261024;SKIP=OMIT")
+    assert rules.in_range(policy, day, now)  # its last day, Oct 24, is in the 30 days back
+
+
+def test_an_until_in_utc_is_an_instant_for_a_zoned_series():
+    """The last 10:30 in Paris (09:30Z, the UNTIL) is still an occurrence of the series."""
+    policy = Policy(timezone="Europe/Paris", past_days=0, future_days=30)
+    series = Event(uid="u", start="2026-11-30T09:30:00Z", end="2026-11-30T10:00:00Z",
+                   tz="Europe/Paris", rrule="FREQ=WEEKLY;UNTIL=20261221T093000Z")
+    assert rules.in_range(policy, series, datetime(2026, 12, 21, 9, 0, tzinfo=UTC))
+
+
+def test_a_repeating_task_counts_by_its_due_dates():
+    """A weekly task first due years ago is due again this week: in range."""
+    policy = Policy(timezone="Europe/Berlin")
+    now = datetime(2026, 11, 22, tzinfo=UTC)
+    weekly = Task(uid="t", summary="Report", due="2019-03-04", rrule="FREQ=WEEKLY")
+    assert rules.in_range(policy, weekly, now)
+    ended = Task(uid="t", summary="Report", due="2019-03-04", rrule="FREQ=WEEKLY;COUNT=3")
+    assert not rules.in_range(policy, ended, now)

@@ -289,6 +289,26 @@ def test_a_series_with_a_moved_and_a_cancelled_occurrence(sandbox: Sandbox,
     assert sf_side.fetch("calendar", [item.id]) == {}
 
 
+def test_a_moved_occurrence_of_an_all_day_series_moves(sandbox: Sandbox,
+                                                         make: Factory) -> None:
+    """An all-day occurrence moves by its dates (ActivityDate, EndDate): its times alone
+    left it where it was (issue 16)."""
+    sf_side = make()
+    days = [when(7 + 7 * n)[:10] for n in range(3)]
+    summary = unique("Bin day")
+    event = Event(summary=summary, start=days[0], end=when(8)[:10],
+                  rrule="FREQ=WEEKLY;COUNT=3",  # the second one a day early
+                  overrides={days[1]: Occurrence(summary=summary, start=when(13)[:10],
+                                                 end=when(14)[:10])})
+    [result] = sf_side.apply("calendar", [Create(ical(event))])
+    assert result.status == "ok", result.error
+    assert result.item is not None
+    stored = result.item.record()
+    assert isinstance(stored, Event)
+    assert {k: (o.start, o.end) for k, o in stored.overrides.items()} == {
+        days[1]: (when(13)[:10], when(14)[:10])}
+
+
 def test_without_recurrence2_a_series_is_written_as_single_events(sandbox: Sandbox,
                                                                   make: Factory) -> None:
     start = datetime.now(UTC) - timedelta(days=1)

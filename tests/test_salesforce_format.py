@@ -4,6 +4,7 @@ and the field limits. Pure: no server."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -233,3 +234,129 @@ def test_salesforce_datetimes_become_utc_moments() -> None:
     assert sf.sf_datetime("2026-11-22T10:00:00.000+0100") == "2026-11-22T09:00:00Z"
     assert sf.sf_datetime("2026-11-22T10:00:00Z") == "2026-11-22T10:00:00Z"
     assert sf.to_sf_datetime("2026-11-22T09:00:00Z") == "2026-11-22T09:00:00.000+0000"
+
+
+# --- what Salesforce cannot hold is an error for the item (issue 16) --------------------------
+
+
+@pytest.mark.parametrize(("start", "end", "words"), [
+    ("2026-12-30", "2026-12-31T00:00:00Z", "the start is a date (all day) but the end a date "
+                                           "and time"),
+    ("2026-12-30T09:00:00Z", "2026-12-31", "the start is a date and time but the end a date"),
+])
+def test_a_start_and_end_of_different_kinds_is_an_item_error(start: str, end: str,
+                                                              words: str) -> None:
+    with pytest.raises(ItemError, match=re.escape(words)):
+        sf.render_event(Event(summary="Mixed", start=start, end=end))
+
+
+def test_extra_dates_are_an_item_error_not_dropped() -> None:
+    event = Event(summary="Extra", start="2026-12-01T09:00:00Z", end="2026-12-01T10:00:00Z",
+                  rrule="FREQ=WEEKLY;COUNT=3",
+                  rdates=["2026-12-02T09:00:00Z", "2026-12-03T09:00:00Z"])
+    with pytest.raises(ItemError, match=r"2 extra dates \(RDATE\) cannot be held by Salesforce"):
+        sf.render_event(event)
+
+
+@pytest.mark.parametrize(("rule", "parts"), [
+    ("FREQ=WEEKLY;UNTL=20270101T000000Z", "part UNTL"),
+    ("RSCALE=HEBREW;FREQ=YEARLY;BYMONTH=5L;SKIP=FORWARD", "parts RSCALE, SKIP"),
+])
+def test_a_rule_salesforce_cannot_hold_is_an_item_error(rule: str, parts: str) -> None:
+    event = Event(summary="Rule", start="2026-12-01T09:00:00Z", end="2026-12-01T10:00:00Z",
+                  rrule=rule)
+    with pytest.raises(ItemError, match=f"repeat rule's {parts} cannot be held"):
+        sf.render_event(event)
+    # a plain RFC 5545 rule is written as the pattern
+    event.rrule = "FREQ=WEEKLY;UNTIL=20270101T000000Z;BYDAY=TU,TH;WKST=MO"
+    assert json.loads(sf.render_event(event))["Event"]["Recurrence2PatternText"] == \
+        "RRULE:" + event.rrule
+
+
+def test_a_series_whose_start_is_off_its_rule_is_an_item_error() -> None:
+    """RFC 5545 counts the start as the first occurrence even where the rule does not
+    give it; Salesforce's series would lose it."""
+    event = Event(summary="Second Monday", start="2026-12-07T12:00:00Z",
+                  end="2026-12-07T12:30:00Z", tz="Europe/Paris",
+                  rrule="FREQ=MONTHLY;INTERVAL=2;BYDAY=2MO")  # Dec 7 is the first Monday
+    with pytest.raises(ItemError, match="the first start is not a day the repeat rule gives"):
+        sf.render_event(event)
+    # without that start (an EXDATE), the series is the rule's occurrences alone
+    event.exdates = ["2026-12-07T12:00:00Z"]
+    assert json.loads(sf.render_event(event))["Event"]["IsRecurrence2"] is True
+
+
+def test_the_start_of_a_series_is_its_first_slot_even_off_the_rule() -> None:
+    """Read back, a start off the rule without an occurrence record is an EXDATE (as it
+    was written), not dropped."""
+    event = Event(summary="Second Monday", start="2026-12-07T12:00:00Z",
+                  end="2026-12-07T12:30:00Z", tz="Europe/Paris",
+                  rrule="FREQ=MONTHLY;INTERVAL=2;COUNT=2;BYDAY=2MO")
+    assert sf.slots(event) == ["2026-12-07T12:00:00Z", "2026-12-14T12:00:00Z",
+                               "2027-02-08T12:00:00Z"]
+
+
+def test_a_repeating_task_is_an_item_error_not_a_single_task() -> None:
+    """The task's repetition is read (iCalendar keeps it) and Salesforce says it cannot
+    hold it, rather than writing the first due date alone."""
+    raw = ("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\nBEGIN:VTODO\r\nUID:t-1\r\n"
+           "SUMMARY:Water the plants\r\nDUE;VALUE=DATE:20261214\r\n"
+           "RRULE:FREQ=WEEKLY;COUNT=4\r\nEND:VTODO\r\nEND:VCALENDAR\r\n")
+    task = formats.parse(formats.ICALENDAR, "tasks", raw)
+    assert isinstance(task, Task) and task.rrule == "FREQ=WEEKLY;COUNT=4"
+    with pytest.raises(ItemError, match=r"a repeating task \(RRULE\) cannot be held"):
+        sf.render_task(task)
+    task.rrule = None
+    assert json.loads(sf.render_task(task))["Task"]["ActivityDate"] == "2026-12-14"
+
+
+def test_an_override_off_the_rule_is_an_item_error_not_dropped() -> None:
+    """A day series changed at RECURRENCE-ID 20261221T000000Z (a time, not the day):
+    no occurrence of the series is that, and the change would vanish in Salesforce."""
+    event = Event(summary="Base", start="2026-12-07", end="2026-12-08", rrule="FREQ=WEEKLY",
+                  overrides={"2026-12-14": Occurrence(summary="one", start="2026-12-14",
+                                                      end="2026-12-15"),
+                             "2026-12-21T00:00:00Z": Occurrence(summary="two",
+                                                                start="2026-12-21",
+                                                                end="2026-12-22")})
+    with pytest.raises(ItemError, match="the changed occurrence 2026-12-21T00:00:00Z "
+                                        r"\(RECURRENCE-ID\) is not one the repeat rule gives"):
+        sf.render_event(event)
+    del event.overrides["2026-12-21T00:00:00Z"]
+    assert json.loads(sf.render_event(event))["Event"]["IsRecurrence2"] is True
+
+
+def test_an_until_in_utc_ends_the_slots_at_that_instant_not_at_that_wall_time() -> None:
+    """10:30 in Paris is 09:30Z in winter: UNTIL=...T093000Z keeps the last 10:30, which
+    read as a wall time (09:30) fell off, and its occurrence record became a stranger."""
+    event = Event(start="2026-12-07T09:30:00Z", end="2026-12-07T11:00:00Z", tz="Europe/Paris",
+                  rrule="FREQ=WEEKLY;UNTIL=20261221T093000Z")
+    assert sf.slots(event) == ["2026-12-07T09:30:00Z", "2026-12-14T09:30:00Z",
+                               "2026-12-21T09:30:00Z"]
+
+
+def test_changed_occurrences_shared_without_their_series_are_an_item_error() -> None:
+    """An invitation to two instances (no master, no rule): Salesforce would keep the
+    first alone; one instance alone is a plain event."""
+    two = {"2026-12-07T14:00:00Z": Occurrence(summary="x", start="2026-12-07T16:00:00Z",
+                                              end="2026-12-07T16:40:00Z"),
+           "2026-12-14T14:00:00Z": Occurrence(summary="x", start="2026-12-14T14:30:00Z",
+                                              end="2026-12-14T15:15:00Z")}
+    event = Event(summary="x", start="2026-12-07T16:00:00Z", end="2026-12-07T16:40:00Z",
+                  overrides=two)
+    with pytest.raises(ItemError, match="2 occurrences of a series without its rule"):
+        sf.render_event(event)
+    event.overrides = {"2026-12-07T14:00:00Z": two["2026-12-07T14:00:00Z"]}
+    assert json.loads(sf.render_event(event))["Event"]["StartDateTime"].startswith(
+        "2026-12-07T16:00:00")
+
+
+def test_two_occurrences_moved_to_the_same_time_are_both_kept() -> None:
+    """The 16th moved onto the 9th's time: two records start at once, and each keeps a
+    slot (keyed by start, one of them vanished and its slot read as an EXDATE)."""
+    doc = json.loads(series_doc(cancelled=None, moved=("16", "2026-11-09T09:00:00.000+0000")))
+    doc["Occurrences"][2]["EndDateTime"] = "2026-11-09T09:30:00.000+0000"
+    event = sf.parse_event(json.dumps(doc))
+    assert event.exdates == []
+    assert {k: o.start for k, o in event.overrides.items()} == {
+        "2026-11-16T09:00:00Z": "2026-11-09T09:00:00Z"}

@@ -853,3 +853,18 @@ def test_an_all_day_series_takes_a_date_until(sf_client: httpx.Client) -> None:
                              "AND Recurrence2PatternText = null ORDER BY ActivityDate"
                   ).json()["records"]
     assert [r["ActivityDate"] for r in rows] == ["2026-12-01", "2026-12-02", "2026-12-03"]
+
+
+def test_the_occurrences_of_a_multi_day_all_day_series_keep_its_days(
+        sf_client: httpx.Client) -> None:
+    """EndDate is inclusive: a series of three-day events has three-day occurrences."""
+    tag = _unique("Fair")
+    _create(sf_client, "Event", Subject=tag, IsAllDayEvent=True, ActivityDate="2026-12-01",
+            EndDate="2026-12-03", IsRecurrence2=True,
+            Recurrence2PatternText="RRULE:FREQ=WEEKLY;COUNT=2",
+            Recurrence2PatternTimeZone="Europe/Berlin")
+    rows = _query(sf_client, f"SELECT ActivityDate, EndDate FROM Event WHERE Subject = '{tag}'"
+                             " AND Recurrence2PatternText = null ORDER BY ActivityDate"
+                  ).json()["records"]
+    assert [(r["ActivityDate"], r["EndDate"]) for r in rows] == [
+        ("2026-12-01", "2026-12-03"), ("2026-12-08", "2026-12-10")]

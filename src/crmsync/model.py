@@ -24,6 +24,7 @@ lost: formats keep the native item and write only the fields that changed over i
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, tzinfo
 from typing import Any, ClassVar, Literal, Self
@@ -49,6 +50,19 @@ def pin(m: str, zone: tzinfo) -> str:
     if "T" not in m or m.endswith("Z"):
         return m
     return moment(datetime.fromisoformat(m).replace(tzinfo=zone))
+
+
+_UNTIL_UTC = re.compile(r"(?i)(?<![A-Z])UNTIL=(\d{8}T\d{6})Z")
+
+
+def rule_in_zone(rrule: str, zone: tzinfo) -> str:
+    """An RRULE for expanding on wall times in ``zone``: an UNTIL in UTC becomes the wall
+    time it is there (expanded naively, 09:30Z would be taken for 09:30 local)."""
+    def local(match: re.Match[str]) -> str:
+        until = datetime.strptime(match[1], "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+        return "UNTIL=" + until.astimezone(zone).strftime("%Y%m%dT%H%M%S")
+
+    return _UNTIL_UTC.sub(local, rrule)
 
 
 def is_all_day(m: str | None) -> bool:
@@ -287,6 +301,9 @@ class Task(Record):
     completed: str | None = None
     private: bool = False
     categories: list[str] = field(default_factory=list)
+    # A repeating task's RRULE value, as Event.rrule; a side without repeating tasks
+    # reports the task rather than dropping the repetition.
+    rrule: str | None = None
 
     def __post_init__(self) -> None:
         self.categories = sorted(set(self.categories))

@@ -18,10 +18,10 @@ calendar, where every item not marked private syncs.
 
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from crmsync.model import Contact, Event, Record, Task, is_all_day
+from crmsync.model import Contact, Event, Record, Task, is_all_day, rule_in_zone
 from crmsync.policy import Policy
 
 _MAX_OCCURRENCES = 100_000
@@ -36,6 +36,9 @@ def in_range(policy: Policy, record: Record, now: datetime) -> bool:
     if isinstance(record, Task):
         if record.due is None:
             return True
+        if record.rrule:  # a repeating task counts by its due dates, as a series
+            series = Event(start=record.due, end=record.due, rrule=record.rrule)
+            return _event_in_range(series, start, end, zone)
         due = instant(record.due, zone)
         until = due + timedelta(days=1) if is_all_day(record.due) else due
         return _overlaps(due, until, start, end)
@@ -140,13 +143,40 @@ def _event_in_range(event: Event, lo: datetime, hi: datetime, user: tzinfo) -> b
         return _overlaps(first, first + span, lo, hi)
     if first >= hi:
         return False
-    return _occurs(event, first, span, lo, hi, _event_zone(event, user), user)
+    try:
+        return _occurs(event, first, span, lo, hi, _event_zone(event, user), user)
+    except (ValueError, TypeError, OverflowError):
+        # A rule dateutil cannot expand (RSCALE, SKIP, a misspelt or unknown part): it may
+        # repeat into the range, so the series counts from its first start on, until an
+        # UNTIL that can be read. Leaving it out would hide an item that may occur in the
+        # range; the sides that cannot hold such a rule say so per item.
+        until = _until(event.rrule or "", user)
+        return until is None or _overlaps(first, max(until, first) + span, lo, hi)
+
+
+def _until(rrule: str, user: tzinfo) -> datetime | None:
+    """The UNTIL of a rule as an instant (a day: its end), None when absent or unreadable."""
+    for part in rrule.split(";"):
+        name, _, value = part.partition("=")
+        if name.strip().upper() != "UNTIL":
+            continue
+        value = value.strip().upper()
+        try:
+            if len(value) == 8:
+                return instant(date(int(value[:4]), int(value[4:6]), int(value[6:])).isoformat(),
+                               user) + timedelta(days=1)
+            when = datetime.strptime(value.rstrip("Z"), "%Y%m%dT%H%M%S")
+        except ValueError:
+            return None
+        return when.replace(tzinfo=UTC if value.endswith("Z") else user)
+    return None
 
 
 def _occurs(event: Event, first: datetime, span: timedelta, lo: datetime, hi: datetime,
             zone: tzinfo, user: tzinfo) -> bool:
     """Whether an occurrence of the series overlaps [lo, hi). Expanded on local wall
-    times in the series' zone, so that 10:00 stays 10:00 across a DST change."""
+    times in the series' zone, so that 10:00 stays 10:00 across a DST change. Raises
+    ValueError (or TypeError, OverflowError) for a rule dateutil cannot expand."""
     from dateutil.rrule import rruleset, rrulestr
 
     def local(m: str) -> datetime:
@@ -155,7 +185,8 @@ def _occurs(event: Event, first: datetime, span: timedelta, lo: datetime, hi: da
     start = first.astimezone(zone).replace(tzinfo=None)
     rules = rruleset()
     if event.rrule:
-        rules.rrule(rrulestr(event.rrule, dtstart=start, ignoretz=True))  # type: ignore[arg-type]
+        rules.rrule(rrulestr(rule_in_zone(event.rrule, zone), dtstart=start,  # type: ignore[arg-type]
+                             ignoretz=True))
     rules.rdate(start)
     for m in event.rdates:
         rules.rdate(local(m))

@@ -1210,7 +1210,9 @@ class SalesforceConnector(Connector):
                         end=occurrence.end, location=occurrence.location,
                         description=occurrence.description)
             values = sf.event_fields(one, template={})
-            fields = {k: values[k] for k in ("Subject", "StartDateTime", "EndDateTime",
+            # An all-day occurrence moves by its dates: Salesforce derives its times
+            fields = {k: values[k] for k in ("Subject", "IsAllDayEvent", "StartDateTime",
+                                             "EndDateTime", "ActivityDate", "EndDate",
                                              "Location", "Description") if k in values}
             sf.fit("Event", fields, self.lengths("calendar"),
                    truncate_body=self.settings.truncate_body)
@@ -1291,7 +1293,10 @@ class SalesforceConnector(Connector):
                     continue
                 one.summary = occurrence.summary or one.summary
                 one.start, one.end = occurrence.start or one.start, occurrence.end or one.end
-            fields = {**values, **sf.event_fields(one, template={})}
+            try:
+                fields = {**values, **sf.event_fields(one, template={})}
+            except ItemError as exc:  # a moved occurrence Salesforce cannot hold
+                return Result("failed", error=f"occurrence {slot}: {exc}")
             for name in RECURRENCE_FIELDS:
                 fields.pop(name, None)
             records.append((len(records), fields))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import uuid
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from functools import lru_cache
@@ -30,7 +29,7 @@ from icalendar.parser import (
     unescape_backslash,
 )
 from icalendar.prop import vDate, vDatetime, vDuration, vRecur
-from icalendar.timezone import tzp
+from icalendar.timezone.windows_to_olson import WINDOWS_TO_OLSON
 
 from crmsync.errors import FormatError
 from crmsync.formats.contentlines import (
@@ -88,7 +87,9 @@ def _param(params: Mapping[str, Any], name: str) -> str | None:
 
 def _text(comp: Component, name: str) -> str:
     line = comp.first(name)
-    return unescape_backslash(_parts(line)[1]) if line else ""
+    # a bare CR inside a line is a line break, as _escape writes it back
+    text = unescape_backslash(_parts(line)[1]) if line else ""
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
 def _escape(text: str) -> str:
@@ -131,15 +132,24 @@ def _stamp() -> str:
 @lru_cache(maxsize=1024)
 def _iana(tzid: str) -> str | None:
     """The IANA zone a TZID names, also through the aliases icalendar knows (Windows names,
-    vendor-prefixed ids); None for a zone only a VTIMEZONE can define."""
-    try:
-        return ZoneInfo(tzid).key
-    except Exception:  # not found, not a valid key, a directory: each has its own type
-        pass
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # guessing a vendor prefix warns; the guess is checked
-        tz = tzp.timezone(tzid)
-    return tz.key if isinstance(tz, ZoneInfo) else None
+    vendor-prefixed ids); None for a zone only a VTIMEZONE can define.
+
+    Not icalendar's ``tzp.timezone``: it answers from a process-wide cache that every
+    VTIMEZONE icalendar ever parsed fills, so a Windows name resolved or not depending
+    on which calendars were read before."""
+    cleaned = tzid.strip("/")
+    candidates = [tzid, cleaned, WINDOWS_TO_OLSON.get(cleaned)]
+    if tzid.startswith("/"):  # RFC 5545 3.2.19 "globally unique": /vendor/.../Olson/Name
+        parts = cleaned.split("/")
+        candidates += ["/".join(parts[start:]) for start in range(1, len(parts))]
+    for name in candidates:
+        if not name:
+            continue
+        try:
+            return ZoneInfo(name).key
+        except Exception:  # not found, not a valid key, a directory: each has its own type
+            continue
+    return None
 
 
 @lru_cache(maxsize=64)
@@ -286,8 +296,19 @@ def _write_text(comp: Component, prop: str, value: str, item: _Item) -> None:
     comp.replace(prop, [_prop(prop, _escape(value))] if value else [])
 
 
+def _once(comp: Component, prop: str) -> Line | None:
+    """The one line of a property that may occur once; FormatError when it occurs again
+    with another value (which one is meant cannot be known)."""
+    lines = comp.props(prop)
+    if len(lines) > 1 and len({_parts(line)[1].strip() for line in lines}) > 1:
+        values = ", ".join(repr(_parts(line)[1].strip()) for line in lines)
+        raise FormatError(f"{prop} is given {len(lines)} times ({values}): which one is "
+                          "meant cannot be told")
+    return lines[0] if lines else None
+
+
 def _read_when(comp: Component, prop: str, item: _Item) -> str | None:
-    line = comp.first(prop)
+    line = _once(comp, prop)
     return moment(_when(line, item.zones)[0]) if line else None
 
 
@@ -301,12 +322,18 @@ def _write_utc(comp: Component, prop: str, value: str | None, item: _Item) -> No
 
 
 def _read_end(comp: Component, prop: str, item: _Item) -> str | None:
-    line, duration, start = comp.first(prop), comp.first("DURATION"), comp.first("DTSTART")
+    line, duration, start = _once(comp, prop), comp.first("DURATION"), comp.first("DTSTART")
     if line is not None:
         return moment(_when(line, item.zones)[0])
     if duration is None or start is None:
         return None
-    return moment(_add(_when(start, item.zones)[0], vDuration.from_ical(_parts(duration)[1])))
+    first, span = _when(start, item.zones)[0], vDuration.from_ical(_parts(duration)[1])
+    if not isinstance(first, datetime) and span % timedelta(days=1):
+        # RFC 5545 3.8.2.5: a day start takes a duration in days or weeks; hours cannot be
+        # added to a day without guessing where it begins
+        raise FormatError(f"DURATION {_parts(duration)[1].strip()} is not whole days, but "
+                          "the start is a date (all day)")
+    return moment(_add(first, span))
 
 
 def _write_end(comp: Component, prop: str, value: str | None, item: _Item) -> None:
@@ -466,8 +493,14 @@ def _rrule(text: str) -> str:
 
 
 def _read_rrule(comp: Component, prop: str, item: _Item) -> str | None:
+    lines = [line for line in comp.props(prop) if _parts(line)[1].strip()]
+    if len({_parts(line)[1].strip().upper() for line in lines}) > 1:
+        # RFC 2445 allowed several (their union); RFC 5545 deprecates it
+        raise FormatError(f"{len(lines)} repeat rules (RRULE): crmsync holds one rule per "
+                          "series")
     line = comp.first(prop)
-    return _rrule(_parts(line)[1]) if line else None
+    # An empty RRULE (some exporters write "RRULE:" for no repetition) is no rule at all
+    return _rrule(_parts(line)[1]) if line and _parts(line)[1].strip() else None
 
 
 def _write_rrule(comp: Component, prop: str, value: str | None, item: _Item) -> None:
@@ -521,6 +554,7 @@ _TASK_FIELDS = (
     _Field("completed", "COMPLETED", _read_when, _write_utc),
     _Field("private", "CLASS", _read_private, _write_private),
     _Field("categories", "CATEGORIES", _read_list, _write_list),
+    _Field("rrule", "RRULE", _read_rrule, _write_rrule),
 )
 
 
@@ -536,7 +570,13 @@ class _Item:
         comps = self.cal.subs(kind)
         if not comps:
             raise FormatError(f"no {kind} in the calendar")
-        self.master = next((c for c in comps if c.first("RECURRENCE-ID") is None), None)
+        masters = [c for c in comps if c.first("RECURRENCE-ID") is None]
+        self.master = masters[0] if masters else None
+        uid = _text(self.master, "UID") if self.master else ""
+        twins = [c for c in masters if _text(c, "UID") == uid]
+        if len(twins) > 1:
+            raise FormatError(f"{len(twins)} {kind}s with UID {uid!r} and no RECURRENCE-ID: "
+                              "which one is the item cannot be told")
         # Without a master (an invitation to single instances) the first instance stands in
         self.head = self.master or comps[0]
         self.uid = _text(self.head, "UID")

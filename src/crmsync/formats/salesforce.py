@@ -42,7 +42,18 @@ from typing import Any
 
 from crmsync.errors import ItemError
 from crmsync.formats import jsondoc
-from crmsync.model import Address, Attendee, Contact, Event, Occurrence, Person, Phone, Task
+from crmsync.model import (
+    Address,
+    Attendee,
+    Contact,
+    Event,
+    Occurrence,
+    Person,
+    Phone,
+    Task,
+    is_all_day,
+    rule_in_zone,
+)
 
 FORMAT = "application/vnd.crmsync.salesforce+json"
 
@@ -218,13 +229,16 @@ def slots(event: Event, until: str | None = None, limit: int = 1000) -> list[str
     Expansion happens in the series' time zone so that a weekly 10:00 stays at 10:00
     across a DST change, as Salesforce and every calendar expand it.
     """
-    from dateutil.rrule import rrulestr
+    from dateutil.rrule import rruleset, rrulestr
 
     if not event.rrule or not event.start:
         return []
     zone = _zone(event.tz)
     first = _local(event.start, zone)
-    rule = rrulestr(event.rrule, dtstart=first, ignoretz=True)
+    rule = rruleset()
+    rule.rrule(rrulestr(rule_in_zone(event.rrule, zone), dtstart=first,  # type: ignore[arg-type]
+                        ignoretz=True))
+    rule.rdate(first)  # RFC 5545: the start is the first occurrence, on the rule or not
     end = _local(until, zone) if until else None
     out = []
     for when in rule:
@@ -280,8 +294,9 @@ def _match(event: Event, others: list[Mapping[str, Any]]
     records = [r for r in others if not r.get("IsRecurrence2Exclusion")]
     if not records:
         return {}, []
-    starts = {_when(r)[0]: r for r in records}
-    last = max(s for s in [event.start, *starts] if s)
+    # (sorted, not keyed by start: two occurrences may be moved to the same time)
+    starts = sorted(((_when(r)[0] or "", r) for r in records), key=lambda sr: sr[0])
+    last = max(s for s in [event.start, *(s for s, _ in starts)] if s)
     if _bounded(event.rrule or ""):
         # A series with an end: every slot up to Salesforce's horizon has (or had) a record.
         assert event.start is not None
@@ -290,7 +305,7 @@ def _match(event: Event, others: list[Mapping[str, Any]]
         expected = slots(event, last)
     index: dict[str, Mapping[str, Any]] = {}
     moved: list[Mapping[str, Any]] = []
-    for start, record in sorted(starts.items(), key=lambda kv: kv[0] or ""):
+    for start, record in starts:
         if start in expected and start not in index:
             index[start] = record
         else:
@@ -358,10 +373,80 @@ def _span(start: str | None, end: str | None) -> float | None:
     return (_sortable(end) - _sortable(start)).total_seconds()
 
 
+# The parts of an RFC 5545 RRULE; Salesforce's pattern takes these and no others (no
+# RFC 7529 RSCALE/SKIP, no extensions, no misspelt parts).
+RRULE_PARTS = frozenset({"FREQ", "UNTIL", "COUNT", "INTERVAL", "BYSECOND", "BYMINUTE",
+                         "BYHOUR", "BYDAY", "BYMONTHDAY", "BYYEARDAY", "BYWEEKNO",
+                         "BYMONTH", "BYSETPOS", "WKST"})
+
+
+def unmappable(event: Event) -> None:
+    """Raise ItemError when Salesforce cannot hold what ``event`` means: written anyway,
+    it would come back as another event (SPEC section 4: reported per item, never
+    dropped silently)."""
+    if event.start and event.end and is_all_day(event.start) != is_all_day(event.end):
+        kinds = ("a date (all day)", "a date and time")
+        first, second = kinds if is_all_day(event.start) else kinds[::-1]
+        raise ItemError(f"the start is {first} but the end {second}: Salesforce needs both "
+                        "of one kind: not synced (make both dates or both times)")
+    if event.rdates:
+        n = len(event.rdates)
+        raise ItemError(f"{n} extra date{'s' if n > 1 else ''} (RDATE) cannot be held by "
+                        "Salesforce, whose series repeat by their rule only: not synced")
+    if not event.rrule and len(event.overrides) > 1:
+        raise ItemError(f"{len(event.overrides)} occurrences of a series without its rule "
+                        "(only changed occurrences were shared): Salesforce would keep the "
+                        "first one alone: not synced")
+    if event.rrule:
+        names = [part.partition("=")[0].strip().upper() for part in event.rrule.split(";")]
+        other = sorted({n for n in names if n and n not in RRULE_PARTS})
+        if other:
+            raise ItemError(f"the repeat rule's part{'s' if len(other) > 1 else ''} "
+                            f"{', '.join(other)} cannot be held by Salesforce (its pattern "
+                            "is a plain RFC 5545 RRULE): not synced")
+        if event.start and event.start not in event.exdates and _off_pattern(event):
+            raise ItemError("the first start is not a day the repeat rule gives, and "
+                            "Salesforce's series holds only the rule's occurrences: not "
+                            "synced (move the start onto the rule, e.g. its first day)")
+        stray = _stray_overrides(event)
+        if stray:
+            raise ItemError(f"the changed occurrence {stray[0]} (RECURRENCE-ID) is not one "
+                            "the repeat rule gives, so Salesforce cannot tell which "
+                            "occurrence it changes: not synced")
+
+
+def _stray_overrides(event: Event) -> list[str]:
+    """The overrides whose RECURRENCE-ID is no slot of the series (a date-time on a day
+    series, say): Salesforce keeps no RECURRENCE-ID, only the occurrence in its slot."""
+    if not event.overrides or not event.start:
+        return []
+    try:
+        known = set(slots(event, max(event.overrides), limit=1_000_000))
+    except (ValueError, TypeError, OverflowError):
+        return []  # a rule Salesforce refuses says why itself
+    return [key for key in event.overrides if key not in known]
+
+
+def _off_pattern(event: Event) -> bool:
+    """Whether the series' start is not an occurrence of its RRULE (RFC 5545 counts it
+    all the same; Salesforce, like dateutil, does not)."""
+    from dateutil.rrule import rrulestr
+
+    assert event.start is not None and event.rrule is not None
+    zone = _zone(event.tz)
+    first = _local(event.start, zone)
+    try:
+        rule = rrulestr(rule_in_zone(event.rrule, zone), dtstart=first, ignoretz=True)
+        return next(iter(rule), None) != first  # type: ignore[call-overload]
+    except (ValueError, TypeError, OverflowError):
+        return False  # a rule Salesforce refuses says why itself
+
+
 def event_fields(event: Event, *, invitees_in_description: bool = False,
                  attachments: Iterable[str] = (), event_type: str | None = None,
                  template: Mapping[str, Any] | None = None) -> Doc:
     """The Event fields to write for ``event`` (over ``template``, the record as read)."""
+    unmappable(event)
     ev: Doc = dict(template or {})
     ev["Subject"] = event.summary
     if event.all_day and event.start:
@@ -457,6 +542,9 @@ def parse_task(raw: str) -> Task:
 
 
 def task_fields(task: Task, template: Mapping[str, Any] | None = None) -> Doc:
+    if task.rrule:
+        raise ItemError("a repeating task (RRULE) cannot be held by Salesforce, whose Task "
+                        "has one due date: not synced")
     out: Doc = dict(template or {})
     out["Subject"] = task.summary
     out["Description"] = task.description

@@ -63,8 +63,9 @@ def _split(line: Line) -> tuple[Params, str]:
 
 
 def _unescape(value: str) -> str:
-    # a sloppy writer's unescaped comma splits the text: join it back
-    return ",".join(stringToTextValues(value))
+    # a sloppy writer's unescaped comma splits the text: join it back. A bare CR inside
+    # a line is a line break, as it is written back (vCard has no escape for CR)
+    return ",".join(stringToTextValues(value)).replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _types(line: Line) -> set[str]:

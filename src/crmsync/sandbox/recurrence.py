@@ -119,8 +119,8 @@ def _occurrences(state: State, series: dict[str, Any], skip: set[str]) -> None:
             ActivityDate=start.date().isoformat(),
             EndDate=(start + length).date().isoformat(), _original=key, _excluded=None)
         if series.get("IsAllDayEvent"):
-            occ["EndDate"] = (start + length - timedelta(days=1)).date().isoformat() \
-                if length >= timedelta(days=1) else occ["ActivityDate"]
+            # EndDate is inclusive, and so is the series' EndDateTime the length is from
+            occ["EndDate"] = (start + length).date().isoformat()
             occ["EndDateTime"] = occ["EndDate"] + "T00:00:00.000+0000"
         state.org.insert("Event", occ)
 
