@@ -25,7 +25,7 @@ from crmsync.sync import Prepared, Syncer
 from test_cli import crmsync
 from test_salesforce import api, creds
 
-from conftest import Sides, event
+from conftest import Sides, day, event
 from sfsandbox import control
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
@@ -39,6 +39,11 @@ def ics(uid: str | None, *lines: str, start: str = "DTSTART:20261210T090000Z",
     body += ["DTSTAMP:20261101T000000Z", start, end, f"SUMMARY:{summary}", *lines,
              "END:VEVENT", "END:VCALENDAR", ""]
     return "\r\n".join(body)
+
+
+def stamp(moment: str) -> str:
+    """A MOMENT (2026-12-10T09:00:00Z) as an iCalendar date-time (20261210T090000Z)."""
+    return moment.replace("-", "").replace(":", "")
 
 
 def put(folder: Path, name: str, text: str | bytes) -> None:
@@ -216,8 +221,8 @@ def test_duplicate_uids_against_salesforce(sandbox, sqlite_store: Store, tmp_pat
 def test_the_cli_exits_6_not_1_on_a_bad_item(tmp_path: Path, sides: Sides):
     home = tmp_path / "home"
     put(sides.folder("groupware", "calendar"), "weird.ics",
-        ics("weird@x", "RRULE:FREQ=WEEKLY;BYFOO=1", start="DTSTART:20991210T090000Z",
-            end="DTEND:20991210T100000Z"))
+        ics("weird@x", "RRULE:FREQ=WEEKLY;BYFOO=1", start=f"DTSTART:{stamp(day(0))}",
+            end=f"DTEND:{stamp(day(0, '10:00'))}"))
     sides.put("groupware", event("fine@x", "Fine"))
     crm, gw = sides.endpoints()
     crmsync(home, "profile", "add", "work", "--crm", crm, "--groupware", gw,

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from crmsync import formats, rules, selection
 from crmsync.connectors.base import SIDES, Item, Side, other
-from crmsync.errors import FormatError
+from crmsync.errors import FormatError, unexpected
 from crmsync.merge import Flat, diff, flatten
 from crmsync.model import Contact, Event, ObjectKind, Record, Task
 from crmsync.policy import Policy
@@ -459,7 +459,7 @@ def pair_up(kind: ObjectKind, crm_items: list[Item], gw_items: list[Item],
 def _kept_id(item: Item) -> str:
     try:
         return item.record().crm_id
-    except FormatError:
+    except Exception:  # noqa: BLE001 - unreadable: planned (and reported) as a step
         return ""
 
 
@@ -492,7 +492,7 @@ def _pair_sent(crm_items: list[Item], gw_items: list[Item],
 def _safe_key(item: Item) -> tuple | None:
     try:
         return content_key(item.record())
-    except FormatError:
+    except Exception:  # noqa: BLE001 - unreadable: planned (and reported) as a step
         return None
 
 
@@ -519,6 +519,12 @@ class _Planner:
         except FormatError as exc:
             step.actions = [Action("skip", reason=f"cannot read item {exc.item_id}: {exc}",
                                    failed=True)]
+            step.state = "retry"
+        except Exception as exc:  # noqa: BLE001 - a bug on one item fails that item only
+            # (the rules' range check, selection, merging): reported, the run goes on.
+            names = " / ".join(step.ids().values()) or "?"
+            step.actions = [Action("skip", reason=(
+                f"cannot plan item {names}: {unexpected(exc)}"), failed=True)]
             step.state = "retry"
         return step
 

@@ -130,7 +130,7 @@ from crmsync.connectors.sfapi import (
     soql_list,
     soql_quote,
 )
-from crmsync.errors import ConfigError, ConnectionFailed, CrmsyncError, ItemError
+from crmsync.errors import ConfigError, ConnectionFailed, CrmsyncError, ItemError, unexpected
 from crmsync.formats import salesforce as sf
 from crmsync.merge import apply_changes
 from crmsync.model import Attendee, Event, ObjectKind, Occurrence, Record
@@ -759,6 +759,9 @@ class SalesforceConnector(Connector):
                     deletes.append((i, _record_ids(current[write.id])))
             except CrmsyncError as exc:
                 results[i] = Result("failed", error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - a mapping bug fails this item only
+                results[i] = Result("failed", error=f"cannot be mapped to Salesforce "
+                                                    f"fields: {unexpected(exc)}")
         done, notes = self._create(kind, [(i, r, v) for i, r, v, _ in creates], results,
                                    whos)
         done.update(self._update_many(kind, updates, results))
@@ -1001,6 +1004,10 @@ class SalesforceConnector(Connector):
             except ItemError as exc:
                 results[i] = Result("failed", error=str(exc))
                 continue
+            except Exception as exc:  # noqa: BLE001 - a mapping bug fails this item only
+                results[i] = Result("failed", error=f"cannot be mapped to Salesforce "
+                                                    f"fields: {unexpected(exc)}")
+                continue
             planned.append((i, record, doc, values))
         if kind == "contacts":
             self._resolve_accounts([(values, doc[obj]) for _, _, doc, values in planned])
@@ -1118,8 +1125,9 @@ class SalesforceConnector(Connector):
                 continue
             try:
                 gone, changed = self._occurrence_writes(item, s.exdates, s.overrides)
-            except ItemError as exc:
-                results[s.index] = Result("failed", error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - this series' failure only
+                error = str(exc) if isinstance(exc, ItemError) else unexpected(exc)
+                results[s.index] = Result("failed", error=error)
                 done[s.index] = item.id
                 continue
             if s.item is None and not gone and not changed:

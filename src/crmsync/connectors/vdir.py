@@ -40,7 +40,7 @@ from crmsync.connectors.base import (
     Window,
     Write,
 )
-from crmsync.errors import ConfigError, CrmsyncError
+from crmsync.errors import ConfigError, CrmsyncError, unexpected
 from crmsync.formats import contentlines
 from crmsync.model import OBJECT_KINDS, RECORD_TYPES, ObjectKind
 
@@ -154,6 +154,10 @@ class VdirConnector(Connector):
                 mtime = os.fstat(fh.fileno()).st_mtime_ns
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            # A folder named like an item, a file we may not read: that item's failure.
+            return Item(name, f"unreadable-{exc.errno}", "", FORMAT[kind], kind,
+                        error=f"{name} cannot be read: {exc.strerror or exc}")
         return _item(kind, name, data, mtime)
 
     def fetch(self, kind: ObjectKind, ids: Sequence[str]) -> dict[str, Item]:
@@ -187,6 +191,8 @@ class VdirConnector(Connector):
                     result = self._delete(folder, write)
             except (CrmsyncError, OSError) as exc:
                 result = Result("failed", error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - a rendering bug fails this item only
+                result = Result("failed", error=unexpected(exc))
             if result.status == "ok" and isinstance(write, Delete):
                 files.pop(write.id, None)
             results.append(result)
