@@ -22,11 +22,11 @@ from crmsync.connectors.vdir import VdirConnector
 from crmsync.plan import Action, Plan, Step
 from crmsync.store import Store
 from crmsync.sync import Prepared, Syncer
-from test_cli import crmsync
 from test_salesforce import api, creds
 
 from conftest import Sides, day, event
 from sfsandbox import control
+from test_cli import crmsync
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
 

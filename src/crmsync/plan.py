@@ -346,6 +346,7 @@ def make_plan(
     known_emails: frozenset[str] | None = None,
     now: datetime | None = None,
     sent: Mapping[tuple[Side, str], Item] | None = None,
+    holders: Mapping[tuple[Side, str], str] | None = None,
 ) -> Plan:
     """Plan one object's run.
 
@@ -357,18 +358,64 @@ def make_plan(
     ``known_emails`` the emails the CRM knows a person for ("matched" selection).
     ``now`` (aware) places the sync range (see crmsync.rules); without it every item is
     in range. ``sent`` are creates whose outcome a stopped run never learned, by (side,
-    id) of the item they copied: see :func:`pair_up`.
+    id) of the item they copied: see :func:`pair_up`. ``holders`` are the paired items
+    by (side, UID): a new item with the UID of another item on its side is a twin (see
+    :func:`_twin_of`).
     """
     all_views = list(views)
+    twins: dict[int, str] = {}
     if unpaired:
-        all_views.extend(pair_up(kind, unpaired.get("crm", []), unpaired.get("groupware", []),
-                                 sent))
+        new = pair_up(kind, unpaired.get("crm", []), unpaired.get("groupware", []), sent)
+        twins = _twins(new, unpaired, holders or {})
+        all_views.extend(new)
     planner = _Planner(policy, common, ignored or {}, known_emails, now)
-    steps = sorted((s for v in all_views if (s := planner.step(kind, v)) is not None),
-                   key=Step._order)
+    steps = []
+    for view in all_views:
+        step = planner.step(kind, view)
+        if step is None:
+            continue
+        if id(view) in twins and any(a.op in WRITES for a in step.actions):
+            step.actions = [Action("skip", reason=twins[id(view)], failed=True)]
+            step.state = "retry"
+        steps.append(step)
+    steps.sort(key=Step._order)
     plan = Plan(kind, steps, lapsed=sorted(planner.lapsed))
     plan.guard = _mass_delete_guard(plan, policy, totals or {})
     return plan
+
+
+def _twins(views: list[View], unpaired: Mapping[Side, list[Item]],
+           holders: Mapping[tuple[Side, str], str]) -> dict[int, str]:
+    """The one-sided views (items to copy to the other side) whose item shares its UID
+    with another item on its side, by id(view): the reason it is kept out.
+
+    Of items sharing a UID one is synced: the paired one (``holders``), else one that
+    matched an item on the other side, else the first by id. Copying the others would make
+    a second item with that UID where the first one went, or two pairs for one item.
+    """
+    keep: dict[tuple[Side, str], str] = dict(holders)
+    for view in views:  # a twin that found its counterpart is the one kept
+        if view.crm is not None and view.gw is not None:
+            for side in SIDES:
+                item = view.item(side)
+                if item is not None and item.uid:
+                    keep.setdefault((side, item.uid), item.id)
+    for side in SIDES:
+        for item in sorted(unpaired.get(side, []), key=lambda i: i.id):
+            if item.uid:
+                keep.setdefault((side, item.uid), item.id)
+    out: dict[int, str] = {}
+    for view in views:
+        if (view.crm is None) == (view.gw is None):
+            continue
+        side: Side = "crm" if view.crm is not None else "groupware"
+        item = view.item(side)
+        assert item is not None
+        twin = keep.get((side, item.uid)) if item.uid else None
+        if twin is not None and twin != item.id:
+            out[id(view)] = (f"same UID as {twin} in {SIDE_NAME[side]} ({item.uid}): not "
+                             "synced until the UIDs differ; run `crmsync repair`")
+    return out
 
 
 def _mass_delete_guard(plan: Plan, policy: Policy, totals: dict[Side, int]) -> dict:

@@ -313,8 +313,24 @@ class Syncer:
         sent = (self.store.unsettled_creates(pid, kind)
                 if all(unpaired[s] for s in SIDES) else None)
         plan = make_plan(kind, views, policy, self.common_fields(kind), unpaired=unpaired,
-                         totals=totals, sent=sent, **self._rules(kind))
+                         totals=totals, sent=sent, holders=self._holders(kind, unpaired,
+                                                                         deleted),
+                         **self._rules(kind))
         return Prepared(kind, plan, listed, old, pend)
+
+    def _holders(self, kind: ObjectKind, unpaired: dict[Side, list[Item]],
+                 deleted: dict[Side, set[str]]) -> dict[tuple[Side, str], str]:
+        """The paired items, by (side, UID), having the UID of a new item on their side
+        (its twin: see crmsync.plan), but for those deleted now (a file renamed)."""
+        out: dict[tuple[Side, str], str] = {}
+        for side in SIDES:
+            uids = {i.uid for i in unpaired[side] if i.uid}
+            if not uids:
+                continue
+            held = self.store.uid_holders(self.profile.id, kind, side, uids)
+            out.update({(side, uid): item_id for uid, item_id in held.items()
+                        if item_id not in deleted[side]})
+        return out
 
     def _rules(self, kind: ObjectKind) -> dict[str, Any]:
         """What the planner needs beyond the items, the same for a run's plan and for
