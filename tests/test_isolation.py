@@ -245,3 +245,82 @@ def test_vdir_item_that_cannot_be_opened_is_reported(sqlite_store: Store, tmp_pa
     assert outcome == "failed" and "folder.ics" in reason
     assert uids(tmp_path / "crm" / "calendar") == ["fine@x"]
 
+
+
+# --- hostile items too big to keep in tests/corpus ------------------------------------------
+
+
+def hostile() -> dict[str, str]:
+    """Generated hostile items, by file name (all in the sync range of NOW)."""
+    head = ["DTSTART:20261211T090000Z", "DTEND:20261211T100000Z"]
+    return {
+        "huge-description.ics": ics("huge-desc@x", "DESCRIPTION:" + "x" * 5_000_000,
+                                    summary="Five megabytes"),
+        "many-attendees.ics": ics("many@x", *[f"ATTENDEE;CN=P{i}:mailto:p{i}@big.example"
+                                              for i in range(10_000)],
+                                  summary="Ten thousand attendees"),
+        "deep.ics": ics("deep@x", *["BEGIN:VALARM"] * 5000, *["END:VALARM"] * 5000,
+                        summary="Deeply nested"),
+        "deep-outside.ics": "\r\n".join(["BEGIN:VCALENDAR", *["BEGIN:X-NEST"] * 5000,
+                                         *["END:X-NEST"] * 5000, "BEGIN:VEVENT",
+                                         "UID:deep-out@x", *head, "SUMMARY:Nested outside",
+                                         "END:VEVENT", "END:VCALENDAR", ""]),
+        "no-uid.ics": ics(None, summary="Without a UID", start=head[0], end=head[1]),
+        "fine.ics": ics("fine@x", summary="Fine", start=head[0], end=head[1]),
+    }
+
+
+def test_hostile_generated_items_vdir_to_vdir(sqlite_store: Store, tmp_path: Path):
+    """Each is copied as it is (a faithful copy needs no parse); a later update that has
+    to be written over a deeply nested item fails that item only."""
+    gw = tmp_path / "groupware" / "calendar"
+    for name, text in hostile().items():
+        put(gw, name, text)
+    before = {p.name: p.read_bytes() for p in gw.iterdir()}
+    syncer = vdir_syncer(sqlite_store, tmp_path)
+    report = syncer.run(syncer.prepare()).to_dict()
+    assert report["status"] == "ok" and report["error"] is None, report
+    crm = tmp_path / "crm" / "calendar"
+    copies = {p.read_bytes().decode().split("SUMMARY:")[1].split("\r\n")[0]: p
+              for p in crm.iterdir()}
+    assert sorted(copies) == ["Deeply nested", "Fine", "Five megabytes", "Nested outside",
+                              "Ten thousand attendees", "Without a UID"]
+    assert {p.read_bytes() for p in crm.iterdir()} == set(before.values())
+    # The groupware is left as it was; a second run writes nothing.
+    assert {p.name: p.read_bytes() for p in gw.iterdir()} == before
+    quiet = syncer.run(syncer.prepare()).to_dict()
+    assert quiet["status"] == "ok" and not quiet["objects"]["calendar"]["counts"], quiet
+    # Renamed in the CRM: the update of the deeply nested item cannot be rendered over
+    # it; the other renamed item is written.
+    for subject in ("Deeply nested", "Fine"):
+        path = copies[subject]
+        path.write_bytes(path.read_bytes().replace(f"SUMMARY:{subject}".encode(),
+                                                   f"SUMMARY:{subject} (renamed)".encode()))
+    report = syncer.run(syncer.prepare()).to_dict()
+    assert report["status"] == "partial" and report["error"] is None
+    failed = {k: r for k, (o, r) in outcomes(report).items() if o == "failed"}
+    assert list(failed) == ["deep.ics"] and "recursion" in failed["deep.ics"], failed
+    assert "SUMMARY:Fine (renamed)" in (gw / "fine.ics").read_text()
+    assert (gw / "deep.ics").read_bytes() == before["deep.ics"]  # left as it was
+
+
+def test_hostile_generated_items_to_salesforce(sandbox, sqlite_store: Store, tmp_path: Path):
+    gw = tmp_path / "groupware"
+    for name, text in hostile().items():
+        put(gw / "calendar", name, text)
+    syncer = sf_syncer(sandbox, sqlite_store, gw)
+    try:
+        report = syncer.run(syncer.prepare()).to_dict()
+        assert report["status"] == "ok" and report["error"] is None, outcomes(report)
+        rows = api(sandbox, "GET", "query?q=SELECT+Subject,Description+FROM+Event"
+                   ).json()["records"]
+        by_subject = {r["Subject"]: r for r in rows}
+        assert sorted(by_subject) == ["Deeply nested", "Fine", "Five megabytes",
+                                      "Nested outside", "Ten thousand attendees",
+                                      "Without a UID"]
+        assert len(by_subject["Five megabytes"]["Description"]) == 32_000  # cut to fit
+        again = syncer.run(syncer.prepare()).to_dict()
+        assert not any(k.startswith(("create", "update", "delete"))
+                       for o in again["objects"].values() for k in o["counts"]), again
+    finally:
+        syncer.close()
