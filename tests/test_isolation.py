@@ -324,3 +324,4 @@ def test_hostile_generated_items_to_salesforce(sandbox, sqlite_store: Store, tmp
                        for o in again["objects"].values() for k in o["counts"]), again
     finally:
         syncer.close()
+

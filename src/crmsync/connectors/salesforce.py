@@ -94,7 +94,7 @@ import json
 import re
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -573,8 +573,8 @@ class SalesforceConnector(Connector):
         """Items from records as queried; ``whole``: series all of whose records are
         among them already."""
         if kind != "calendar":
-            return {r["Id"]: self._item(kind, r["Id"], {SOBJECT[kind]: _clean(r)}, [r])
-                    for r in records}
+            return {r["Id"]: _guarded(kind, r["Id"], lambda r=r: self._item(
+                kind, r["Id"], {SOBJECT[kind]: _clean(r)}, [r])) for r in records}
         if more_events:
             records = records + self._query_events("Id", sorted(more_events))
         # The expand fallback's occurrences belong to the item of their first one.
@@ -605,16 +605,19 @@ class SalesforceConnector(Connector):
             if series:
                 groups[series].append(record)
             elif record["Id"] not in member_of:
-                items[record["Id"]] = self._event_item(record["Id"], record, [record], people,
-                                                       expanded=folded.get(record["Id"]))
+                items[record["Id"]] = _guarded(kind, record["Id"], lambda r=record: (
+                    self._event_item(r["Id"], r, [r], people, expanded=folded.get(r["Id"]))))
         state = self._state("calendar")
         for series, members in groups.items():
-            members.sort(key=lambda r: sf._when(r)[0] or "")
-            head = _series_head(members)
-            occurrences = [m for m in members if m["Id"] != head.get("Id")
-                           or not m.get("Recurrence2PatternText")]
-            items[series] = self._event_item(series, head, occurrences, people,
-                                             everything=members)
+            def series_item(series: str = series, members: list = members) -> Item:
+                members.sort(key=lambda rec: sf._when(rec)[0] or "")
+                head = _series_head(members)
+                occurrences = [m for m in members if m["Id"] != head.get("Id")
+                               or not m.get("Recurrence2PatternText")]
+                return self._event_item(series, head, occurrences, people,
+                                        everything=members)
+
+            items[series] = _guarded(kind, series, series_item)
             state.series[series] = sorted(r["Id"] for r in members)
         return items
 
@@ -1301,6 +1304,16 @@ class SalesforceConnector(Connector):
 
 
 # --- helpers -----------------------------------------------------------------------------
+
+
+def _guarded(kind: ObjectKind, item_id: str, build: Callable[[], Item]) -> Item:
+    """The item ``build`` makes of Salesforce's records; should that fail on odd records,
+    an item carrying the reason (reported, never written over or deleted)."""
+    try:
+        return build()
+    except Exception as exc:  # noqa: BLE001 - one record's trouble, not the listing's
+        return Item(item_id, f"unreadable:{item_id}", "", FORMAT, kind,
+                    error=f"Salesforce record {item_id} cannot be read: {unexpected(exc)}")
 
 
 def _q(soql: str) -> str:
