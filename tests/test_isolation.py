@@ -325,3 +325,19 @@ def test_hostile_generated_items_to_salesforce(sandbox, sqlite_store: Store, tmp
     finally:
         syncer.close()
 
+
+
+def test_many_twins_stay_out_run_after_run(sqlite_store: Store, tmp_path: Path):
+    """Sixty files each with a twin: the twins are kept out on every run (the paired
+    twin is found in the store however many new items ask)."""
+    gw = tmp_path / "groupware" / "calendar"
+    for n in range(60):
+        put(gw, f"a{n:02}.ics", ics(f"t{n}@x", summary=f"First {n}"))
+        put(gw, f"b{n:02}.ics", ics(f"t{n}@x", summary=f"Second {n}"))
+    syncer = vdir_syncer(sqlite_store, tmp_path)
+    for _ in range(2):
+        report = syncer.run(syncer.prepare()).to_dict()
+        failed = {k: r for k, (o, r) in outcomes(report).items() if o == "failed"}
+        assert sorted(failed) == [f"b{n:02}.ics" for n in range(60)]
+        assert all(f"same UID as a{k[1:3]}.ics" in r for k, r in failed.items()), failed
+        assert uids(tmp_path / "crm" / "calendar") == sorted(f"t{n}@x" for n in range(60))

@@ -226,18 +226,18 @@ class Store:
         raw = c.crm_raw if side == "crm" else func.coalesce(c.gw_raw, c.crm_raw)
         fmt = c.crm_fmt if side == "crm" else func.coalesce(c.gw_fmt, c.crm_fmt)
         item_id = c.crm_id if side == "crm" else c.gw_id
-        wanted = sorted(set(uids))
+        wanted = set(uids)
+        query = select(item_id, raw, fmt).where(c.profile_id == profile_id, c.kind == kind,
+                                                item_id.is_not(None))
+        if len(wanted) <= 50:
+            # A few new items (the usual run): only the bases that may hold their UIDs.
+            query = query.where(or_(*(raw.contains(u, autoescape=True) for u in wanted)))
         out: dict[str, str] = {}
         with self.engine.connect() as conn:
-            for start in range(0, len(wanted), 50):
-                chunk = wanted[start:start + 50]
-                rows = conn.execute(select(item_id, raw, fmt).where(
-                    c.profile_id == profile_id, c.kind == kind, item_id.is_not(None),
-                    or_(*(raw.contains(u, autoescape=True) for u in chunk))))
-                for held, text_, fmt_ in rows:
-                    uid = Item(held, "", text_ or "", fmt_ or "", kind).uid
-                    if uid in chunk:
-                        out.setdefault(uid, held)
+            for held, text_, fmt_ in conn.execute(query):
+                uid = Item(held, "", text_ or "", fmt_ or "", kind).uid
+                if uid in wanted:
+                    out.setdefault(uid, held)
         return out
 
     def side_counts(self, profile_id: int, kind: ObjectKind) -> dict[Side, int]:
