@@ -9,6 +9,7 @@ reaches a code path that fails for it; no function of crmsync is replaced.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from crmsync.connectors.base import Item
+from crmsync.connectors.base import Create, Item
 from crmsync.connectors.salesforce import SalesforceConnector
 from crmsync.connectors.vdir import VdirConnector
 from crmsync.plan import Action, Plan, Step
@@ -341,3 +342,70 @@ def test_many_twins_stay_out_run_after_run(sqlite_store: Store, tmp_path: Path):
         assert sorted(failed) == [f"b{n:02}.ics" for n in range(60)]
         assert all(f"same UID as a{k[1:3]}.ics" in r for k, r in failed.items()), failed
         assert uids(tmp_path / "crm" / "calendar") == sorted(f"t{n}@x" for n in range(60))
+
+
+class BuggyVdir(VdirConnector):
+    """A real vdir whose apply() raises an unexpected error on a batch holding an item
+    whose subject says BOOM (a bug in a connector, past the writes when ``after``)."""
+
+    def __init__(self, root: Path, side: str, after: bool = False,
+                 keeps_uid: bool = True) -> None:
+        super().__init__(root, side)  # type: ignore[arg-type]
+        self.after = after
+        self.capabilities = dataclasses.replace(self.capabilities, keeps_uid=keeps_uid)
+
+    def apply(self, kind, writes):
+        boom = any(isinstance(w, Create) and "BOOM" in w.source.raw for w in writes)
+        if boom and not self.after:
+            raise RuntimeError("connector bug before writing")
+        results = super().apply(kind, writes)
+        if boom:
+            raise RuntimeError("connector bug after writing")
+        return results
+
+
+@pytest.mark.parametrize("after", [False, True])
+def test_a_connector_failing_on_a_batch_fails_only_its_item(sqlite_store: Store,
+                                                            tmp_path: Path, after: bool):
+    """The batch is sent again write by write (a side keeping UIDs finds a create made
+    already), so that only the item the bug concerns fails."""
+    gw = tmp_path / "groupware" / "calendar"
+    for name in ("a", "boom", "c"):
+        put(gw, f"{name}.ics", ics(f"{name}@x", summary=name.upper()))
+    syncer = vdir_syncer(sqlite_store, tmp_path)
+    syncer._given["crm"] = BuggyVdir(tmp_path / "crm", "crm", after=after)
+    report = syncer.run(syncer.prepare()).to_dict()
+    assert report["status"] == "partial" and report["error"] is None
+    failed = {k: r for k, (o, r) in outcomes(report).items() if o == "failed"}
+    assert list(failed) == ["boom.ics"] and "RuntimeError: connector bug" in failed["boom.ics"]
+    expected = ["a@x", "boom@x", "c@x"] if after else ["a@x", "c@x"]
+    assert uids(tmp_path / "crm" / "calendar") == expected
+    # Fixed: the next run settles it, nothing twice.
+    fixed = Syncer(sqlite_store, syncer.profile, clock=lambda: NOW)
+    again = fixed.run(fixed.prepare()).to_dict()
+    assert again["status"] == "ok", again
+    assert uids(tmp_path / "crm" / "calendar") == ["a@x", "boom@x", "c@x"]
+
+
+def test_a_failed_batch_on_a_side_without_uids_is_settled_by_the_next_run(
+        sqlite_store: Store, tmp_path: Path):
+    """On a side that does not keep UIDs a create cannot be sent again safely (it may
+    have been made): the batch's creates fail, their journal entries stay open, and the
+    next run pairs each source with the copy made (here by its UID; on a side without
+    UIDs by the content the journal says was sent), creating nothing twice."""
+    gw = tmp_path / "groupware" / "calendar"
+    for name in ("a", "boom", "c"):
+        put(gw, f"{name}.ics", ics(f"{name}@x", summary=name.upper()))
+    syncer = vdir_syncer(sqlite_store, tmp_path)
+    syncer._given["crm"] = BuggyVdir(tmp_path / "crm", "crm", after=True, keeps_uid=False)
+    report = syncer.run(syncer.prepare()).to_dict()
+    assert report["status"] == "partial" and report["error"] is None
+    assert sorted(k for k, (o, _) in outcomes(report).items() if o == "failed") == [
+        "a.ics", "boom.ics", "c.ics"]
+    assert [e.outcome for e in sqlite_store.journal(report["run"])] == [None, None, None]
+    assert len(uids(tmp_path / "crm" / "calendar")) == 3  # made, though not heard of
+    fixed = Syncer(sqlite_store, syncer.profile, clock=lambda: NOW)
+    again = fixed.run(fixed.prepare()).to_dict()
+    assert again["status"] == "ok", again
+    assert uids(tmp_path / "crm" / "calendar") == ["a@x", "boom@x", "c@x"]
+    assert len(sqlite_store.pairs(syncer.profile.id, "calendar")) == 3
