@@ -409,3 +409,21 @@ def test_a_failed_batch_on_a_side_without_uids_is_settled_by_the_next_run(
     assert again["status"] == "ok", again
     assert uids(tmp_path / "crm" / "calendar") == ["a@x", "boom@x", "c@x"]
     assert len(sqlite_store.pairs(syncer.profile.id, "calendar")) == 3
+
+
+def test_a_file_name_that_is_not_utf8_is_reported_not_fatal(sqlite_store: Store,
+                                                            tmp_path: Path):
+    """No id can name it (the store, the report and JSON hold text): it used to stop the
+    run when its journal entry was stored."""
+    gw = tmp_path / "groupware" / "calendar"
+    put(gw, "fine.ics", ics("fine@x", summary="Fine"))
+    with open(bytes(gw) + b"/bad\xff.ics", "wb") as fh:
+        fh.write(ics("bad@x", summary="Bad name").encode())
+    syncer = vdir_syncer(sqlite_store, tmp_path)
+    for _ in range(2):
+        report = syncer.run(syncer.prepare()).to_dict()
+        assert report["status"] == "partial" and report["error"] is None
+        outcome, reason = outcomes(report)["bad\\xff.ics"]
+        assert outcome == "failed" and "bad\\xff.ics' is not valid UTF-8" in reason, reason
+        assert uids(tmp_path / "crm" / "calendar") == ["fine@x"]
+    json.dumps(report, ensure_ascii=False).encode()  # the report is printable as it is

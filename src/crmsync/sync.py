@@ -660,8 +660,9 @@ class _Executor:
         split = [s.pair.id for s in steps if s.state == "record" and s.pair is not None
                  and s.pair.id is not None and any(a.copy for a in s.actions)]
         self.store.save_pairs(self.syncer.profile.id, self.kind, [], split)
-        self.store.journal_intents(self.run_id, list(journaled.values()))
+        self._journal(journaled, results)
         for side in SIDES:
+            writes[side] = [(a, w) for a, w in writes[side] if id(a) in journaled]
             connector = self.syncer.connector(side, self.kind)
             batch_size = connector.capabilities.batch_size
             todo = writes[side]
@@ -691,6 +692,23 @@ class _Executor:
         self._claim(done, results)
         self._save(done, journaled, results, unknown)
         return replan
+
+    def _journal(self, journaled: dict[int, JournalEntry], results: dict[int, Result]) -> None:
+        """Store the chunk's intents before any write; an intent the store refuses is not
+        sent (a write is never made unjournaled): that item fails, the others go on."""
+        try:
+            self.store.journal_intents(self.run_id, list(journaled.values()))
+            return
+        except Exception as exc:  # noqa: BLE001 - tried again one by one
+            unexpected(exc)
+        for key, entry in list(journaled.items()):
+            try:
+                self.store.journal_intents(self.run_id, [entry])
+            except Exception as exc:  # noqa: BLE001 - this item's failure
+                del journaled[key]
+                results[key] = Result("failed", error=(
+                    f"not written: the state store refused its journal entry "
+                    f"({unexpected(exc)})"))
 
     def _send(self, connector: Connector, part: list[tuple[Action, Write]],
               unknown: set[int]) -> list[Result]:

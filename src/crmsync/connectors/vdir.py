@@ -124,6 +124,15 @@ class VdirConnector(Connector):
             name = entry.name
             if not name.endswith(ext) or name.startswith("."):
                 continue
+            if not _utf8(name):
+                # No id can name it (ids are text everywhere): reported at every listing
+                # under a readable stand-in until it is renamed.
+                shown = name.encode("utf-8", "surrogateescape").decode("utf-8",
+                                                                        "backslashreplace")
+                changes.upserts.append((shown, "unnamed", Item(
+                    shown, "unnamed", "", FORMAT[kind], kind,
+                    error=f"the file name '{shown}' is not valid UTF-8: rename it")))
+                continue
             try:
                 st = entry.stat()
             except FileNotFoundError:
@@ -292,6 +301,14 @@ def _item(kind: ObjectKind, name: str, data: bytes, mtime_ns: int) -> Item:
         return Item(name, version, "", FORMAT[kind], kind, modified=_moment(mtime_ns),
                     error=f"{name} is not valid UTF-8 (byte {exc.start})")
     return Item(name, version, raw, FORMAT[kind], kind, modified=_moment(mtime_ns))
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _encode_cursor(files: dict[str, FileState]) -> str:
