@@ -681,6 +681,8 @@ class _Executor:
                 outcome = self._settle(step, results, last_try)
                 if outcome == "replan":
                     replan.append(step)
+                    # Nothing to keep but what its writes answered (the journal's).
+                    done.append((step, [], [], []))
                     continue
                 if outcome == "record":
                     self._record(step, results, saved, dropped)
@@ -845,6 +847,8 @@ class _Executor:
                                       entries(step))
                 self.report.items.extend(items)
             except Exception as exc:  # noqa: BLE001 - this item's failure
+                if not (saved or dropped or items):
+                    continue  # a step planned again: its journal entries stay open
                 failed += self._failed(step, "its new state could not be stored "
                                              f"({unexpected(exc)}); it is looked at again "
                                              "on the next run", results, items)
