@@ -286,7 +286,10 @@ def test_hostile_generated_items_vdir_to_vdir(sqlite_store: Store, tmp_path: Pat
               for p in crm.iterdir()}
     assert sorted(copies) == ["Deeply nested", "Fine", "Five megabytes", "Nested outside",
                               "Ten thousand attendees", "Without a UID"]
-    assert {p.read_bytes() for p in crm.iterdir()} == set(before.values())
+    given = copies.pop("Without a UID").read_bytes()  # given a UID, else as it was
+    assert b"\r\nUID:crmsync-" in given
+    assert {p.read_bytes() for p in copies.values()} == set(before.values()) - {
+        before["no-uid.ics"]}
     # The groupware is left as it was; a second run writes nothing.
     assert {p.name: p.read_bytes() for p in gw.iterdir()} == before
     quiet = syncer.run(syncer.prepare()).to_dict()
@@ -427,3 +430,33 @@ def test_a_file_name_that_is_not_utf8_is_reported_not_fatal(sqlite_store: Store,
         assert outcome == "failed" and "bad\\xff.ics' is not valid UTF-8" in reason, reason
         assert uids(tmp_path / "crm" / "calendar") == ["fine@x"]
     json.dumps(report, ensure_ascii=False).encode()  # the report is printable as it is
+
+
+def test_an_item_without_a_uid_is_copied_with_a_stable_derived_one(sqlite_store: Store,
+                                                                    tmp_path: Path):
+    """A side keeping UIDs needs one (CalDAV servers refuse an item without): the copy
+    gets a UID derived from where the item comes from, the same on every run and after
+    the state store is lost; what the model does not know is kept."""
+    gw = tmp_path / "groupware" / "calendar"
+    put(gw, "nouid.ics", ics(None, "X-KEEP-ME:yes", summary="No UID"))
+    syncer = vdir_syncer(sqlite_store, tmp_path)
+    assert syncer.run(syncer.prepare()).to_dict()["status"] == "ok"
+    (copy,) = (tmp_path / "crm" / "calendar").iterdir()
+    text = copy.read_text()
+    assert "X-KEEP-ME:yes" in text and "SUMMARY:No UID" in text
+    (uid,) = uids(tmp_path / "crm" / "calendar")
+    assert uid.startswith("crmsync-")
+    assert (gw / "nouid.ics").read_bytes() == ics(None, "X-KEEP-ME:yes", summary="No UID").encode()
+    quiet = syncer.run(syncer.prepare()).to_dict()
+    assert not quiet["objects"]["calendar"]["counts"], quiet
+    # The same UID from a fresh start elsewhere (a new store, an empty CRM folder).
+    other_root = tmp_path / "again"
+    put(other_root / "groupware" / "calendar", "nouid.ics",
+        (gw / "nouid.ics").read_bytes())
+    fresh_store = Store.open(f"sqlite:///{tmp_path / 'again.db'}")
+    try:
+        fresh = vdir_syncer(fresh_store, other_root)
+        fresh.run(fresh.prepare())
+    finally:
+        fresh_store.close()
+    assert uids(other_root / "crm" / "calendar") == [uid]

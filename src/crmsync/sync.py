@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import hashlib
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -628,6 +629,10 @@ class _Executor:
             return None
         return self.syncer.policy(self.kind).zone()
 
+    def _keeps_uid(self, side: Side | None) -> bool:
+        return side is not None and \
+            self.syncer.connector(side, self.kind).capabilities.keeps_uid
+
     def _apply_chunk(self, steps: list[Step], last_try: bool) -> list[Step]:
         """Apply a chunk; returns the steps whose items changed meanwhile, to re-plan.
 
@@ -646,7 +651,8 @@ class _Executor:
                 for action in step.actions:
                     if action.op in WRITES:
                         try:
-                            write = _write(step, action, self._pin_zone(action.side))
+                            write = _write(step, action, self._pin_zone(action.side),
+                                           self._keeps_uid(action.side))
                         except Exception as exc:  # noqa: BLE001 - fails this item only
                             results[id(action)] = Result("failed", error=(
                                 f"cannot be written to {SIDE_NAME[action.side]}: "  # type: ignore[index]
@@ -986,21 +992,27 @@ def _done(entry: JournalEntry, result: Result) -> JournalEntry:
     return entry
 
 
-def _write(step: Step, action: Action, zone: tzinfo | None = None) -> Write:
+def _write(step: Step, action: Action, zone: tzinfo | None = None,
+           keeps_uid: bool = False) -> Write:
     """The write for ``action``; floating times pinned to ``zone`` when one is given.
 
     A groupware item keeps the Id of the CRM item it is paired with (Record.crm_id): given
     on create, and added on the item's next update when it lacks it, so that the pair is
-    found again should the state store be lost."""
+    found again should the state store be lost. An item without a UID is copied to a side
+    keeping UIDs (which needs one: CalDAV servers refuse an item without) with a UID
+    derived from where it comes from (:func:`derived_uid`), the same on every run."""
     target = action.side
     assert target is not None
     if action.op == "create":
         source = step.item(other(target))
         assert source is not None
         crm_id = source.id if target == "groupware" else ""
-        if not action.copy and zone is None:
+        no_uid = keeps_uid and not action.copy and not source.uid and not source.record().uid
+        if not action.copy and zone is None and not no_uid:
             return Create(source=source, crm_id=crm_id)
         record = source.record()
+        if no_uid:
+            record = dataclasses.replace(record, uid=derived_uid(other(target), source.id))
         if action.copy:
             # A copy beside the item the target side already has: an identity of its own.
             record = dataclasses.replace(record, uid="")
@@ -1020,6 +1032,12 @@ def _write(step: Step, action: Action, zone: tzinfo | None = None) -> Write:
         return Update(item.id, item.version, changes, planned=item,
                       crm_id=missing_kept_id(item, step.crm) if target == "groupware" else "")
     return Delete(item.id, item.version)
+
+
+def derived_uid(side: Side, item_id: str) -> str:
+    """A UID for an item that has none: stable, from its side and id."""
+    digest = hashlib.sha1(f"{side}:{item_id}".encode()).hexdigest()[:24]
+    return f"crmsync-{digest}@derived"
 
 
 def missing_kept_id(gw: Item, crm: Item | None) -> str:

@@ -217,7 +217,11 @@ class VdirConnector(Connector):
             uid = source.uid or ""
         else:
             record = write.content()
-            raw = formats.render(FORMAT[kind], kind, record)
+            # Over the source's own text when it has the same format (e.g. a UID given to
+            # an item without one): what the model does not know is kept. A copy with an
+            # identity of its own (no UID yet) is written afresh.
+            same = source.fmt == FORMAT[kind] and source.error is None and record.uid
+            raw = formats.render(FORMAT[kind], kind, record, source.raw if same else None)
             uid = record.uid
         ext = EXTENSION[kind]
         data = raw.encode("utf-8")
