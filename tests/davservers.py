@@ -347,6 +347,12 @@ class _Fault:
     retry_after: int | None = None
     seconds: float = 0.0
     after_forward: bool = False
+    # Only requests whose body contains these bytes (e.g. b"time-range"), when set.
+    body: bytes | None = None
+
+    def matches(self, method: str, body: bytes) -> bool:
+        return ((self.methods is None or method in self.methods)
+                and (self.body is None or self.body in body))
 
     @property
     def name(self) -> str:
@@ -423,10 +429,11 @@ class FaultProxy:
     # -- arming faults
 
     def fail(self, status: int = 503, times: int = 2, retry_after: int | None = None,
-             methods: set[str] | None = None) -> None:
-        """Answer the next ``times`` matching requests with ``status`` and don't forward."""
+             methods: set[str] | None = None, body: bytes | None = None) -> None:
+        """Answer the next ``times`` matching requests with ``status`` and don't forward;
+        ``body`` matches only requests whose body contains it (one kind of REPORT)."""
         self._arm(_Fault("fail", times, _methods(methods), status=status,
-                         retry_after=retry_after))
+                         retry_after=retry_after, body=body))
 
     def drop(self, times: int = 1, methods: set[str] | None = None,
              after_forward: bool = False) -> None:
@@ -451,10 +458,10 @@ class FaultProxy:
             with self._lock:
                 self._faults.append(fault)
 
-    def _take_fault(self, method: str) -> _Fault | None:
+    def _take_fault(self, method: str, body: bytes = b"") -> _Fault | None:
         with self._lock:
             for fault in self._faults:
-                if fault.methods is None or method in fault.methods:
+                if fault.matches(method, body):
                     fault.remaining -= 1
                     if fault.remaining <= 0:
                         self._faults.remove(fault)
@@ -642,7 +649,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         if hold is not None and authorized:
             self._held(hold, body)
             return
-        fault = proxy._take_fault(self.command)
+        fault = proxy._take_fault(self.command, body)
         if fault is not None:
             if fault.action == "drop":
                 if fault.after_forward and authorized:

@@ -15,6 +15,7 @@ each other's injected faults. Records stay between tests of a module; use unique
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -52,6 +53,14 @@ def clock_on(sandbox: Sandbox, minutes: float = 0) -> None:
     listed now moves the clock past it."""
     _AHEAD[0] += minutes / 1440
     control(sandbox, "clock", offset_days=_AHEAD[0])
+
+
+def clock_at(sandbox: Sandbox, second: float) -> None:
+    """Move the sandbox's clock on until it reads ``second`` past a minute (it runs in
+    this process, on this machine's clock plus the offset), for tests about a minute's
+    turn: Salesforce lists deletions by whole minutes."""
+    now = time.time() + _AHEAD[0] * 86400
+    clock_on(sandbox, (second - now % 60) % 60 / 60)
 
 
 @pytest.fixture(scope="module")

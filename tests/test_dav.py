@@ -25,6 +25,7 @@ import pytest
 from crmsync import formats
 from crmsync.connectors.base import Create, Credentials, Delete, Item, Update
 from crmsync.connectors.dav import (
+    MAX_TRIES,
     DavConnector,
     client_scheduling,
     discover,
@@ -659,8 +660,10 @@ END:VCALENDAR
     window = (datetime(2026, 11, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
     conn = dav(url)
     events = conn.list_changes("calendar", None, window=window)
-    # One probe and one calendar-query that hands the content along.
-    assert conn.stats() == {"requests": 2}
+    # One probe and one calendar-query that hands the content along, and one more for the
+    # items without a DTSTART, which no time range matches (none here).
+    assert conn.stats() == {"requests": 3}
+    assert events.notes == []
     assert all(i is not None and i.record().uid for _, _, i in events.upserts)
     # The series began a year earlier and recurs into the range. A ranged listing is not
     # complete: a paired item outside the range must not be taken for deleted.
@@ -720,6 +723,89 @@ def test_items_know_when_they_changed(dav_server: DavServer, dav: Factory) -> No
 
 
 # --- robust HTTP ---------------------------------------------------------------------------
+
+
+NO_DTSTART = crlf("""
+BEGIN:VCALENDAR
+VERSION:2.0
+PRODID:-//crmsync//tests//EN
+BEGIN:VEVENT
+UID:nostart@example.org
+DTSTAMP:20250101T000000Z
+SUMMARY:Sometime
+END:VEVENT
+END:VCALENDAR
+""")
+WINDOW = (datetime(2026, 11, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
+
+
+def test_a_time_range_query_the_server_fails_falls_back_to_sync_collection(
+        dav_server: DavServer, fault_proxy: FaultProxy, dav: Factory) -> None:
+    url = dav_server.make_collection("calendar")
+    [inside] = create(dav(url), "calendar", item(event("in@example.org")))
+    slept: list[float] = []
+    conn = dav(fault_proxy.translate(url), sleep=slept.append)
+    fault_proxy.fail(500, times=MAX_TRIES, methods={"REPORT"}, body=b"time-range")
+    changes = conn.list_changes("calendar", None, window=WINDOW)
+    # Retried as any 5xx (bounded), then listed in full: a warning, not a failure.
+    assert fault_proxy.pending_faults == 0 and len(slept) == MAX_TRIES - 1
+    assert changes.complete and [u[0] for u in changes.upserts] == [inside.id]
+    [note] = changes.notes
+    assert "calendar-query" in note and "HTTP 500" in note and "another way" in note
+    # The next listing goes on from the full listing's token.
+    assert conn.list_changes("calendar", changes.cursor).upserts == []
+
+
+def test_a_sync_collection_the_server_fails_falls_back_to_etags(
+        dav_server: DavServer, fault_proxy: FaultProxy, dav: Factory) -> None:
+    url = dav_server.make_collection("calendar")
+    writer = dav(url)
+    [kept, gone] = create(writer, "calendar", item(event("kept@example.org")),
+                          item(event("gone@example.org")))
+    conn = dav(fault_proxy.translate(url))
+    cursor = conn.list_changes("calendar", None).cursor
+    assert writer.apply("calendar", [Delete(gone.id, gone.version)])[0].status == "ok"
+    # Every sync-collection fails now, incremental and full alike.
+    fault_proxy.fail(503, times=2 * MAX_TRIES, methods={"REPORT"}, body=b"sync-collection")
+    changes = dav(fault_proxy.translate(url)).list_changes("calendar", cursor)
+    # A full listing by PROPFIND and multiget: complete, so the core checks the paired
+    # items it misses (here the deleted one) before taking them for deleted.
+    assert changes.complete and [u[0] for u in changes.upserts] == [kept.id]
+    assert [n for n in changes.notes if "sync-collection" in n] == changes.notes != []
+    # Tried once per run: a failing way is not asked again.
+    assert fault_proxy.pending_faults == MAX_TRIES
+
+
+def test_a_multiget_the_server_fails_reads_the_items_one_by_one(
+        dav_server: DavServer, fault_proxy: FaultProxy, dav: Factory) -> None:
+    url = dav_server.make_collection("calendar")
+    made = create(dav(url), "calendar", *(item(event(f"m{n}@example.org")) for n in range(3)))
+    conn = dav(fault_proxy.translate(url))
+    changes = conn.list_changes("calendar", None)
+    fault_proxy.fail(500, times=MAX_TRIES, methods={"REPORT"}, body=b"multiget")
+    got = conn.fetch("calendar", [m.id for m in made])
+    assert fault_proxy.pending_faults == 0
+    assert {i: it.version for i, it in got.items()} == {m.id: m.version for m in made}
+    # Said in the next listing's report.
+    [note] = conn.list_changes("calendar", changes.cursor).notes
+    assert "multiget" in note and "one by one" in note
+
+
+@pytest.mark.parametrize("dav_server", ["xandikos"], indirect=True)
+def test_an_event_without_dtstart_is_in_a_ranged_listing_and_noted(
+        dav_server: DavServer, dav: Factory) -> None:
+    # Xandikos takes a VEVENT without DTSTART; no time-range query ever matches it.
+    url = dav_server.make_collection("calendar")
+    assert put(dav_server, url + "nostart.ics", NO_DTSTART).is_success
+    [dated] = create(dav(url), "calendar", item(event("dated@example.org")))
+    changes = dav(url).list_changes("calendar", None, window=WINDOW)
+    nostart = path_of(url) + "nostart.ics"
+    assert sorted(u[0] for u in changes.upserts) == sorted([dated.id, nostart])
+    assert all(u[2] is not None for u in changes.upserts)
+    # Not complete (items outside the range are missing), and nothing taken for deleted.
+    assert not changes.complete and changes.deleted == []
+    [note] = changes.notes
+    assert nostart in note and "DTSTART" in note
 
 
 def test_5xx_is_retried_honouring_retry_after(dav_server: DavServer,
@@ -929,7 +1015,8 @@ class FakeDav:
         self.etags: dict[str, str] = {}
         self.log: list[str] = []  # the paths changed, in order
         self.reports: list[str] = []  # the tokens sync-collection was asked with
-        # sync-collection from these tokens answers 503 (the server went away mid-listing).
+        # sync-collection from these tokens loses the connection (the server went away
+        # mid-listing; a server error would be a reason to list another way instead).
         self.broken: set[str] = set()
         for path in paths:
             self.put(path)
@@ -969,7 +1056,7 @@ class FakeDav:
         assert token is not None
         self.reports.append(token[1])
         if token[1] in self.broken:
-            return httpx.Response(503)
+            raise httpx.ReadError("connection lost", request=request)
         if token[1] and int(token[1][1:]) > len(self.log):
             return httpx.Response(403, content=b'<D:error xmlns:D="DAV:">'
                                   b"<D:valid-sync-token/></D:error>")

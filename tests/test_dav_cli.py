@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from crmsync import formats
-from crmsync.model import Contact, Occurrence, Task, moment
+from crmsync.connectors.dav import MAX_TRIES
+from crmsync.model import Contact, Event, Occurrence, Task, moment
 
 from conftest import Sides, day, event
 from test_cli import crmsync
@@ -121,5 +122,65 @@ def test_a_first_sync_downloads_only_the_sync_range(dav_server, home: Path, side
     report = json.loads(crmsync(home, "sync", "r", "--yes", "--json").stdout)
     assert report["objects"]["calendar"]["counts"] == {"create:crm": 1}
     assert list(sides.records("crm", "calendar")) == ["soon@x"]
-    # The probe and one calendar-query carrying the content; nothing read item by item.
-    assert report["requests"]["groupware"] == 2
+    # The probe and one calendar-query carrying the content (and one for the items without
+    # DTSTART, which no time range matches); nothing read item by item.
+    assert report["requests"]["groupware"] == 3
+
+
+def _warnings(report: dict) -> list[str]:
+    return [i["reason"] for o in report["objects"].values() for i in o["items"]
+            if i["outcome"] == "warning"]
+
+
+@pytest.mark.parametrize("dav_server", ["xandikos"], indirect=True)
+def test_an_event_without_dtstart_is_reported_and_never_deleted_from_the_crm(
+        dav_server, fault_proxy, tmp_path: Path, sides: Sides):
+    # Xandikos takes an event without DTSTART, and no time-range query ever matches it.
+    calendar = dav_server.make_collection("calendar")
+    sides.put("crm", Event(uid="nostart@x", summary="Sometime"))
+    sides.put("crm", event("dated@x", "Dated", start=moment(datetime.now(UTC)),
+                           end=moment(datetime.now(UTC) + timedelta(hours=1))))
+    crm, _ = sides.endpoints()
+
+    homes: set[Path] = set()
+
+    def sync(home: Path, url: str) -> dict:
+        if home not in homes:
+            crmsync(home, "profile", "add", "p", "--crm", crm, "--groupware", f"caldav:{url}",
+                    "--objects", "calendar")
+            homes.add(home)
+        out = crmsync(home, "sync", "p", "--yes", "--json")
+        return json.loads(out.stdout)
+
+    first = sync(tmp_path / "one", calendar)
+    assert first["status"] == "ok"
+    assert first["objects"]["calendar"]["counts"] == {"create:groupware": 2}
+    # Reported per item as it is written: the server will not list it in a time range.
+    [written] = _warnings(first)
+    assert "nostart@x" in written and "DTSTART" in written
+
+    # A first run of a new profile lists only the sync range: the item is still found (a
+    # query for undated items), reported, and paired, neither created again nor deleted.
+    second = sync(tmp_path / "two", calendar)
+    assert second["status"] == "ok", second
+    assert second["objects"]["calendar"]["counts"] == {"link": 2}
+    [listed] = _warnings(second)
+    assert "nostart@x" in listed and "DTSTART" in listed
+
+    # The same when the server fails the time-range query (HTTP 500, every try): the run
+    # lists everything instead, says so, and completes.
+    fault_proxy.fail(500, times=MAX_TRIES, methods={"REPORT"}, body=b"time-range",
+                     retry_after=0)
+    third = sync(tmp_path / "three", fault_proxy.translate(calendar))
+    assert third["status"] == "ok", third
+    assert third["objects"]["calendar"]["counts"] == {"link": 2}
+    assert fault_proxy.pending_faults == 0
+    [fallback] = _warnings(third)
+    assert "calendar-query" in fallback and "HTTP 500" in fallback
+
+    # Runs on: the paired event is never taken for deleted, so never deleted in the CRM.
+    for home in ("one", "two", "three"):
+        again = sync(tmp_path / home, calendar if home != "three"
+                     else fault_proxy.translate(calendar))
+        assert again["status"] == "ok" and not again["objects"]["calendar"]["counts"], again
+    assert sorted(sides.records("crm", "calendar")) == ["dated@x", "nostart@x"]

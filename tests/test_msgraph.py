@@ -631,3 +631,31 @@ def test_a_round_is_reopened_when_the_range_moves_on(make: Factory, graph: Graph
     again = later.list_changes("calendar", cursor)
     assert again.complete and [u[0] for u in again.upserts] == [made["id"]]
     assert json.loads(again.cursor or "{}")["window"][1] > json.loads(cursor or "{}")["window"][1]
+
+
+def test_a_subject_exchange_would_cut_is_a_skip_with_its_reason(
+        make: Factory, outlook: GraphUser, sqlite_store, tmp_path) -> None:
+    """Exchange keeps 255 characters of a subject and cuts the rest: a longer one is not
+    synced but planned as a skip with the reason (SPEC 5), never sent."""
+    from crmsync.connectors.vdir import VdirConnector
+    from crmsync.sync import Syncer
+
+    from conftest import Sides, sync
+
+    sides = Sides(tmp_path / "sides")
+    sides.put("crm", Event(uid="long@t", summary="L" * 256, start=when(3), end=when(3, 10)))
+    sides.put("crm", Event(uid="full@t", summary="F" * 255, start=when(4), end=when(4, 10)))
+    profile = sqlite_store.add_profile("g", f"vdir:{sides.crm}", "msgraph:me", ("calendar",),
+                                       {})
+    syncer = Syncer(sqlite_store, profile, crm=VdirConnector(sides.crm, "crm"),
+                    groupware=make())
+    plans, report = sync(syncer)
+    assert plans[0].counts() == {"create:groupware": 1, "skip": 1}
+    [skip] = [a for _, a in plans[0].actions() if a.op == "skip"]
+    assert skip.reason.startswith("not synced to groupware: the subject is 256 characters")
+    assert report.status == "ok"
+    listed = outlook("GET", "/me/calendarView/delta?startDateTime=2000-01-01T00:00:00Z"
+                            "&endDateTime=2100-01-01T00:00:00Z")["value"]
+    assert [e.get("subject") for e in listed] == ["F" * 255]
+    again, report = sync(syncer)
+    assert report.status == "ok" and not again[0].writes

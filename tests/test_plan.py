@@ -391,3 +391,38 @@ def test_decide_winner_respects_the_prevent_switches():
     out = decide(plan, Decisions({key: "groupware"}), policy, COMMON)
     step = next(s for s in out.steps if s.key == key)
     assert [(a.op, a.side) for a in step.actions] == [("skip", "crm")]
+
+
+def _long_subjects(kind, record):
+    """A side that refuses subjects over 10 characters, as Salesforce's refuses does
+    over its field length."""
+    return "Subject too long" if len(getattr(record, "summary", "")) > 10 else None
+
+
+def test_an_update_the_target_would_refuse_is_a_skip_and_leaves_the_pair_alone():
+    view = paired("same", event("u1", "Kickoff for everyone", location="Room 1"), BASE)
+    plan = plan_of(view, refuses={"crm": _long_subjects})
+    [step] = plan.steps
+    assert ops(plan) == [("skip", "crm")]
+    assert step.actions[0].reason == "not synced to CRM: Subject too long"
+    assert step.state == "settle"  # nothing stored: the change flows once it is fixed
+
+
+def test_a_refused_update_beside_a_good_one_keeps_the_good_one():
+    view = paired(event("u1", "Kickoff", location="Room 2"),
+                  event("u1", "Kickoff for everyone", location="Room 1"), BASE)
+    plan = plan_of(view, refuses={"crm": _long_subjects})
+    assert sorted(ops(plan)) == [("skip", "crm"), ("update", "groupware")]
+    assert plan.steps[0].state == "record"
+
+
+def test_a_new_item_the_target_would_refuse_is_not_created():
+    long = item(event("n1", "A very long subject indeed"), "g9")
+    plan = make_plan("calendar", [], Policy(), COMMON, unpaired={"groupware": [long]},
+                     refuses={"crm": _long_subjects})
+    [step] = plan.steps
+    assert ops(plan) == [("skip", "crm")] and step.state == "settle"
+    # The groupware side takes anything: nothing refused the other way.
+    back = make_plan("calendar", [], Policy(), COMMON, unpaired={"crm": [long]},
+                     refuses={"crm": _long_subjects})
+    assert ops(back) == [("create", "groupware")]

@@ -25,10 +25,11 @@ from crmsync.connectors.salesforce import SalesforceConnector, Settings, attachm
 from crmsync.connectors.sfapi import authorize_url, exchange_code
 from crmsync.errors import ApiLimitReached, ConfigError, ConnectionFailed
 from crmsync.formats import salesforce as sf
-from crmsync.model import Attendee, Contact, Event, Occurrence, Phone, Task
+from crmsync.model import Attendee, Contact, Event, Occurrence, Phone, Task, moment
 from crmsync.sandbox.server import Sandbox
+from scenario import Scenario
 
-from sfsandbox import API, control
+from sfsandbox import API, clock_at, clock_on, control
 
 
 class Counting(httpx.BaseTransport):
@@ -71,9 +72,7 @@ def sleeps() -> list[float]:
 def make(sandbox: Sandbox, sleeps: list[float]) -> Iterator[Factory]:
     control(sandbox, "reset")
     # The org's clock never goes back: its SystemModstamps never do.
-    minutes = getattr(pass_a_minute, "minutes", 0)
-    if minutes:
-        control(sandbox, "clock", offset_days=minutes / 1440)
+    clock_on(sandbox)
     made: list[SalesforceConnector] = []
 
     def factory(counting: Counting | None = None, credentials: Credentials | None = None,
@@ -125,9 +124,8 @@ def create_contact(sandbox: Sandbox, email: str, last: str = "Person") -> str:
 
 
 def pass_a_minute(sandbox: Sandbox) -> None:
-    """Move the sandbox's clock on by two minutes (more each time)."""
-    pass_a_minute.minutes = getattr(pass_a_minute, "minutes", 0) + 2  # type: ignore[attr-defined]
-    control(sandbox, "clock", offset_days=pass_a_minute.minutes / 1440)  # type: ignore[attr-defined]
+    """Move the sandbox's clock on by two minutes."""
+    clock_on(sandbox, 2)
 
 
 def api_calls(sandbox: Sandbox) -> int:
@@ -395,8 +393,12 @@ def test_people_lookups_are_cached_for_the_run_and_batched(sandbox: Sandbox,
 # --- listing -------------------------------------------------------------------------------
 
 
-def test_incremental_listing_reports_changes_and_deletions(sandbox: Sandbox,
-                                                           make: Factory) -> None:
+@pytest.mark.parametrize("second", [59.9, 59.5, 0.2])
+def test_incremental_listing_reports_changes_and_deletions(sandbox: Sandbox, make: Factory,
+                                                           second: float) -> None:
+    # Around a minute's turn (seen once under load: created at :59.909, the next listing
+    # at :00), whatever the connector's estimate of the org's clock.
+    clock_at(sandbox, second)
     sf_side = make()
     full = sf_side.list_changes("tasks", None)
     assert full.complete
@@ -408,9 +410,10 @@ def test_incremental_listing_reports_changes_and_deletions(sandbox: Sandbox,
     assert listed[a.id] == a.version and listed[b.id] == b.version
     api(sandbox, "PATCH", f"sobjects/Task/{a.id}", {"Subject": "A changed"})
     api(sandbox, "DELETE", f"sobjects/Task/{b.id}")
-    # Salesforce reports deletions up to the last whole minute: let one pass.
+    # Salesforce reports deletions up to the last whole minute: let one pass. The next
+    # run's connector learns the org's clock as it signs in.
     pass_a_minute(sandbox)
-    second = sf_side.list_changes("tasks", first.cursor)
+    second = make().list_changes("tasks", first.cursor)
     assert not second.complete
     changed = {u[0]: u[2] for u in second.upserts}
     assert changed[a.id] is not None
@@ -791,6 +794,48 @@ def test_a_create_whose_answer_is_lost_is_not_written_twice(sandbox: Sandbox, ma
     assert len(sqlite_store.pairs(profile.id, "calendar")) == 2
 
 
+def test_what_salesforce_would_refuse_is_a_skip_with_its_reason(scn: Scenario) -> None:
+    """SPEC 5: a subject over Salesforce's limit is not synced and reported. Known before
+    writing (the connector's field lengths, from describe; LastName is required): the dry
+    run shows a skip with the reason, apply never sends it, and no run fails over it."""
+    at = datetime.now(UTC).replace(microsecond=0, second=0, minute=0) + timedelta(days=2)
+    span = {"start": moment(at), "end": moment(at + timedelta(hours=1))}
+    scn.put(Event(uid="long@t", summary="S" * 300, **span))  # type: ignore[arg-type]
+    scn.put(Event(uid="fine@t", summary="Fine", **span))  # type: ignore[arg-type]
+    scn.put(Contact(uid="nameless@t", emails=["nobody@example.com"]))
+    scn.put(Contact(uid="named@t", full_name="Ann Named", emails=["ann@example.com"]))
+
+    dry = json.loads(scn.cli("sync", "p", "--dry-run", "--json", check=0).stdout)["objects"]
+    skips = {a["groupware"]["id"].rpartition("/")[2]: a["reason"]
+             for kind in ("calendar", "contacts") for a in dry[kind]["actions"]
+             if a["action"] == "skip"}
+    assert "Subject is 300 characters, Salesforce takes at most 255" in skips["long@t.ics"]
+    assert "last name" in skips["nameless@t.vcf"]
+    assert dry["calendar"]["counts"] == {"create:crm": 1, "skip": 1}
+    assert dry["contacts"]["counts"] == {"create:crm": 1, "skip": 1}
+
+    run = scn.cli("sync", "p", "--yes", "--json", check=0)  # a skip is not a failure
+    report = json.loads(run.stdout)
+    assert report["status"] == "ok"
+    skipped = [i for o in report["objects"].values() for i in o["items"]
+               if i["outcome"] == "skipped"]
+    assert sorted(i["groupware_id"].rpartition("/")[2] for i in skipped) == \
+        ["long@t.ics", "nameless@t.vcf"]
+    assert all(i["reason"].startswith("not synced to CRM: ") for i in skipped)
+    # Never sent: only the others reached Salesforce.
+    assert [r["Subject"] for r in scn.crm_query("SELECT Subject FROM Event")] == ["Fine"]
+    assert [r["LastName"] for r in scn.crm_query("SELECT LastName FROM Contact")] == ["Named"]
+    text = scn.cli("sync", "p", "--yes", check=0)  # the next run: nothing fails
+    assert "failed" not in text.stdout
+
+    # Shortened, it syncs.
+    scn.edit("long@t", summary="Shorter")
+    again = json.loads(scn.cli("sync", "p", "--yes", "--json", check=0).stdout)
+    assert again["objects"]["calendar"]["counts"] == {"create:crm": 1}
+    assert sorted(r["Subject"] for r in scn.crm_query("SELECT Subject FROM Event")) == \
+        ["Fine", "Shorter"]
+
+
 # Last: moving the clock 16 days on purges the org's delete log for the tests after it.
 def test_a_cursor_older_than_15_days_reconciles_in_full(sandbox: Sandbox,
                                                         make: Factory) -> None:
@@ -805,3 +850,4 @@ def test_a_cursor_older_than_15_days_reconciles_in_full(sandbox: Sandbox,
     changes = later.list_changes("tasks", cursor)
     assert changes.complete
     assert task.item.id in {u[0] for u in changes.upserts}
+

@@ -9,8 +9,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
+import os
 import re
+import signal
 import socket
+import ssl
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -763,36 +770,61 @@ def test_moving_an_all_day_event_keeps_its_length(sf_client: httpx.Client) -> No
         ("2026-12-10", "2026-12-12", 3 * 1440)
 
 
-def test_the_command_line_serves_until_ctrl_c(tmp_path: Path) -> None:
-    import os
-    import signal
-    import subprocess
-    import sys
-
+def _sandbox_command(tmp_path: Path) -> subprocess.Popen[str]:
     env = os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-m", "crmsync", "sandbox", "--port", "0",
+    return subprocess.Popen([sys.executable, "-m", "crmsync", "sandbox", "--port", "0",
                              "--data", str(tmp_path / "org.db")], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
+
+
+# Only against a hang: the steps wait for what the sandbox prints, never for a time.
+HANG = 120
+
+
+def test_the_command_line_serves_until_ctrl_c(tmp_path: Path) -> None:
+    proc = _sandbox_command(tmp_path)
+    guard = threading.Timer(HANG, proc.kill)  # a hang ends the output: the test fails
+    guard.start()
     try:
         first = proc.stdout.readline()  # type: ignore[union-attr]
         url = re.search(r"https://127\.0\.0\.1:\d+", first)
         assert url, first + proc.stderr.read()  # type: ignore[union-attr]
+        # Ctrl-C once it says how to stop it, as a user would (the text may be wrapped).
+        shown = [first]
+        while "Ctrl-C to stop." not in " ".join("".join(shown).split()):
+            shown.append(proc.stdout.readline())  # type: ignore[union-attr]
+            assert shown[-1], "".join(shown) + proc.stderr.read()  # type: ignore[union-attr]
         details = (tmp_path / "org.keys" / "connection.json")
         assert oct(details.stat().st_mode & 0o777) == "0o600"
         ca = str(tmp_path / "org.keys" / "ca.pem")
-        import json
-        import ssl
         secrets = json.loads(details.read_text())
         token = httpx.post(url.group() + TOKEN, verify=ssl.create_default_context(cafile=ca),
                            data={"grant_type": "refresh_token", "client_id": secrets["client_id"],
                                  "refresh_token": secrets["refresh_token"]})
         assert token.status_code == 200
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
+        out, err = proc.communicate(timeout=HANG)
+    finally:
+        guard.cancel()
+        proc.kill()
+    assert proc.returncode == 0, err
+    out = "".join(shown) + out
+    assert "Sandbox stopped." in out and secrets["client_secret"] not in out
+
+
+def test_ctrl_c_while_the_sandbox_starts_up_stops_it_cleanly(tmp_path: Path) -> None:
+    # Ctrl-C as soon as it serves, while it still prints its details: a clean stop too
+    # (it used to end in a KeyboardInterrupt traceback, exit 1, when it came that early).
+    proc = _sandbox_command(tmp_path)
+    try:
+        first = proc.stdout.readline()  # type: ignore[union-attr]
+        assert "sandbox running at" in first, first + proc.stderr.read()  # type: ignore[union-attr]
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=HANG)
     finally:
         proc.kill()
     assert proc.returncode == 0, err
-    assert "Sandbox stopped." in out and secrets["client_secret"] not in out + first
+    assert "Traceback" not in err and "Sandbox stopped." in out
 
 
 def test_a_zoned_series_takes_its_until_in_utc(sf_client: httpx.Client) -> None:

@@ -386,16 +386,20 @@ def _sync_apply(syncer, prepared, plans, *, dry_run: bool, yes: bool, json_out: 
     if reviewed:
         _console().print(f"Applying: {show.summary(plans)}")
     elif dry_run or not json_out:
+        notes = {p.kind: [{"side": side, "reason": note} for side, note in p.notes]
+                 for p in prepared if p.notes}
         if json_out:
             _emit_json({"profile": syncer.profile.name, "dry_run": True,
                         "objects": {p.kind: show.plan_dict(p) for p in plans},
-                        "off": list(off)})
+                        "off": list(off), **({"warnings": notes} if notes else {})})
         else:
             console = _console()
             for plan in plans:
                 if plan.steps:
                     console.print(show.plan_table(plan))
             console.print(f"Plan: {show.summary(plans)}")
+            _print_warnings([(kind, n["side"], n["reason"]) for kind, ns in notes.items()
+                             for n in ns])
     if dry_run:
         syncer.record_dry_run(prepared)
         return EXIT_OK
@@ -419,6 +423,18 @@ def _sync_apply(syncer, prepared, plans, *, dry_run: bool, yes: bool, json_out: 
     return _report_out(report, json_out, {"off": list(off)} if off else {})
 
 
+def _print_warnings(warnings: list[tuple[str, str | None, str]]) -> None:
+    """What a listing noted (a fallback, items it cannot see): warnings, not failures."""
+    from rich.markup import escape
+
+    from crmsync.plan import SIDE_NAME
+
+    for kind, side, reason in warnings:
+        where = f"{kind}, {SIDE_NAME.get(side or '', side)}"
+        _console(stderr=True).print(f"[yellow]warning[/] ({where}): {escape(reason)}",
+                                    highlight=False)
+
+
 def _report_out(report, json_out: bool, extra: dict[str, Any]) -> int:
     """Print a run's report; its exit code."""
     from crmsync import show
@@ -431,6 +447,12 @@ def _report_out(report, json_out: bool, extra: dict[str, Any]) -> int:
             for item in obj.items:
                 if item.outcome in ("failed", "conflict"):
                     _console().print(f"  [red]{item.outcome}[/] {item.label}: {item.reason}")
+                elif item.outcome == "skipped" and item.reason.startswith("not synced to "):
+                    # Refused in advance by the side (a subject too long): not a failure,
+                    # but the user has something to fix.
+                    _console().print(f"  [yellow]skipped[/] {item.label}: {item.reason}")
+        _print_warnings([(kind, i.side, i.reason) for kind, obj in report.objects.items()
+                         for i in obj.items if i.outcome == "warning"])
     if report.failed:
         return EXIT_PARTIAL
     if report.conflicts:
@@ -1245,28 +1267,30 @@ def sandbox_command(
     except OSError as exc:
         raise ConfigError(f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); "
                           "choose another --port, or 0 for any free one") from None
-    sandbox.start()
-    details = Path(sandbox.files.ca_cert).with_name("connection.json")
-    details.write_text(json.dumps({
-        "instance_url": sandbox.url, "login_url": sandbox.login_url,
-        "ca_path": sandbox.ca_path, "client_id": sandbox.client_id,
-        "client_secret": sandbox.client_secret, "username": sandbox.username,
-        "refresh_token": sandbox.refresh_token,
-        "jwt_private_key_path": sandbox.jwt_private_key_path}, indent=2) + "\n")
-    os.chmod(details, 0o600)
     console = _console()
-    console.print(f"Salesforce sandbox running at [bold]{sandbox.url}[/]", highlight=False)
-    console.print(f"  trust this CA:   {sandbox.ca_path}\n"
-                  f"  client id:       {sandbox.client_id}\n"
-                  f"  username:        {sandbox.username}\n"
-                  f"  JWT signing key: {sandbox.jwt_private_key_path}\n"
-                  f"  secrets (client secret, refresh token): {details}\n"
-                  f"  daily API limit: {daily_limit}", highlight=False, markup=False)
-    console.print("Connect a client with OAuth (refresh token, authorization code or JWT "
-                  f"bearer) at {sandbox.login_url}/services/oauth2/token, then call "
-                  f"{sandbox.url}/services/data/v62.0/. Press Ctrl-C to stop.",
-                  highlight=False, markup=False)
+    sandbox.start()
+    # From here Ctrl-C stops the sandbox cleanly, even while the details are being
+    # written or printed.
     try:
+        details = Path(sandbox.files.ca_cert).with_name("connection.json")
+        details.write_text(json.dumps({
+            "instance_url": sandbox.url, "login_url": sandbox.login_url,
+            "ca_path": sandbox.ca_path, "client_id": sandbox.client_id,
+            "client_secret": sandbox.client_secret, "username": sandbox.username,
+            "refresh_token": sandbox.refresh_token,
+            "jwt_private_key_path": sandbox.jwt_private_key_path}, indent=2) + "\n")
+        os.chmod(details, 0o600)
+        console.print(f"Salesforce sandbox running at [bold]{sandbox.url}[/]", highlight=False)
+        console.print(f"  trust this CA:   {sandbox.ca_path}\n"
+                      f"  client id:       {sandbox.client_id}\n"
+                      f"  username:        {sandbox.username}\n"
+                      f"  JWT signing key: {sandbox.jwt_private_key_path}\n"
+                      f"  secrets (client secret, refresh token): {details}\n"
+                      f"  daily API limit: {daily_limit}", highlight=False, markup=False)
+        console.print("Connect a client with OAuth (refresh token, authorization code or JWT "
+                      f"bearer) at {sandbox.login_url}/services/oauth2/token, then call "
+                      f"{sandbox.url}/services/data/v62.0/. Press Ctrl-C to stop.",
+                      highlight=False, markup=False)
         sandbox.wait()
     except KeyboardInterrupt:
         pass

@@ -14,7 +14,7 @@ executor applies it.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
@@ -22,7 +22,7 @@ from typing import Any, Literal
 from crmsync import formats, rules, selection
 from crmsync.connectors.base import SIDES, Item, Side, other
 from crmsync.errors import FormatError, unexpected
-from crmsync.merge import Flat, diff, flatten
+from crmsync.merge import Flat, apply_changes, diff, flatten
 from crmsync.model import Contact, Event, ObjectKind, Record, Task
 from crmsync.policy import Policy
 
@@ -34,6 +34,9 @@ SIDE_NAME = {"crm": "CRM", "groupware": "groupware"}
 CONFLICT_CHOICES = ("crm", "groupware", "both", "skip")
 # Field values that say "nothing here" (see _Planner._merge).
 _EMPTY: tuple[Any, ...] = (None, "", [], {})
+# Why a side would certainly refuse a record as written, None when it would take it: the
+# side's Connector.refuses (its field limits, its required fields).
+Refuses = Callable[[ObjectKind, Record], str | None]
 
 # After a step: "record" stores the pair's new state once its writes succeed; "settle"
 # stores nothing but the change is handled; "retry" leaves it to be presented again on
@@ -347,6 +350,7 @@ def make_plan(
     now: datetime | None = None,
     sent: Mapping[tuple[Side, str], Item] | None = None,
     holders: Mapping[tuple[Side, str], str] | None = None,
+    refuses: Mapping[Side, Refuses] | None = None,
 ) -> Plan:
     """Plan one object's run.
 
@@ -360,7 +364,9 @@ def make_plan(
     in range. ``sent`` are creates whose outcome a stopped run never learned, by (side,
     id) of the item they copied: see :func:`pair_up`. ``holders`` are the paired items
     by (side, UID): a new item with the UID of another item on its side is a twin (see
-    :func:`_twin_of`).
+    :func:`_twins`). ``refuses`` asks a side whether it would certainly refuse a write
+    (SPEC 5: a subject over the CRM's limit): such a write is planned as a skip with the
+    side's reason, never tried.
     """
     all_views = list(views)
     twins: dict[int, str] = {}
@@ -368,7 +374,7 @@ def make_plan(
         new = pair_up(kind, unpaired.get("crm", []), unpaired.get("groupware", []), sent)
         twins = _twins(new, unpaired, holders or {})
         all_views.extend(new)
-    planner = _Planner(policy, common, ignored or {}, known_emails, now)
+    planner = _Planner(policy, common, ignored or {}, known_emails, now, refuses)
     steps = []
     for view in all_views:
         step = planner.step(kind, view)
@@ -546,8 +552,10 @@ def _safe_key(item: Item) -> tuple | None:
 class _Planner:
     def __init__(self, policy: Policy, common: frozenset[str],
                  ignored: Mapping[tuple[Side, str], Ignore],
-                 known_emails: frozenset[str] | None, now: datetime | None) -> None:
+                 known_emails: frozenset[str] | None, now: datetime | None,
+                 refuses: Mapping[Side, Refuses] | None = None) -> None:
         self.policy = policy
+        self.refuses = refuses or {}
         self.common = common
         self.ignored = ignored
         self.known_emails = known_emails
@@ -563,6 +571,7 @@ class _Planner:
         try:
             if not self._plan(step, view):
                 return None
+            self._refused(step)
         except FormatError as exc:
             step.actions = [Action("skip", reason=f"cannot read item {exc.item_id}: {exc}",
                                    failed=True)]
@@ -609,6 +618,40 @@ class _Planner:
                 return True
         self._merge(step, view)
         return True
+
+    def _refused(self, step: Step) -> None:
+        """The step's creates and updates that their side would certainly refuse, as
+        skips with its reason: shown in the review and dry run, never tried, so an item
+        does not fail on every run. A new item refused is not synced at all (nothing is
+        stored: it comes back once it changes); a refused update of a pair leaves the pair
+        as it was, unless the step writes something else."""
+        refused = False
+        for n, action in enumerate(step.actions):
+            ask = self.refuses.get(action.side) if action.side else None
+            if ask is None or action.op not in ("create", "update"):
+                continue
+            record = self._written(step, action)
+            why = ask(step.kind, record) if record is not None else None
+            if why is not None:
+                step.actions[n] = Action("skip", action.side, reason=(
+                    f"not synced to {SIDE_NAME[action.side]}: {why}"))  # type: ignore[index]
+                refused = True
+        if not refused or any(a.op in WRITES for a in step.actions) and step.pair is not None:
+            return
+        new = step.pair is None and (step.crm is None or step.gw is None)
+        if new:
+            step.actions = [a for a in step.actions if a.op == "skip"]
+        if new or step.pair is not None:
+            step.state = "settle"
+
+    def _written(self, step: Step, action: Action) -> Record | None:
+        """The record ``action`` would write on its side."""
+        target: Side = action.side  # type: ignore[assignment]
+        if action.op == "create":
+            source = step.item(other(target))
+            return source.record() if source is not None else None
+        current = step.item(target)
+        return apply_changes(current.record(), action.changes) if current is not None else None
 
     def _considered(self, step: Step, view: View) -> bool:
         """The range and exclusion rules (crmsync.rules). An item they leave out is left

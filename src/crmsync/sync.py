@@ -83,6 +83,8 @@ class Prepared:
     listed: dict[Side, str | None] | None
     old: dict[Side, str | None]
     pending: dict[Side, set[str]]
+    # The listings' warnings for the run report (see Changes.notes), by side.
+    notes: list[tuple[Side, str]] = field(default_factory=list)
 
     @classmethod
     def unlisted(cls, plan: Plan) -> Prepared:
@@ -228,10 +230,11 @@ class Syncer:
         tally = _Tally(progress, "fetching", kind)
         changes = {s: self._list(s, kind, old[s], tally.part(f"list {s}")) for s in SIDES}
         listed = {s: changes[s].cursor for s in SIDES}
+        notes = [(s, note) for s in SIDES for note in changes[s].notes]
         if not any(changes[s].upserts or changes[s].deleted or changes[s].complete or pend[s]
                    for s in SIDES):
             # Nothing changed anywhere: no need to even load the pairs.
-            return Prepared(kind, Plan(kind, []), listed, old, pend)
+            return Prepared(kind, Plan(kind, []), listed, old, pend, notes)
 
         complete = any(changes[s].complete for s in SIDES)
         if complete:
@@ -317,7 +320,7 @@ class Syncer:
                          totals=totals, sent=sent, holders=self._holders(kind, unpaired,
                                                                          deleted),
                          **self._rules(kind))
-        return Prepared(kind, plan, listed, old, pend)
+        return Prepared(kind, plan, listed, old, pend, notes)
 
     def _holders(self, kind: ObjectKind, unpaired: dict[Side, list[Item]],
                  deleted: dict[Side, set[str]]) -> dict[tuple[Side, str], str]:
@@ -335,9 +338,11 @@ class Syncer:
 
     def _rules(self, kind: ObjectKind) -> dict[str, Any]:
         """What the planner needs beyond the items, the same for a run's plan and for
-        each step planned again: stored ignores, this run's known emails, now."""
+        each step planned again: stored ignores, this run's known emails, now, and what
+        each side would refuse to store."""
         return {"ignored": self.store.ignored(self.profile.id, kind),
-                "known_emails": self._known.get(kind), "now": self.clock()}
+                "known_emails": self._known.get(kind), "now": self.clock(),
+                "refuses": {s: self.connector(s, kind).refuses for s in SIDES}}
 
     def known_emails(self, kind: ObjectKind, policy: Policy,
                      new: Sequence[Item]) -> frozenset[str] | None:
@@ -432,21 +437,23 @@ class Syncer:
         """
         report = self.start_run(prepared, mode, user)
         assert report.run_id is not None
+        warnings: list[RunItem] = []
         try:
             for prep in prepared:
                 obj = report.objects[prep.kind] = ObjectReport()
+                warnings += _warnings(prep, obj)
                 _Executor(self, report.run_id, prep.kind, obj, progress).execute(prep)
         except CrmsyncError as exc:
             report.status, report.error = "failed", str(exc)
-            self.finish_run(report)
+            self.finish_run(report, warnings)
             raise
         except BaseException as exc:
             report.status, report.error = "failed", f"interrupted: {exc!r}"
-            self.finish_run(report)
+            self.finish_run(report, warnings)
             raise
         if report.failed:
             report.status = "partial"
-        self.finish_run(report)
+        self.finish_run(report, warnings)
         return report
 
     def record_dry_run(self, prepared: Sequence[Prepared], user: str | None = None) -> Report:
@@ -456,6 +463,7 @@ class Syncer:
         items: list[RunItem] = []
         for prep in prepared:
             obj = report.objects[prep.kind] = ObjectReport()
+            _warnings(prep, obj)
             for step, action in prep.plan.actions():
                 code = "failed" if action.failed else action.code
                 obj.counts[code] += 1
@@ -568,6 +576,15 @@ class _Tally:
                 self.progress(self.phase, self.kind, sum(d for d, _ in self.parts.values()),
                               sum(t for _, t in self.parts.values()))
         return report
+
+
+def _warnings(prep: Prepared, obj: ObjectReport) -> list[RunItem]:
+    """The listings' notes as report items (outcome "warning": not failures, not counted);
+    added to ``obj`` and returned."""
+    items = [RunItem(prep.kind, "listing", "warning", SIDE_NAME[side], note, side=side)
+             for side, note in prep.notes]
+    obj.items += items
+    return items
 
 
 def _user() -> str | None:
@@ -763,7 +780,8 @@ class _Executor:
         taken back from the counts."""
         self._pend(step, results or {})
         for item in counted:
-            self.report.counts["failed" if item.outcome == "failed" else item.action] -= 1
+            if item.outcome != "warning":  # warnings are not counted
+                self.report.counts["failed" if item.outcome == "failed" else item.action] -= 1
         ids = step.ids()
         side = next((a.side for a in step.actions if a.side is not None), None)
         self.report.counts["failed"] += 1
@@ -979,6 +997,10 @@ class _Executor:
             self.report.counts["failed" if outcome == "failed" else code] += 1
             out.append(RunItem(self.kind, code, outcome, step.label(parse=outcome != "applied"),
                                reason, ids.get("crm"), ids.get("groupware"), action.side))
+            if result is not None and result.note:
+                # Written, with something the user should know (Result.note): not counted.
+                out.append(RunItem(self.kind, code, "warning", step.label(), result.note,
+                                   ids.get("crm"), ids.get("groupware"), action.side))
         return out
 
 

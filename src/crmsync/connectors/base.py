@@ -122,6 +122,9 @@ class Changes:
     cursor: str | None = None
     # True when this is a full listing: every existing item is among the upserts.
     complete: bool = False
+    # Warnings for the run report, not failures: a listing that fell back to another way
+    # of asking (the server failed the first), items a listing can only find another way.
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -198,11 +201,14 @@ class Result:
     ``changed``: the precondition failed, the item changed since it was planned.
     ``exists``: a create found the same item (same UID) already there; ``item`` is it.
     ``failed``: the side refused this item; ``error`` says why. Other items go on.
+    ``note``: with any status, what the user should know about the item as written (a
+    warning in the run report), e.g. that the server's listings will not show it.
     """
 
     status: WriteStatus
     item: Item | None = None
     error: str | None = None
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -280,6 +286,13 @@ class Connector(ABC):
         "matched" and for relating events to people."""
         raise ConfigError(f"{self!r} cannot look people up by email (needed by selection "
                           "'matched' and by 'record --relate EMAIL')")
+
+    def refuses(self, kind: ObjectKind, record: Record) -> str | None:
+        """Why this side would certainly refuse to store ``record`` (a field over its
+        length, a required field missing), None when it would take it. The planner asks
+        before a create or update, so that such an item shows as a skip with the reason
+        in the review and dry run instead of failing at apply on every run."""
+        return None
 
     def cursor(self, kind: ObjectKind, listed: str | None) -> str | None:
         """The cursor to store after this run's writes; by default the listing's."""

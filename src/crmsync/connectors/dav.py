@@ -29,6 +29,7 @@ httpx client with retries, request counts and credential errors).
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import hashlib
 import json
@@ -107,6 +108,11 @@ def public_url(url: str | httpx.URL) -> str:
     if "@" not in parts.netloc:
         return str(url)
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+class ServerError(ConnectionFailed):
+    """The server is up but kept failing one request (5xx, retries included): another
+    way of asking, e.g. another kind of listing, may still work."""
 
 
 class _BearerAuth(httpx.Auth):
@@ -194,7 +200,8 @@ class Http:
             asked = _retry_after(response.headers.get("Retry-After"))
             if last or (asked is not None and asked > MAX_WAIT):
                 wait = "" if asked is None else f", asks to retry in {asked:.0f} s"
-                raise ConnectionFailed(
+                error = ServerError if response.status_code >= 500 else ConnectionFailed
+                raise error(
                     f"{public_url(url)} is unavailable: HTTP {response.status_code} "
                     f"{response.reason_phrase} after {attempt} tries{wait}")
             self.sleep(asked if asked is not None else self._backoff(attempt))
@@ -299,6 +306,19 @@ def time_range_query_body(component: str, start: datetime, end: datetime) -> byt
     span = f'<C:time-range start="{_utc(start)}" end="{_utc(end)}"/>'
     filters = (f'<C:filter><C:comp-filter name="VCALENDAR"><C:comp-filter name="{component}">'
                f"{span}</C:comp-filter></C:comp-filter></C:filter>")
+    props = _props(["D:getetag", "D:getlastmodified", _DATA["caldav"]])
+    return _xml("C:calendar-query", props + filters)
+
+
+def undated_query_body(component: str) -> bytes:
+    """Items with a ``component`` that has no DTSTART, with their content: a time-range
+    query never matches them (a VEVENT without one; a VTODO without DTSTART or DUE
+    matches every range, RFC 4791 9.9, but not on every server)."""
+    undated = '<C:prop-filter name="DTSTART"><C:is-not-defined/></C:prop-filter>'
+    if component == "VTODO":
+        undated += '<C:prop-filter name="DUE"><C:is-not-defined/></C:prop-filter>'
+    filters = (f'<C:filter><C:comp-filter name="VCALENDAR"><C:comp-filter name="{component}">'
+               f"{undated}</C:comp-filter></C:comp-filter></C:filter>")
     props = _props(["D:getetag", "D:getlastmodified", _DATA["caldav"]])
     return _xml("C:calendar-query", props + filters)
 
@@ -732,6 +752,8 @@ class _Listing:
     served: set[ObjectKind] = field(default_factory=set)
     # A time-range listing names one object's items only: never one for the other.
     shared: bool = True
+    # For the run report: a listing that fell back to another way, items it cannot see.
+    notes: list[str] = field(default_factory=list)
 
 
 class DavConnector(Connector):
@@ -761,6 +783,11 @@ class DavConnector(Connector):
         )
         self._http = Http(credentials, timeout=timeout, transport=transport, sleep=sleep)
         self._listing: _Listing | None = None
+        # The ways of listing the server failed with a server error: not tried again by
+        # this connector (one run), each costs its retries once.
+        self._failed: set[str] = set()
+        # Notes for the next listing's report (a multiget that fell back to GETs).
+        self._notes: list[str] = []
 
     def __repr__(self) -> str:
         return f"DavConnector({self.protocol}:{public_url(self.url)})"
@@ -801,6 +828,8 @@ class DavConnector(Connector):
             return ConnectionFailed(self._http.refused(self.url, response))
         if response.status_code in (404, 405, 410):
             return self._not_a_collection()
+        if response.status_code >= 500:
+            return ServerError(f"{public_url(self.url)} failed {what}: {_refusal(response)}")
         return ConnectionFailed(f"{public_url(self.url)} refused {what}: {_refusal(response)}")
 
     def _not_a_collection(self) -> ConfigError:
@@ -847,22 +876,52 @@ class DavConnector(Connector):
 
     def _list(self, kind: ObjectKind, key: str, window: Window | None,
               checkpoint: Checkpoint | None) -> _Listing:
+        notes: list[str] = []
+        listing = self._list_some_way(kind, key, window, checkpoint, notes)
+        listing.notes[:0] = notes
+        return listing
+
+    def _list_some_way(self, kind: ObjectKind, key: str, window: Window | None,
+                       checkpoint: Checkpoint | None, notes: list[str]) -> _Listing:
+        """The first way of listing that works, best first: since the cursor, the sync
+        range only (a first listing), sync-collection, every etag by PROPFIND. A way the
+        server fails with a server error (after the retries) is noted in ``notes`` and
+        the next one is tried; the last one's errors stop the run."""
         state = _Cursor.decode(key)
         if state is not None:
-            listing = self._since(key, state, checkpoint)
+            how = "sync-collection" if state.token is not None else "ctag"
+            listing = self._unless_failing(how, notes,
+                                           lambda: self._since(key, state, checkpoint))
             if listing is not None:
                 return listing
         # No cursor, or one the server no longer knows: list everything.
         probe = self._probe(kind)
         if window is not None and not key and self.protocol == "caldav":
-            ranged = self._list_range(kind, key, probe, window)
+            ranged = self._unless_failing("calendar-query", notes,
+                                          lambda: self._list_range(kind, key, probe, window))
             if ranged is not None:
                 return ranged
         if probe.sync:
-            listing = self._sync(key, "", probe.kinds, checkpoint)
+            listing = self._unless_failing(
+                "sync-collection", notes,
+                lambda: self._sync(key, "", probe.kinds, checkpoint))
             if listing is not None:
                 return listing
         return self._list_etags(key, _Cursor(ctag=probe.ctag, kinds=probe.kinds))
+
+    def _unless_failing(self, how: str, notes: list[str],
+                        listing: Callable[[], _Listing | None]) -> _Listing | None:
+        """``listing()``; None when it failed with a server error (noted) or failed so
+        before in this run."""
+        if how in self._failed:
+            return None
+        try:
+            return listing()
+        except ServerError as exc:
+            self._failed.add(how)
+            notes.append(f"the server failed the {how} listing ({exc}); listed another "
+                         "way instead")
+            return None
 
     def _since(self, key: str, state: _Cursor,
                checkpoint: Checkpoint | None) -> _Listing | None:
@@ -998,6 +1057,19 @@ class DavConnector(Connector):
         if response.status_code != 207:
             raise self._collection_error(response, "calendar-query")
         members = self._members(response)
+        # Items without a DTSTART lie in no range: no time-range query ever returns them,
+        # yet they are items like any other (the core decides what is in range). One more
+        # query finds them; a server that cannot answer it is listed in full instead.
+        response = self._report(undated_query_body(COMPONENT[kind]), "1")
+        if response.status_code in NO_SUCH_REPORT:
+            return None
+        if response.status_code != 207:
+            raise self._collection_error(response, "calendar-query")
+        # (Only what truly lacks one: a server ignoring the filter answers every item.)
+        dated = {m.path for m in members}
+        undated = [m for m in self._members(response) if m.path not in dated
+                   and _undated(m.text(CALDAV + "calendar-data") or "")]
+        members += undated
         changed = {m.path: etag for m in members
                    if (etag := _etag(m.text(DAV + "getetag"))) is not None}
         if probe.sync and probe.token is not None:
@@ -1012,6 +1084,8 @@ class DavConnector(Connector):
         listing = _Listing(key, changed, [], cursor, complete=False, shared=False,
                            objects=dict.fromkeys(changed, frozenset({kind})))
         self._items_of(members, None, listing.items)
+        listing.notes += [f"{m.path} has no DTSTART: the server's time-range listing never "
+                          "returns it; found by a query for such items" for m in undated]
         return listing
 
     def _changes(self, kind: ObjectKind, listing: _Listing,
@@ -1028,8 +1102,9 @@ class DavConnector(Connector):
                 upserts.append((path, listing.changed[path], None))
             else:
                 upserts.append((path, item.version, _as_kind(item, kind)))
+        notes, self._notes = [*listing.notes, *self._notes], []
         return Changes(upserts, sorted(listing.deleted), listing.cursor.encode(),
-                       listing.complete)
+                       listing.complete, notes=notes)
 
     def _sort(self, listing: _Listing, progress: ReadProgress | None = None) -> None:
         """Read the changed items whose object is unknown: sync-collection and etag
@@ -1071,8 +1146,17 @@ class DavConnector(Connector):
         unique = list(dict.fromkeys(paths))
         for start in range(0, len(unique), self.multiget_batch):
             batch = unique[start:start + self.multiget_batch]
-            response = self._report(multiget_body(self.protocol, batch))
-            if response.status_code == 207:
+            try:
+                response = self._report(multiget_body(self.protocol, batch))
+            except ServerError as exc:
+                if "multiget" not in self._failed:
+                    self._notes.append(f"the server failed a multiget ({exc}); its items "
+                                       "were read one by one instead")
+                self._failed.add("multiget")
+                response = None
+            if response is None:
+                answered = set()  # the multiget failed: each item is fetched on its own
+            elif response.status_code == 207:
                 answered = self._items(response, set(batch), out)
             elif response.status_code in NO_SUCH_REPORT:
                 answered = set()  # no multiget here: each item is fetched on its own
@@ -1165,6 +1249,11 @@ class DavConnector(Connector):
                 result = Result("failed", error=str(exc))
             except Exception as exc:  # noqa: BLE001 - a rendering bug fails this item only
                 result = Result("failed", error=unexpected(exc))
+            if self.protocol == "caldav" and result.status == "ok" \
+                    and result.item is not None and _undated(result.item.raw):
+                result = dataclasses.replace(result, note=(
+                    f"written to {result.item.id} without a DTSTART: the server takes it, "
+                    "but lists it only by a query for such items, never in a time range"))
             results.append(result)
         return results
 
@@ -1292,6 +1381,21 @@ class DavConnector(Connector):
         raw = response.request.content.decode("utf-8")
         modified = _http_moment(response.headers.get("Last-Modified")) or _now()
         return Item(path, etag, raw, FORMAT[kind], kind, modified=modified)
+
+
+_DATED = re.compile(r"^(?:DTSTART|DUE)[;:]", re.MULTILINE | re.IGNORECASE)
+
+
+def _undated(raw: str) -> bool:
+    """Whether a calendar item's first component has no DTSTART (for a VTODO: nor DUE):
+    no time-range query matches it (see undated_query_body)."""
+    objects, start = calendar_objects(raw)
+    if objects not in ({"calendar"}, {"tasks"}):
+        return False
+    end = raw.find("END:" + ("VEVENT" if "calendar" in objects else "VTODO"), start)
+    first = raw[start:end if end >= 0 else len(raw)]
+    dated = {m[0].rstrip(";:").upper() for m in _DATED.finditer(first)}
+    return "DTSTART" not in dated and ("tasks" not in objects or "DUE" not in dated)
 
 
 def _has_uid(item: Item, uid: str) -> bool:

@@ -94,6 +94,10 @@ from crmsync.model import Event, ObjectKind, Record
 
 FORMAT = fmt.FORMAT
 WINDOW_SLACK = timedelta(days=7)
+# Exchange keeps at most this many characters of an item's subject, and cuts longer ones
+# ("The subject is limited to 255 characters", EWS Subject element): a cut copy would
+# come back as a change, so such an item is not synced at all (SPEC 5).
+SUBJECT_LIMIT = 255
 RESYNC_CODES = ("SyncStateNotFound", "SyncStateInvalid", "resyncRequired", "syncStateNotFound")
 # Fields of a meeting that stay in the user's mailbox: writing them mails nobody.
 PRIVATE_FIELDS = frozenset({"categories", "show_as", "private", "reminders"})
@@ -430,6 +434,13 @@ class GraphConnector(Connector):
         return out
 
     # --- writing ---------------------------------------------------------------------------
+
+    def refuses(self, kind: ObjectKind, record: Record) -> str | None:
+        subject = getattr(record, "summary", "") or ""
+        if kind != "contacts" and len(subject) > SUBJECT_LIMIT:
+            return (f"the subject is {len(subject)} characters, Exchange keeps at most "
+                    f"{SUBJECT_LIMIT} (it would cut it): not synced (shorten it)")
+        return None
 
     def apply(self, kind: ObjectKind, writes: Sequence[Write]) -> list[Result]:
         results: list[Result | None] = [None] * len(writes)

@@ -443,7 +443,12 @@ class SalesforceConnector(Connector):
             since = None  # deletions are no longer known that far back
         requests: list[tuple[str, str, Any]] = []
         if since is not None:
-            end = soql_datetime(max(now, _seconds(since) + 60))
+            # Salesforce covers deletions up to the earlier of ``end`` and its own last
+            # whole minute. ``now`` is only our estimate of its clock, which lags it by up
+            # to a round trip (more when the clock moved since we last saw a stamp): an
+            # end at ``now`` would stop the coverage a minute early around each minute's
+            # turn. A minute more lets the server decide; the end is never before the start.
+            end = soql_datetime(max(now, _seconds(since)) + 60)
             requests.append(("GET", f"sobjects/{obj}/deleted/?start={since}&end={end}", None))
         where = [w for w in (self._owner(),) if w]
         if since is not None:
@@ -730,6 +735,21 @@ class SalesforceConnector(Connector):
         return self._email_fields[obj]
 
     # --- writing -------------------------------------------------------------------------
+
+    def refuses(self, kind: ObjectKind, record: Record) -> str | None:
+        # What Salesforce certainly refuses, found as apply would: the fields as they would
+        # be written, within the lengths describe gives (the listing read it already).
+        try:
+            values = self._values(kind, record, None, [])
+        except ItemError as exc:
+            return str(exc)
+        if kind == "contacts" and not values.get("LastName"):
+            return ("a Salesforce Contact needs a last name (Contact.LastName) and this "
+                    "contact has no name at all: not synced (give it a name)")
+        if kind == "calendar" and isinstance(record, Event) and record.start is None:
+            return ("a Salesforce Event needs a start (Event.StartDateTime) and this event "
+                    "has none: not synced (give it a start)")
+        return None
 
     def apply(self, kind: ObjectKind, writes: Sequence[Write]) -> list[Result]:
         results: list[Result | None] = [None] * len(writes)

@@ -286,7 +286,11 @@ class Client:
             self.skew = ahead
 
     def server_now(self) -> float:
-        """The server's clock, as far as we know it (ours when unknown)."""
+        """The server's clock, as far as we know it. Not known yet, it is learned by
+        signing in now (the token's issued_at; the next call would sign in anyway), else
+        ours is taken: a listing's window must not follow a clock that lags the org's."""
+        if self.skew is None and self._token is None and self.can_login():
+            self.login()
         return time.time() + (self.skew or 0.0)
 
     # --- calls ---------------------------------------------------------------------------

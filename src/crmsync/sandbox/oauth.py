@@ -16,7 +16,6 @@ import base64
 import hashlib
 import hmac
 import secrets
-import time
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -59,7 +58,8 @@ def _state(request: Request) -> State:
 
 def _token_response(state: State, with_refresh: bool) -> dict[str, Any]:
     access = state.org.issue_token("access", state.user_id, state.session_timeout)
-    issued_at = str(int(time.time() * 1000))
+    # On the org's clock, as every time it gives (clients estimate its clock from this).
+    issued_at = str(int(state.org.now().timestamp() * 1000))
     identity = state.identity_url()
     signature = base64.b64encode(hmac.new(state.client_secret.encode(),
                                           (identity + issued_at).encode(),
