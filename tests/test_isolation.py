@@ -460,3 +460,24 @@ def test_an_item_without_a_uid_is_copied_with_a_stable_derived_one(sqlite_store:
     finally:
         fresh_store.close()
     assert uids(other_root / "crm" / "calendar") == [uid]
+
+
+def test_an_item_the_store_cannot_keep_fails_alone(store: Store, tmp_path: Path):
+    """A NUL byte is valid UTF-8, but PostgreSQL keeps no text with one: on PostgreSQL the
+    item's journal entry and state are refused, which is that item's failure (its write
+    is not made unjournaled); on SQLite it syncs. Either way the run goes on."""
+    gw = tmp_path / "groupware" / "calendar"
+    put(gw, "fine.ics", ics("fine@x", summary="Fine"))
+    put(gw, "nul.ics", ics("nul@x", summary="Has a \x00 in it"))
+    syncer = vdir_syncer(store, tmp_path)
+    for _ in range(2):
+        report = syncer.run(syncer.prepare()).to_dict()
+        assert report["error"] is None
+        told = outcomes(report)
+        if "nul.ics" in told:
+            outcome, reason = told["nul.ics"]
+            assert outcome == "failed" and "NUL" in reason and "\x00" not in reason, reason
+            assert uids(tmp_path / "crm" / "calendar") == ["fine@x"]
+        else:
+            assert uids(tmp_path / "crm" / "calendar") == ["fine@x", "nul@x"]
+    assert store.engine.dialect.name == "sqlite" or "nul.ics" in told

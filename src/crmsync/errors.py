@@ -53,7 +53,8 @@ def unexpected(exc: BaseException) -> str:
     class and message. The traceback goes to the debug log (``crmsync -v``), so that the
     bug can be found and fixed while the run goes on with the other items."""
     log.debug("unexpected error on one item", exc_info=exc)
-    text = str(exc).strip()
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""  # the rest (a statement, its parameters) is logged
     if len(text) > 300:
         text = text[:300] + "..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

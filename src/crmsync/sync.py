@@ -782,11 +782,13 @@ class _Executor:
         for item in counted:
             if item.outcome != "warning":  # warnings are not counted
                 self.report.counts["failed" if item.outcome == "failed" else item.action] -= 1
-        ids = step.ids()
+        ids = {s: _plain(i) for s, i in step.ids().items()}
         side = next((a.side for a in step.actions if a.side is not None), None)
         self.report.counts["failed"] += 1
-        return [RunItem(self.kind, "failed", "failed", step.label(), reason, ids.get("crm"),
-                        ids.get("groupware"), side)]
+        # Plain text: what the store refused may be the item's own text (a NUL byte,
+        # which PostgreSQL does not keep), and this report item must be kept.
+        return [RunItem(self.kind, "failed", "failed", _plain(step.label()), _plain(reason),
+                        ids.get("crm"), ids.get("groupware"), side)]
 
     def _claim(self, done: list[tuple[Step, list[Pair], list[int], list[RunItem]]],
                results: dict[int, Result]) -> None:
@@ -1002,6 +1004,11 @@ class _Executor:
                 out.append(RunItem(self.kind, code, "warning", step.label(), result.note,
                                    ids.get("crm"), ids.get("groupware"), action.side))
         return out
+
+
+def _plain(text: str) -> str:
+    """``text`` as any store keeps it: NUL bytes and lone surrogates spelled out."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _done(entry: JournalEntry, result: Result) -> JournalEntry:
