@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
+log = logging.getLogger("crmsync")
+
 
 class CrmsyncError(Exception):
     """Base of every error crmsync raises on purpose."""
@@ -42,3 +46,15 @@ class ApiLimitReached(ConnectionFailed):
 
     Nothing is lost: what was written is recorded, the rest waits for the next run.
     """
+
+
+def unexpected(exc: BaseException) -> str:
+    """An exception nobody expected while handling one item, as that item's reason: its
+    class and message. The traceback goes to the debug log (``crmsync -v``), so that the
+    bug can be found and fixed while the run goes on with the other items."""
+    log.debug("unexpected error on one item", exc_info=exc)
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""  # the rest (a statement, its parameters) is logged
+    if len(text) > 300:
+        text = text[:300] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

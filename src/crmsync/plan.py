@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from crmsync import formats, rules, selection
 from crmsync.connectors.base import SIDES, Item, Side, other
-from crmsync.errors import FormatError
+from crmsync.errors import FormatError, unexpected
 from crmsync.merge import Flat, apply_changes, diff, flatten
 from crmsync.model import Contact, Event, ObjectKind, Record, Task
 from crmsync.policy import Policy
@@ -367,6 +367,7 @@ def make_plan(
     known_emails: frozenset[str] | None = None,
     now: datetime | None = None,
     sent: Mapping[tuple[Side, str], Item] | None = None,
+    holders: Mapping[tuple[Side, str], str] | None = None,
     refuses: Mapping[Side, Refuses] | None = None,
     images: Mapping[Side, Image] | None = None,
     fresh: bool = False,
@@ -382,22 +383,34 @@ def make_plan(
     ``known_emails`` the emails the CRM knows a person for ("matched" selection).
     ``now`` (aware) places the sync range (see crmsync.rules); without it every item is
     in range. ``sent`` are creates whose outcome a stopped run never learned, by (side,
-    id) of the item they copied: see :func:`pair_up`. ``refuses`` asks a side whether it
-    would certainly refuse a write (SPEC 5: a subject over the CRM's limit): such a write
-    is planned as a skip with the side's reason, never tried. ``images`` give, per side,
-    a record as that side stores it (see :data:`Image`); values equal through them are
-    equal.
-    ``fresh``: no pair of this object is stored yet; ``held``: the (side, id)s an earlier
-    run left unsettled (see :func:`pair_up`).
+    id) of the item they copied: see :func:`pair_up`. ``holders`` are the paired items
+    by (side, UID): a new item with the UID of another item on its side is a twin (see
+    :func:`_twins`). ``refuses`` asks a side whether it would certainly refuse a write
+    (SPEC 5: a subject over the CRM's limit): such a write is planned as a skip with the
+    side's reason, never tried. ``images`` give, per side, a record as that side stores
+    it (see :data:`Image`); values equal through them are equal. ``fresh``: no pair of
+    this object is stored yet; ``held``: the (side, id)s an earlier run left unsettled
+    (see :func:`pair_up`).
     """
     all_views = list(views)
+    twins: dict[int, str] = {}
     if unpaired:
-        all_views.extend(pair_up(kind, unpaired.get("crm", []), unpaired.get("groupware", []),
-                                 sent, fresh=fresh, held=held))
+        new = pair_up(kind, unpaired.get("crm", []), unpaired.get("groupware", []), sent,
+                      fresh=fresh, held=held)
+        twins = _twins(new, unpaired, holders or {})
+        all_views.extend(new)
     planner = _Planner(policy, common, ignored or {}, known_emails, now, images,
                        refuses=refuses)
-    steps = sorted((s for v in all_views if (s := planner.step(kind, v)) is not None),
-                   key=Step._order)
+    steps = []
+    for view in all_views:
+        step = planner.step(kind, view)
+        if step is None:
+            continue
+        if id(view) in twins and any(a.op in WRITES for a in step.actions):
+            step.actions = [Action("skip", reason=twins[id(view)], failed=True)]
+            step.state = "retry"
+        steps.append(step)
+    steps.sort(key=Step._order)
     plan = Plan(kind, steps, lapsed=sorted(planner.lapsed))
     plan.guard = _mass_delete_guard(plan, policy, totals or {})
     return plan
@@ -413,6 +426,40 @@ def differences(crm: Item, gw: Item, common: frozenset[str],
     keys = set(diff(now["crm"], now["groupware"]))
     agreed = planner._agreed(View(None, crm, gw), now, keys)
     return {k: (now["crm"].get(k), now["groupware"].get(k)) for k in sorted(keys - agreed)}
+
+
+def _twins(views: list[View], unpaired: Mapping[Side, list[Item]],
+           holders: Mapping[tuple[Side, str], str]) -> dict[int, str]:
+    """The one-sided views (items to copy to the other side) whose item shares its UID
+    with another item on its side, by id(view): the reason it is kept out.
+
+    Of items sharing a UID one is synced: the paired one (``holders``), else one that
+    matched an item on the other side, else the first by id. Copying the others would make
+    a second item with that UID where the first one went, or two pairs for one item.
+    """
+    keep: dict[tuple[Side, str], str] = dict(holders)
+    for view in views:  # a twin that found its counterpart is the one kept
+        if view.crm is not None and view.gw is not None:
+            for side in SIDES:
+                item = view.item(side)
+                if item is not None and item.uid:
+                    keep.setdefault((side, item.uid), item.id)
+    for side in SIDES:
+        for item in sorted(unpaired.get(side, []), key=lambda i: i.id):
+            if item.uid:
+                keep.setdefault((side, item.uid), item.id)
+    out: dict[int, str] = {}
+    for view in views:
+        if (view.crm is None) == (view.gw is None):
+            continue
+        side: Side = "crm" if view.crm is not None else "groupware"
+        item = view.item(side)
+        assert item is not None
+        twin = keep.get((side, item.uid)) if item.uid else None
+        if twin is not None and twin != item.id:
+            out[id(view)] = (f"same UID as {twin} in {SIDE_NAME[side]} ({item.uid}): not "
+                             "synced until the UIDs differ; run `crmsync repair`")
+    return out
 
 
 def _mass_delete_guard(plan: Plan, policy: Policy, totals: dict[Side, int]) -> dict:
@@ -606,7 +653,7 @@ def _ties(kind: ObjectKind, group: Mapping[Side, list[Item]], near: bool = False
 def _kept_id(item: Item) -> str:
     try:
         return item.record().crm_id
-    except FormatError:
+    except Exception:  # noqa: BLE001 - unreadable: planned (and reported) as a step
         return ""
 
 
@@ -652,7 +699,7 @@ def _pair_sent(kind: ObjectKind, crm_items: list[Item], gw_items: list[Item],
 def _safe_key(item: Item) -> tuple | None:
     try:
         return content_key(item.record())
-    except FormatError:
+    except Exception:  # noqa: BLE001 - unreadable: planned (and reported) as a step
         return None
 
 
@@ -687,6 +734,12 @@ class _Planner:
         except FormatError as exc:
             step.actions = [Action("skip", reason=f"cannot read item {exc.item_id}: {exc}",
                                    failed=True)]
+            step.state = "retry"
+        except Exception as exc:  # noqa: BLE001 - a bug on one item fails that item only
+            # (the rules' range check, selection, merging): reported, the run goes on.
+            names = " / ".join(step.ids().values()) or "?"
+            step.actions = [Action("skip", reason=(
+                f"cannot plan item {names}: {unexpected(exc)}"), failed=True)]
             step.state = "retry"
         return step
 

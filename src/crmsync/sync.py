@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import hashlib
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -39,7 +40,7 @@ from crmsync.connectors.base import (
     Write,
     other,
 )
-from crmsync.errors import ConfigError, CrmsyncError, FormatError
+from crmsync.errors import ConfigError, CrmsyncError, FormatError, ItemError, unexpected
 from crmsync.merge import SEP, apply_changes, diff, flatten
 from crmsync.model import Event, ObjectKind, pinned
 from crmsync.plan import (
@@ -324,8 +325,24 @@ class Syncer:
                  and not any(self.store.side_counts(pid, kind).values()))
         plan = make_plan(kind, views, policy, self.common_fields(kind), unpaired=unpaired,
                          totals=totals, sent=sent, fresh=fresh,
-                         held={(s, i) for s in SIDES for i in pend[s]}, **self._rules(kind))
+                         held={(s, i) for s in SIDES for i in pend[s]},
+                         holders=self._holders(kind, unpaired, deleted),
+                         **self._rules(kind))
         return Prepared(kind, plan, listed, old, pend, notes)
+
+    def _holders(self, kind: ObjectKind, unpaired: dict[Side, list[Item]],
+                 deleted: dict[Side, set[str]]) -> dict[tuple[Side, str], str]:
+        """The paired items, by (side, UID), having the UID of a new item on their side
+        (its twin: see crmsync.plan), but for those deleted now (a file renamed)."""
+        out: dict[tuple[Side, str], str] = {}
+        for side in SIDES:
+            uids = {i.uid for i in unpaired[side] if i.uid}
+            if not uids:
+                continue
+            held = self.store.uid_holders(self.profile.id, kind, side, uids)
+            out.update({(side, uid): item_id for uid, item_id in held.items()
+                        if item_id not in deleted[side]})
+        return out
 
     def _rules(self, kind: ObjectKind) -> dict[str, Any]:
         """What the planner needs beyond the items, the same for a run's plan and for
@@ -361,13 +378,12 @@ class Syncer:
         or Lead has, looked up in one batch for the whole run."""
         if kind != "calendar" or policy.selection != "matched" or not new:
             return None
-        records = []
+        emails: set[str] = set()
         for item in new:
             try:
-                records.append(item.record())
-            except FormatError:
-                continue  # planned as a failed skip
-        emails = selection.candidate_emails(records)
+                emails |= selection.candidate_emails([item.record()])
+            except Exception:  # noqa: BLE001 - planned (and reported) as a failed skip
+                continue
         if not emails:
             return frozenset()
         found = self.connector("crm", kind).find_people(
@@ -659,17 +675,36 @@ class _Executor:
             return None
         return self.syncer.policy(self.kind).zone()
 
+    def _keeps_uid(self, side: Side | None) -> bool:
+        return side is not None and \
+            self.syncer.connector(side, self.kind).capabilities.keeps_uid
+
     def _apply_chunk(self, steps: list[Step], last_try: bool) -> list[Step]:
-        """Apply a chunk; returns the steps whose items changed meanwhile, to re-plan."""
+        """Apply a chunk; returns the steps whose items changed meanwhile, to re-plan.
+
+        One item's trouble at any point (its write cannot be made, the side's connector
+        fails on it, its new pair state cannot be stored) is that item's outcome; the
+        other steps of the chunk go on."""
         writes: dict[Side, list[tuple[Action, Write]]] = {s: [] for s in SIDES}
         # The journal: each write's intent and before image, stored before it is sent.
         journaled: dict[int, JournalEntry] = {}
+        results: dict[int, Result] = {}
+        # Writes that may or may not have happened (their batch failed part-way): their
+        # journal entries stay open, as after a crash, for the next run to settle.
+        unknown: set[int] = set()
         for step in steps:
             if step.state == "record":
                 for action in step.actions:
                     if action.op in WRITES:
-                        writes[action.side].append(  # type: ignore[index]
-                            (action, _write(step, action, self._pin_zone(action.side))))
+                        try:
+                            write = _write(step, action, self._pin_zone(action.side),
+                                           self._keeps_uid(action.side))
+                        except Exception as exc:  # noqa: BLE001 - fails this item only
+                            results[id(action)] = Result("failed", error=(
+                                f"cannot be written to {SIDE_NAME[action.side]}: "  # type: ignore[index]
+                                f"{exc if isinstance(exc, CrmsyncError) else unexpected(exc)}"))
+                            continue
+                        writes[action.side].append((action, write))  # type: ignore[index]
                         journaled[id(action)] = self._intent(step, action)
         # "Keep both": the old pair is forgotten before its items are copied. Should the run
         # stop after the copies are made, the next run pairs each item with its copy by
@@ -677,35 +712,204 @@ class _Executor:
         split = [s.pair.id for s in steps if s.state == "record" and s.pair is not None
                  and s.pair.id is not None and any(a.copy for a in s.actions)]
         self.store.save_pairs(self.syncer.profile.id, self.kind, [], split)
-        self.store.journal_intents(self.run_id, list(journaled.values()))
-        results: dict[int, Result] = {}
+        self._journal(journaled, results)
         for side in SIDES:
+            writes[side] = [(a, w) for a, w in writes[side] if id(a) in journaled]
             connector = self.syncer.connector(side, self.kind)
             batch_size = connector.capabilities.batch_size
             todo = writes[side]
             for start in range(0, len(todo), batch_size):
                 part = todo[start:start + batch_size]
-                got = connector.apply(self.kind, [w for _, w in part])
-                for (action, _), result in zip(part, got, strict=True):
+                for (action, _), result in zip(part, self._send(connector, part, unknown),
+                                               strict=True):
                     results[id(action)] = result
 
         replan: list[Step] = []
-        saved: list[Pair] = []
-        dropped: list[int] = []
-        items: list[RunItem] = []
+        done: list[tuple[Step, list[Pair], list[int], list[RunItem]]] = []
         for step in steps:
-            outcome = self._settle(step, results, last_try)
-            if outcome == "replan":
-                replan.append(step)
-                continue
-            if outcome == "record":
-                self._record(step, results, saved, dropped)
-            items.extend(self._items(step, results, outcome))
-        done = [_done(journaled[key], result) for key, result in results.items()]
-        self.store.save_pairs(self.syncer.profile.id, self.kind, saved, dropped,
-                              self.run_id, items, done)
-        self.report.items.extend(items)
+            saved: list[Pair] = []
+            dropped: list[int] = []
+            try:
+                outcome = self._settle(step, results, last_try)
+                if outcome == "replan":
+                    replan.append(step)
+                    # Nothing to keep but what its writes answered (the journal's).
+                    done.append((step, [], [], []))
+                    continue
+                if outcome == "record":
+                    self._record(step, results, saved, dropped)
+                items = self._items(step, results, outcome)
+            except Exception as exc:  # noqa: BLE001 - fails this item only
+                saved, dropped = [], []
+                items = self._failed(step, f"cannot be settled: {unexpected(exc)}", results)
+            done.append((step, saved, dropped, items))
+        self._claim(done, results)
+        self._save(done, journaled, results, unknown)
         return replan
+
+    def _journal(self, journaled: dict[int, JournalEntry], results: dict[int, Result]) -> None:
+        """Store the chunk's intents before any write; an intent the store refuses is not
+        sent (a write is never made unjournaled): that item fails, the others go on."""
+        try:
+            self.store.journal_intents(self.run_id, list(journaled.values()))
+            return
+        except Exception as exc:  # noqa: BLE001 - tried again one by one
+            unexpected(exc)
+        for key, entry in list(journaled.items()):
+            try:
+                self.store.journal_intents(self.run_id, [entry])
+            except Exception as exc:  # noqa: BLE001 - this item's failure
+                del journaled[key]
+                results[key] = Result("failed", error=(
+                    f"not written: the state store refused its journal entry "
+                    f"({unexpected(exc)})"))
+
+    def _send(self, connector: Connector, part: list[tuple[Action, Write]],
+              unknown: set[int]) -> list[Result]:
+        """One batch of writes to a side; should the connector fail on the batch (a bug:
+        connectors answer per write), the writes that are safe to send again are sent one
+        by one, so that the bug fails only the item it concerns. A side that cannot be
+        reached stops the run (ConnectionFailed)."""
+        try:
+            return connector.apply(self.kind, [w for _, w in part])
+        except CrmsyncError as exc:
+            if not isinstance(exc, ItemError):
+                raise
+            error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - the batch's trouble, not the run's
+            error = unexpected(exc)
+        out = []
+        for action, write in part:
+            # Whether the batch made it is unknown: updates and deletes carry their
+            # version, and a side keeping UIDs finds a create made already ("exists"),
+            # so those are sent again; a create on another side is left for the next run
+            # to find (see Store.unsettled_creates) rather than risk making it twice.
+            again = len(part) > 1 and (not isinstance(write, Create)
+                                       or connector.capabilities.keeps_uid)
+            if not again:
+                unknown.add(id(action))
+                out.append(Result("failed", error=error))
+                continue
+            try:
+                out.append(connector.apply(self.kind, [write])[0])
+            except CrmsyncError as exc:
+                if not isinstance(exc, ItemError):
+                    raise
+                unknown.add(id(action))
+                out.append(Result("failed", error=str(exc)))
+            except Exception as exc:  # noqa: BLE001 - this item's failure
+                unknown.add(id(action))
+                out.append(Result("failed", error=unexpected(exc)))
+        return out
+
+    def _failed(self, step: Step, reason: str, results: dict[int, Result] | None = None,
+                counted: Sequence[RunItem] = ()) -> list[RunItem]:
+        """A step whose bookkeeping failed: one failed item, its ids (and what its writes
+        made) looked at again next run; ``counted``, its items as counted so far, are
+        taken back from the counts."""
+        self._pend(step, results or {})
+        for item in counted:
+            if item.outcome != "warning":  # warnings are not counted
+                self.report.counts["failed" if item.outcome == "failed" else item.action] -= 1
+        ids = {s: _plain(i) for s, i in step.ids().items()}
+        side = next((a.side for a in step.actions if a.side is not None), None)
+        self.report.counts["failed"] += 1
+        # Plain text: what the store refused may be the item's own text (a NUL byte,
+        # which PostgreSQL does not keep), and this report item must be kept.
+        return [RunItem(self.kind, "failed", "failed", _plain(step.label()), _plain(reason),
+                        ids.get("crm"), ids.get("groupware"), side)]
+
+    def _claim(self, done: list[tuple[Step, list[Pair], list[int], list[RunItem]]],
+               results: dict[int, Result]) -> None:
+        """Keep one item id in one pair: a step whose new pair would hold an item another
+        pair holds (two creates that found the same item by its UID, an item paired
+        already) is that step's failure instead of a store that refuses the chunk after
+        its writes were made."""
+        wanted: dict[Side, set[str]] = {s: set() for s in SIDES}
+        for _, saved, _, _ in done:
+            for pair in saved:
+                for side in SIDES:
+                    if (item_id := pair.id_on(side)) is not None:
+                        wanted[side].add(item_id)
+        if not any(wanted.values()):
+            return
+        freed = {pid for _, _, dropped, _ in done for pid in dropped}
+        held: dict[tuple[Side, str], int | str] = {}
+        for pair in self.store.pairs(self.syncer.profile.id, self.kind, ids=wanted):
+            if pair.id not in freed:
+                for side in SIDES:
+                    if (item_id := pair.id_on(side)) is not None:
+                        held[(side, item_id)] = pair.id  # type: ignore[assignment]
+        for n, (step, saved, dropped, _) in enumerate(done):
+            owner: int | str = step.pair.id if step.pair and step.pair.id else f"new{n}"
+            clash = [(side, item_id, held[(side, item_id)]) for pair in saved
+                     for side in SIDES if (item_id := pair.id_on(side)) is not None
+                     and held.get((side, item_id), owner) != owner]
+            if not clash:
+                for pair in saved:
+                    for side in SIDES:
+                        if (item_id := pair.id_on(side)) is not None:
+                            held[(side, item_id)] = owner
+                continue
+            side, item_id, _ = clash[0]
+            twin = self._holder(done, side, item_id, held[(side, item_id)])
+            reason = (f"{SIDE_NAME[side]} item {item_id} is paired with {twin} already "
+                      "(same UID); run `crmsync repair`")
+            done[n] = (step, [], dropped, self._failed(step, reason, results, done[n][3]))
+
+    def _holder(self, done: list[tuple[Step, list[Pair], list[int], list[RunItem]]],
+                side: Side, item_id: str, owner: int | str) -> str:
+        """The other side's item of the pair holding ``item_id``, to name it."""
+        there = other(side)
+        for _, saved, _, _ in done:
+            for pair in saved:
+                if pair.id_on(side) == item_id and pair.id_on(there):
+                    return str(pair.id_on(there))
+        if isinstance(owner, int):
+            for pair in self.store.pairs(self.syncer.profile.id, self.kind,
+                                         ids={side: {item_id}}):
+                if pair.id_on(there):
+                    return str(pair.id_on(there))
+        return "another item"
+
+    def _save(self, done: list[tuple[Step, list[Pair], list[int], list[RunItem]]],
+              journaled: dict[int, JournalEntry], results: dict[int, Result],
+              unknown: set[int]) -> None:
+        """Store the chunk's pair states, run items and completed journal entries in one
+        transaction; should the store refuse it, step by step, so that a step it refuses
+        is that item's failure (its writes stay open in the journal, as after a crash,
+        and the next run settles them) and the others are kept."""
+        pid = self.syncer.profile.id
+
+        def entries(step: Step) -> list[JournalEntry]:
+            return [_done(journaled[id(a)], results[id(a)]) for a in step.actions
+                    if id(a) in journaled and id(a) in results and id(a) not in unknown]
+
+        try:
+            self.store.save_pairs(pid, self.kind, [p for _, s, _, _ in done for p in s],
+                                  [d for _, _, ds, _ in done for d in ds], self.run_id,
+                                  [i for _, _, _, its in done for i in its],
+                                  [e for step, _, _, _ in done for e in entries(step)])
+            for _, _, _, items in done:
+                self.report.items.extend(items)
+            return
+        except Exception as exc:  # noqa: BLE001 - tried again step by step below
+            unexpected(exc)
+        failed: list[RunItem] = []
+        for step, saved, dropped, items in done:
+            try:
+                self.store.save_pairs(pid, self.kind, saved, dropped, self.run_id, items,
+                                      entries(step))
+                self.report.items.extend(items)
+            except Exception as exc:  # noqa: BLE001 - this item's failure
+                if not (saved or dropped or items):
+                    continue  # a step planned again: its journal entries stay open
+                failed += self._failed(step, "its new state could not be stored "
+                                             f"({unexpected(exc)}); it is looked at again "
+                                             "on the next run", results, items)
+        # Only the report is left to keep; a store that refuses even that is broken.
+        self.store.save_pairs(pid, self.kind, [], [], self.run_id, failed)
+        self.report.items.extend(failed)
 
     def _intent(self, step: Step, action: Action) -> JournalEntry:
         """The journal entry of a write: the item before it (for an update or delete), or
@@ -836,6 +1040,11 @@ def _pinning(image: Image, zone: tzinfo) -> Image:
     return lambda record: image(pinned(record, zone) if isinstance(record, Event) else record)
 
 
+def _plain(text: str) -> str:
+    """``text`` as any store keeps it: NUL bytes and lone surrogates spelled out."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _done(entry: JournalEntry, result: Result) -> JournalEntry:
     """A journal entry completed with its write's result."""
     item = result.item
@@ -846,21 +1055,27 @@ def _done(entry: JournalEntry, result: Result) -> JournalEntry:
     return entry
 
 
-def _write(step: Step, action: Action, zone: tzinfo | None = None) -> Write:
+def _write(step: Step, action: Action, zone: tzinfo | None = None,
+           keeps_uid: bool = False) -> Write:
     """The write for ``action``; floating times pinned to ``zone`` when one is given.
 
     A groupware item keeps the Id of the CRM item it is paired with (Record.crm_id): given
     on create, and added on the item's next update when it lacks it, so that the pair is
-    found again should the state store be lost."""
+    found again should the state store be lost. An item without a UID is copied to a side
+    keeping UIDs (which needs one: CalDAV servers refuse an item without) with a UID
+    derived from where it comes from (:func:`derived_uid`), the same on every run."""
     target = action.side
     assert target is not None
     if action.op == "create":
         source = step.item(other(target))
         assert source is not None
         crm_id = source.id if target == "groupware" else ""
-        if not action.copy and zone is None:
+        no_uid = keeps_uid and not action.copy and not source.uid and not source.record().uid
+        if not action.copy and zone is None and not no_uid:
             return Create(source=source, crm_id=crm_id)
         record = source.record()
+        if no_uid:
+            record = dataclasses.replace(record, uid=derived_uid(other(target), source.id))
         if action.copy:
             # A copy beside the item the target side already has: an identity of its own.
             record = dataclasses.replace(record, uid="")
@@ -880,6 +1095,12 @@ def _write(step: Step, action: Action, zone: tzinfo | None = None) -> Write:
         return Update(item.id, item.version, changes, planned=item,
                       crm_id=missing_kept_id(item, step.crm) if target == "groupware" else "")
     return Delete(item.id, item.version)
+
+
+def derived_uid(side: Side, item_id: str) -> str:
+    """A UID for an item that has none: stable, from its side and id."""
+    digest = hashlib.sha1(f"{side}:{item_id}".encode()).hexdigest()[:24]
+    return f"crmsync-{digest}@derived"
 
 
 def missing_kept_id(gw: Item, crm: Item | None) -> str:

@@ -30,7 +30,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from crmsync import formats
-from crmsync.errors import ConfigError, FormatError
+from crmsync.errors import ConfigError, FormatError, unexpected
 from crmsync.merge import apply_changes
 from crmsync.model import ObjectKind, Record
 
@@ -84,6 +84,8 @@ class Item:
             except FormatError as exc:
                 exc.item_id = self.id
                 raise
+            except Exception as exc:  # noqa: BLE001 - a reader's bug fails this item only
+                raise FormatError(f"cannot be read ({unexpected(exc)})", self.id) from exc
         return self._record
 
     @property
@@ -102,7 +104,7 @@ class Item:
             return self.id
         try:
             return self.record().label() or self.id  # a contact without a name, ...
-        except FormatError:
+        except Exception:  # noqa: BLE001 - a label never fails: the id stands in
             return self.id
 
     def __repr__(self) -> str:

@@ -66,7 +66,13 @@ from crmsync.connectors.base import (
     Write,
 )
 from crmsync.connectors.vdir import EXTENSION, FORMAT, file_name
-from crmsync.errors import ConfigError, ConnectionFailed, CrmsyncError, FormatError
+from crmsync.errors import (
+    ConfigError,
+    ConnectionFailed,
+    CrmsyncError,
+    FormatError,
+    unexpected,
+)
 from crmsync.model import RECORD_TYPES, ObjectKind
 
 log = logging.getLogger(__name__)
@@ -1241,6 +1247,8 @@ class DavConnector(Connector):
                 raise  # the server is gone: the run stops, nothing is lost
             except CrmsyncError as exc:
                 result = Result("failed", error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - a rendering bug fails this item only
+                result = Result("failed", error=unexpected(exc))
             if self.protocol == "caldav" and result.status == "ok" \
                     and result.item is not None and _undated(result.item.raw):
                 result = dataclasses.replace(result, note=(

@@ -86,7 +86,7 @@ from crmsync.connectors.base import (
     Write,
 )
 from crmsync.connectors.graphapi import GRAPH_URL, Client, GraphError, Reply, Request, Sleep
-from crmsync.errors import ConfigError, CrmsyncError
+from crmsync.errors import ConfigError, CrmsyncError, unexpected
 from crmsync.formats import msgraph as fmt
 from crmsync.formats.salesforce import slots
 from crmsync.merge import apply_changes
@@ -486,6 +486,9 @@ class GraphConnector(Connector):
                                                 headers={"If-Match": _etag(_entity(item))})))
             except CrmsyncError as exc:
                 results[i] = Result("failed", error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - a mapping bug fails this item only
+                results[i] = Result("failed", error=f"cannot be mapped to Microsoft Graph: "
+                                                    f"{unexpected(exc)}")
         replies = self.client.batch([r for _, r in requests])
         written: dict[int, str] = dict(unchanged)
         for (i, request), reply in zip(requests, replies, strict=True):

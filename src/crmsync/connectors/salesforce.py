@@ -130,7 +130,7 @@ from crmsync.connectors.sfapi import (
     soql_list,
     soql_quote,
 )
-from crmsync.errors import ConfigError, ConnectionFailed, CrmsyncError, ItemError
+from crmsync.errors import ConfigError, ConnectionFailed, CrmsyncError, ItemError, unexpected
 from crmsync.formats import salesforce as sf
 from crmsync.merge import apply_changes
 from crmsync.model import Attendee, Event, ObjectKind, Occurrence, Record
@@ -595,8 +595,8 @@ class SalesforceConnector(Connector):
         """Items from records as queried; ``whole``: series all of whose records are
         among them already."""
         if kind != "calendar":
-            return {r["Id"]: self._item(kind, r["Id"], {SOBJECT[kind]: _clean(r)}, [r])
-                    for r in records}
+            return {r["Id"]: _guarded(kind, r["Id"], lambda r=r: self._item(
+                kind, r["Id"], {SOBJECT[kind]: _clean(r)}, [r])) for r in records}
         if more_events:
             records = records + self._query_events("Id", sorted(more_events))
         # The expand fallback's occurrences belong to the item of their first one.
@@ -627,16 +627,19 @@ class SalesforceConnector(Connector):
             if series:
                 groups[series].append(record)
             elif record["Id"] not in member_of:
-                items[record["Id"]] = self._event_item(record["Id"], record, [record], people,
-                                                       expanded=folded.get(record["Id"]))
+                items[record["Id"]] = _guarded(kind, record["Id"], lambda r=record: (
+                    self._event_item(r["Id"], r, [r], people, expanded=folded.get(r["Id"]))))
         state = self._state("calendar")
         for series, members in groups.items():
-            members.sort(key=lambda r: sf._when(r)[0] or "")
-            head = _series_head(members)
-            occurrences = [m for m in members if m["Id"] != head.get("Id")
-                           or not m.get("Recurrence2PatternText")]
-            items[series] = self._event_item(series, head, occurrences, people,
-                                             everything=members)
+            def series_item(series: str = series, members: list = members) -> Item:
+                members.sort(key=lambda rec: sf._when(rec)[0] or "")
+                head = _series_head(members)
+                occurrences = [m for m in members if m["Id"] != head.get("Id")
+                               or not m.get("Recurrence2PatternText")]
+                return self._event_item(series, head, occurrences, people,
+                                        everything=members)
+
+            items[series] = _guarded(kind, series, series_item)
             state.series[series] = sorted(r["Id"] for r in members)
         return items
 
@@ -798,6 +801,9 @@ class SalesforceConnector(Connector):
                     deletes.append((i, _record_ids(current[write.id])))
             except CrmsyncError as exc:
                 results[i] = Result("failed", error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - a mapping bug fails this item only
+                results[i] = Result("failed", error=f"cannot be mapped to Salesforce "
+                                                    f"fields: {unexpected(exc)}")
         done, notes = self._create(kind, [(i, r, v) for i, r, v, _ in creates], results,
                                    whos)
         done.update(self._update_many(kind, updates, results))
@@ -1040,6 +1046,10 @@ class SalesforceConnector(Connector):
             except ItemError as exc:
                 results[i] = Result("failed", error=str(exc))
                 continue
+            except Exception as exc:  # noqa: BLE001 - a mapping bug fails this item only
+                results[i] = Result("failed", error=f"cannot be mapped to Salesforce "
+                                                    f"fields: {unexpected(exc)}")
+                continue
             planned.append((i, record, doc, values))
         if kind == "contacts":
             self._resolve_accounts([(values, doc[obj]) for _, _, doc, values in planned])
@@ -1157,8 +1167,9 @@ class SalesforceConnector(Connector):
                 continue
             try:
                 gone, changed = self._occurrence_writes(item, s.exdates, s.overrides)
-            except ItemError as exc:
-                results[s.index] = Result("failed", error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - this series' failure only
+                error = str(exc) if isinstance(exc, ItemError) else unexpected(exc)
+                results[s.index] = Result("failed", error=error)
                 done[s.index] = item.id
                 continue
             if s.item is None and not gone and not changed:
@@ -1337,6 +1348,16 @@ class SalesforceConnector(Connector):
 
 
 # --- helpers -----------------------------------------------------------------------------
+
+
+def _guarded(kind: ObjectKind, item_id: str, build: Callable[[], Item]) -> Item:
+    """The item ``build`` makes of Salesforce's records; should that fail on odd records,
+    an item carrying the reason (reported, never written over or deleted)."""
+    try:
+        return build()
+    except Exception as exc:  # noqa: BLE001 - one record's trouble, not the listing's
+        return Item(item_id, f"unreadable:{item_id}", "", FORMAT, kind,
+                    error=f"Salesforce record {item_id} cannot be read: {unexpected(exc)}")
 
 
 def _q(soql: str) -> str:

@@ -580,6 +580,12 @@ class _Item:
         # Without a master (an invitation to single instances) the first instance stands in
         self.head = self.master or comps[0]
         self.uid = _text(self.head, "UID")
+        others = sorted({u for c in comps if (u := _text(c, "UID"))} - {self.uid})
+        if others:
+            # Not one item: syncing the first would leave the others out without a word.
+            raise FormatError(f"holds {len(others) + 1} {kind}s with different UIDs "
+                              f"({', '.join([self.uid, *others][:3])}): one item per file "
+                              "is needed; split it")
         self.family = [
             c for c in comps
             if c is self.head or (c.first("RECURRENCE-ID") and _text(c, "UID") == self.uid)

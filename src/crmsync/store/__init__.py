@@ -24,6 +24,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    or_,
     select,
     text,
     update,
@@ -216,6 +217,28 @@ class Store:
         unique = {r[0]: r for r in rows}
         return [Pair(r[0], kind, r[1], r[2], r[3], r[4], one_way=bool(r[5]))
                 for r in unique.values()]
+
+    def uid_holders(self, profile_id: int, kind: ObjectKind, side: Side,
+                    uids: Iterable[str]) -> dict[str, str]:
+        """Of ``uids``, those a paired item on ``side`` has (by its stored base): uid ->
+        that item's id. A new item with such a UID is a twin (see plan.make_plan)."""
+        c = pairs.c
+        raw = c.crm_raw if side == "crm" else func.coalesce(c.gw_raw, c.crm_raw)
+        fmt = c.crm_fmt if side == "crm" else func.coalesce(c.gw_fmt, c.crm_fmt)
+        item_id = c.crm_id if side == "crm" else c.gw_id
+        wanted = set(uids)
+        query = select(item_id, raw, fmt).where(c.profile_id == profile_id, c.kind == kind,
+                                                item_id.is_not(None))
+        if len(wanted) <= 50:
+            # A few new items (the usual run): only the bases that may hold their UIDs.
+            query = query.where(or_(*(raw.contains(u, autoescape=True) for u in wanted)))
+        out: dict[str, str] = {}
+        with self.engine.connect() as conn:
+            for held, text_, fmt_ in conn.execute(query):
+                uid = Item(held, "", text_ or "", fmt_ or "", kind).uid
+                if uid in wanted:
+                    out.setdefault(uid, held)
+        return out
 
     def side_counts(self, profile_id: int, kind: ObjectKind) -> dict[Side, int]:
         """How many paired items each side holds (for the mass-delete guard)."""
