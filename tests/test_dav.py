@@ -352,6 +352,23 @@ def test_creating_a_uid_already_there_pairs_with_that_item(dav_server: DavServer
     assert len(conn.list_changes("calendar", None).upserts) == 2
 
 
+def test_a_task_whose_uid_an_event_holds_is_refused_not_paired_with_the_event(
+        dav_server: DavServer, dav: Factory) -> None:
+    """A real-world file held an event and a task with one UID: the event went into the
+    calendar first, the task's create met it ("exists") and was paired with the event;
+    the next run, not finding a task there, took it as deleted and deleted the source."""
+    url = dav_server.make_collection("calendar")
+    conn = dav(url)
+    uid = f"shared-{uuid.uuid4().hex[:8]}@example.org"
+    create(conn, "calendar", item(event(uid, "The event")))
+    task = raw_item("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\nBEGIN:VTODO\r\n"
+                    f"UID:{uid}\r\nDTSTAMP:20261101T000000Z\r\nSUMMARY:The task\r\n"
+                    "END:VTODO\r\nEND:VCALENDAR\r\n", "tasks")
+    [result] = conn.apply("tasks", [Create(task)])
+    assert result.status == "failed" and result.item is None
+    assert "one UID cannot name two items" in (result.error or "") and uid in result.error
+
+
 def test_creating_a_contact_uid_already_there(dav_server: DavServer, dav: Factory) -> None:
     book = dav_server.make_collection("addressbook")
     conn = dav(book, "carddav")

@@ -1290,7 +1290,7 @@ class DavConnector(Connector):
                 break
             existing = self._get(path)
             if existing is not None and _has_uid(existing, uid):
-                return Result("exists", _as_kind(existing, kind))
+                return self._exists(kind, uid, existing)
             if existing is not None:
                 # The name is another item's: take one of our own.
                 name = f"{name[:-len(ext)]}-{_digest(raw.encode())[:8]}{ext}"
@@ -1309,6 +1309,18 @@ class DavConnector(Connector):
         if existing is None:
             return Result("failed", error=f"the server has another item with UID {uid!r} "
                           f"but it cannot be found: {_refusal(response)}")
+        return self._exists(kind, uid, existing)
+
+    def _exists(self, kind: ObjectKind, uid: str, existing: Item) -> Result:
+        """A create found ``existing`` with its UID: the same item, made before (a run
+        stopped before it learned the answer), unless it holds another kind (an event
+        where a task was to go, both with one UID in one calendar). Paired to that, the
+        task would seem deleted on the next run, and the deletion would be carried back."""
+        if kind not in self._objects(existing):
+            held = ", ".join(sorted(self._objects(existing))) or "nothing crmsync syncs"
+            return Result("failed", error=f"the server holds {existing.id} with UID {uid!r} "
+                          f"({held}, not {kind}): one UID cannot name two items in one "
+                          "collection; give one of them another UID")
         return Result("exists", _as_kind(existing, kind))
 
     def _find_uid(self, kind: ObjectKind, uid: str) -> Item | None:
