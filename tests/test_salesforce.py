@@ -871,3 +871,24 @@ def test_a_cursor_older_than_15_days_reconciles_in_full(sandbox: Sandbox,
     assert changes.complete
     assert task.item.id in {u[0] for u in changes.upserts}
 
+
+
+def test_a_first_listing_finds_a_series_that_began_years_before_the_range(make: Factory
+                                                                           ) -> None:
+    """Salesforce keeps occurrence records for a bounded span after a series' start: a
+    monthly meeting set up years ago has none in the sync range, yet repeats into it. A
+    new profile's first listing (by time range) missed it, so that calendar never got it."""
+    writer = make()
+    years_ago = datetime.now(UTC).replace(hour=9, minute=0, second=0, microsecond=0) \
+        - timedelta(days=5 * 365)
+    start = years_ago.strftime("%Y-%m-%dT%H:%M:%SZ")
+    end = (years_ago + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    series = Event(uid="", summary=unique("Monthly review"), start=start, end=end,
+                   rrule=f"FREQ=MONTHLY;BYMONTHDAY={years_ago.day}")
+    [made] = writer.apply("calendar", [Create(ical(series))])
+    assert made.status == "ok" and made.item is not None
+    listed = make().list_changes("calendar", None)  # another profile, its first listing
+    ids = [item_id for item_id, _, _ in listed.upserts]
+    assert made.item.id in ids
+    record = next(it for i, _, it in listed.upserts if i == made.item.id).record()
+    assert record.rrule.startswith("FREQ=MONTHLY") and record.summary == series.summary

@@ -458,7 +458,11 @@ class SalesforceConnector(Connector):
             where.append(f"SystemModstamp > {since}")
         elif kind == "calendar":
             start, stop = (soql_datetime(t.timestamp()) for t in self.time_range)
-            where.append(f"EndDateTime >= {start} AND StartDateTime <= {stop}")
+            # A series that began before the range may have no occurrence record in it
+            # (Salesforce materializes occurrences for a bounded span), yet repeat into
+            # it: its records come too, and the rules place the series by its pattern.
+            where.append(f"((EndDateTime >= {start} AND StartDateTime <= {stop}) OR "
+                         f"(IsRecurrence2 = true AND StartDateTime <= {stop}))")
         soql = self._select(kind) + (f" WHERE {' AND '.join(where)}" if where else "")
         requests.append(("GET", "query?q=" + _q(soql), None))
         if kind == "calendar" and since is not None:
