@@ -487,3 +487,35 @@ def test_an_item_the_store_cannot_keep_fails_alone(store: Store, tmp_path: Path)
         else:
             assert uids(tmp_path / "crm" / "calendar") == ["fine@x", "nul@x"]
     assert store.engine.dialect.name == "sqlite" or "nul.ics" in told
+
+
+def test_what_salesforce_cuts_is_said_in_the_plan_and_the_report(sandbox,
+                                                                 sqlite_store: Store,
+                                                                 tmp_path: Path):
+    """A 40,000-character body and a 400-character location reach Salesforce cut to its
+    field lengths: the plan (dry run, review) and the run report say so, item by item,
+    and the groupware original keeps every character."""
+    gw = tmp_path / "groupware"
+    body, place = "x" * 40_000, "Room " + "y" * 395
+    put(gw / "calendar", "long.ics", ics("long@x", f"DESCRIPTION:{body}", f"LOCATION:{place}",
+                                         summary="Long one"))
+    put(gw / "calendar", "short.ics", ics("short@x", summary="Short one"))
+    syncer = sf_syncer(sandbox, sqlite_store, gw)
+    try:
+        [prepared] = syncer.prepare()
+        planned = {a.code: a.lossy for s, a in prepared.plan.actions()
+                   if s.gw is not None and s.gw.id == "long.ics"}
+        assert planned == {"create:crm": [
+            "Event.Location cut to 255 characters (Salesforce keeps no more)",
+            "Event.Description cut to 32,000 characters (Salesforce keeps no more)"]}
+        assert all(not a.lossy for s, a in prepared.plan.actions()
+                   if s.gw is not None and s.gw.id == "short.ics")
+        report = syncer.run([prepared]).to_dict()
+        assert report["status"] == "ok"
+        outcome, reason = outcomes(report)["long.ics"]
+        assert outcome == "warning" and "Description cut to 32,000" in reason \
+            and "Location cut to 255" in reason
+        assert "short.ics" not in outcomes(report)
+        assert body in (gw / "calendar" / "long.ics").read_text().replace("\r\n ", "")
+    finally:
+        syncer.close()

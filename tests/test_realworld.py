@@ -129,7 +129,8 @@ class Hop:
         assert report["error"] is None and report["status"] in ("ok", "partial"), report
         for kind in report["objects"].values():
             for i in kind["items"]:
-                if i["outcome"] in ("failed", "skipped") and i["reason"]:
+                # (a warning: written, with what the side did not keep)
+                if i["outcome"] in ("failed", "skipped", "warning") and i["reason"]:
                     for side, key in (("crm", "crm_id"), ("groupware", "groupware_id")):
                         if i[key]:
                             self.reasons[(side, i[key])] = i["reason"]
@@ -306,19 +307,7 @@ RADICALE_KNOWN = {
     "rie-issue_128_only_first_event-0.ics":
         "CalDAV: as above; Radicale leaves out this series (UNTIL with COUNT=-1)",
 }
-SALESFORCE_KNOWN = {
-    "rie-issue_201_test_matrix-14.ics":
-        "a floating start with a UTC end: crmsync reads the floating time in the user's "
-        "zone, recurring_ical_events in the end's zone (RFC 5545 leaves it open)",
-    "rie-issue_201_test_matrix-22.ics": "a UTC start with a floating end: as above",
-    "rie-same_event_recurring_at_same_time-0.ics":
-        "occurrences moved onto each other: Salesforce keeps no RECURRENCE-ID, and the "
-        "nearest free slot guessed on read-back swaps two of them",
-    "own-huge-description.ics":
-        "the description is cut to Salesforce's 32,000 characters (SPEC 5, the default), "
-        "but the run report does not say so: sync.py drops the note of a write that "
-        "succeeded",
-}
+SALESFORCE_KNOWN: dict[str, str] = {}  # none left
 
 
 def through(first: Hop, second: Hop | None, mid_side: str

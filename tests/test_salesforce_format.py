@@ -360,3 +360,36 @@ def test_two_occurrences_moved_to_the_same_time_are_both_kept() -> None:
     assert event.exdates == []
     assert {k: o.start for k, o in event.overrides.items()} == {
         "2026-11-16T09:00:00Z": "2026-11-09T09:00:00Z"}
+
+
+def test_a_floating_start_with_a_zoned_end_is_an_item_error() -> None:
+    """Which zone the floating time means cannot be told (RFC 5545 leaves it open); pinned
+    to the user's zone it came back an hour off the reading other calendars make."""
+    for start, end, words in (("2026-12-07T09:00:00", "2026-12-07T10:00:00Z", "no time zone"),
+                              ("2026-12-07T09:00:00Z", "2026-12-07T10:00:00", "a time zone")):
+        with pytest.raises(ItemError, match=f"the start has {words}"):
+            sf.render_event(Event(summary="Mixed", start=start, end=end))
+    assert json.loads(sf.render_event(Event(summary="Both floating", start="2026-12-07T09:00:00",
+                                            end="2026-12-07T10:00:00")))
+
+
+def test_occurrences_moved_onto_each_other_are_an_item_error() -> None:
+    """The 23rd moved to the 24th and the 27th to the 24th too: read back by time, which
+    record was which occurrence cannot be told, and two of them swapped silently."""
+    def moved(day: str) -> Occurrence:
+        return Occurrence(summary="event", start=f"2026-12-{day}T12:00:00Z",
+                          end=f"2026-12-{day}T13:00:00Z")
+    event = Event(summary="event", start="2026-12-23T12:00:00Z", end="2026-12-23T13:00:00Z",
+                  rrule="FREQ=DAILY;UNTIL=20261228T120000Z",
+                  overrides={"2026-12-23T12:00:00Z": moved("24"),
+                             "2026-12-27T12:00:00Z": moved("24")})
+    with pytest.raises(ItemError, match="moved onto each other's times"):
+        sf.render_event(event)
+    # Onto another occurrence's time: as ambiguous.
+    event.overrides = {"2026-12-25T12:00:00Z": moved("26")}
+    with pytest.raises(ItemError, match="moved onto each other's times"):
+        sf.render_event(event)
+    # Moved to a time of its own: read back as it was.
+    event.overrides = {"2026-12-25T12:00:00Z": Occurrence(
+        summary="event", start="2026-12-25T15:00:00Z", end="2026-12-25T16:00:00Z")}
+    assert json.loads(sf.render_event(event))["Event"]["IsRecurrence2"] is True

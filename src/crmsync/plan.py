@@ -43,6 +43,8 @@ _EMPTY: tuple[Any, ...] = (None, "", [], {})
 # Why a side would certainly refuse a record as written, None when it would take it: the
 # side's Connector.refuses (its field limits, its required fields).
 Refuses = Callable[[ObjectKind, Record], str | None]
+# What a side will not keep of a record it writes: the side's Connector.lossy.
+Lossy = Callable[[ObjectKind, Record], list[str]]
 
 # After a step: "record" stores the pair's new state once its writes succeed; "settle"
 # stores nothing but the change is handled; "retry" leaves it to be presented again on
@@ -173,6 +175,8 @@ class Action:
     # create: a new item with an identity of its own, copied from the other side's item
     # of the step, which keeps its own pair ("keep both" on a conflict).
     copy: bool = False
+    # create/update: what the side written will not keep of the item (Connector.lossy).
+    lossy: list[str] = field(default_factory=list)
 
     @property
     def code(self) -> str:
@@ -369,6 +373,7 @@ def make_plan(
     sent: Mapping[tuple[Side, str], Item] | None = None,
     holders: Mapping[tuple[Side, str], str] | None = None,
     refuses: Mapping[Side, Refuses] | None = None,
+    lossy: Mapping[Side, Lossy] | None = None,
     images: Mapping[Side, Image] | None = None,
     fresh: bool = False,
     held: Collection[tuple[Side, str]] = (),
@@ -387,7 +392,8 @@ def make_plan(
     by (side, UID): a new item with the UID of another item on its side is a twin (see
     :func:`_twins`). ``refuses`` asks a side whether it would certainly refuse a write
     (SPEC 5: a subject over the CRM's limit): such a write is planned as a skip with the
-    side's reason, never tried. ``images`` give, per side, a record as that side stores
+    side's reason, never tried; ``lossy`` what a side will not keep of a record, noted on
+    the create or update. ``images`` give, per side, a record as that side stores
     it (see :data:`Image`); values equal through them are equal. ``fresh``: no pair of
     this object is stored yet; ``held``: the (side, id)s an earlier run left unsettled
     (see :func:`pair_up`).
@@ -400,7 +406,7 @@ def make_plan(
         twins = _twins(new, unpaired, holders or {})
         all_views.extend(new)
     planner = _Planner(policy, common, ignored or {}, known_emails, now, images,
-                       refuses=refuses)
+                       refuses=refuses, lossy=lossy)
     steps = []
     for view in all_views:
         step = planner.step(kind, view)
@@ -708,9 +714,11 @@ class _Planner:
                  ignored: Mapping[tuple[Side, str], Ignore],
                  known_emails: frozenset[str] | None, now: datetime | None,
                  images: Mapping[Side, Image] | None = None, *, chosen: bool = False,
-                 refuses: Mapping[Side, Refuses] | None = None) -> None:
+                 refuses: Mapping[Side, Refuses] | None = None,
+                 lossy: Mapping[Side, Lossy] | None = None) -> None:
         self.policy = policy
         self.refuses = refuses or {}
+        self.lossy = lossy or {}
         self.common = common
         self.ignored = ignored
         self.known_emails = known_emails
@@ -784,21 +792,26 @@ class _Planner:
 
     def _refused(self, step: Step) -> None:
         """The step's creates and updates that their side would certainly refuse, as
-        skips with its reason: shown in the review and dry run, never tried, so an item
+        skips with its reason (and, of the others, what their side will not keep:
+        Action.lossy): shown in the review and dry run, never tried, so an item
         does not fail on every run. A new item refused is not synced at all (nothing is
         stored: it comes back once it changes); a refused update of a pair leaves the pair
         as it was, unless the step writes something else."""
         refused = False
         for n, action in enumerate(step.actions):
-            ask = self.refuses.get(action.side) if action.side else None
-            if ask is None or action.op not in ("create", "update"):
+            if action.op not in ("create", "update") or action.side is None:
                 continue
-            record = self._written(step, action)
-            why = ask(step.kind, record) if record is not None else None
+            ask, cuts = self.refuses.get(action.side), self.lossy.get(action.side)
+            record = self._written(step, action) if ask or cuts else None
+            if record is None:
+                continue
+            why = ask(step.kind, record) if ask is not None else None
             if why is not None:
                 step.actions[n] = Action("skip", action.side, reason=(
-                    f"not synced to {SIDE_NAME[action.side]}: {why}"))  # type: ignore[index]
+                    f"not synced to {SIDE_NAME[action.side]}: {why}"))
                 refused = True
+            elif cuts is not None:
+                action.lossy = cuts(step.kind, record)
         if not refused or any(a.op in WRITES for a in step.actions) and step.pair is not None:
             return
         new = step.pair is None and (step.crm is None or step.gw is None)

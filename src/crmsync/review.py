@@ -125,6 +125,8 @@ def detail_text(kind: str, step: Step) -> Text:
         if action.reason:
             text.append(f"  {action.reason}", style="dim")
         text.append("\n")
+        for note in action.lossy:
+            text.append(f"  not kept: {note}\n", style="yellow")
         for line in field_lines(step, action):
             text.append(f"  {line}\n")
     return text

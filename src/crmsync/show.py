@@ -46,6 +46,8 @@ def action_dict(step: Step, action: Action) -> dict[str, Any]:
                             for k, v in action.conflicts.items()}
     if action.reason:
         out["reason"] = action.reason
+    if action.lossy:
+        out["lossy"] = action.lossy
     if action.choices:
         out["choices"] = list(action.choices)
     return out
@@ -133,6 +135,8 @@ def plan_table(plan: Plan, limit: int = 100):
         why = action.reason
         if action.changes and not why:
             why = ", ".join(action.changes)
+        if action.lossy:
+            why = "; ".join(filter(None, [why, *action.lossy]))
         table.add_row(step.crm.label() if step.crm else "",
                       f"[{style}]{ARROWS.get(code, code)}[/]",
                       step.gw.label() if step.gw else "", why)

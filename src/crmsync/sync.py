@@ -352,6 +352,7 @@ class Syncer:
         return {"ignored": self.store.ignored(self.profile.id, kind),
                 "known_emails": self._known.get(kind), "now": self.clock(),
                 "refuses": {s: self.connector(s, kind).refuses for s in SIDES},
+                "lossy": {s: self.connector(s, kind).lossy for s in SIDES},
                 "images": self.images(kind)}
 
     def images(self, kind: ObjectKind) -> dict[Side, Image]:
@@ -1028,9 +1029,12 @@ class _Executor:
             self.report.counts["failed" if outcome == "failed" else code] += 1
             out.append(RunItem(self.kind, code, outcome, step.label(parse=outcome != "applied"),
                                reason, ids.get("crm"), ids.get("groupware"), action.side))
-            if result is not None and result.note:
-                # Written, with something the user should know (Result.note): not counted.
-                out.append(RunItem(self.kind, code, "warning", step.label(), result.note,
+            notes = [*(action.lossy if outcome == "applied" else []),
+                     *([result.note] if result is not None and result.note else [])]
+            if notes:
+                # Written, with something the user should know (what the side did not
+                # keep, Result.note): not counted.
+                out.append(RunItem(self.kind, code, "warning", step.label(), "; ".join(notes),
                                    ids.get("crm"), ids.get("groupware"), action.side))
         return out
 

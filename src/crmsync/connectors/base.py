@@ -294,6 +294,12 @@ class Connector(ABC):
         in the review and dry run instead of failing at apply on every run."""
         return None
 
+    def lossy(self, kind: ObjectKind, record: Record) -> list[str]:
+        """What this side will not keep of ``record`` when it writes it (a body cut to
+        its field length, ...), one phrase each: shown per item in the review, the dry
+        run and the report, so that nothing is lost without a word. Empty by default."""
+        return []
+
     def image(self, kind: ObjectKind) -> Callable[[Record], Record] | None:
         """How a record written here reads back, as a pure function (no I/O: what it needs,
         e.g. field lengths, the connector looks up now): the side's lossy IMAGE of it.

@@ -848,6 +848,11 @@ class SalesforceConnector(Connector):
     def _values(self, kind: ObjectKind, record: Record, template: dict[str, Any] | None,
                 files: Sequence[str]) -> dict[str, Any]:
         """The sObject fields to write for ``record``, within Salesforce's limits."""
+        return self._fitted(kind, record, template, files)[0]
+
+    def _fitted(self, kind: ObjectKind, record: Record, template: dict[str, Any] | None,
+                files: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+        """:meth:`_values`, and the names of the fields cut to fit."""
         s = self.settings
         if kind == "calendar":
             assert isinstance(record, Event)
@@ -858,8 +863,17 @@ class SalesforceConnector(Connector):
             values = sf.task_fields(record, template)  # type: ignore[arg-type]
         else:
             values = sf.contact_fields(record, template)  # type: ignore[arg-type]
-        sf.fit(SOBJECT[kind], values, self.lengths(kind), truncate_body=s.truncate_body)
-        return values
+        cut = sf.fit(SOBJECT[kind], values, self.lengths(kind), truncate_body=s.truncate_body)
+        return values, cut
+
+    def lossy(self, kind: ObjectKind, record: Record) -> list[str]:
+        try:
+            _, cut = self._fitted(kind, record, None, [])
+        except ItemError:
+            return []  # refused, not cut: refuses() says why
+        lengths = self.lengths(kind)
+        return [f"{SOBJECT[kind]}.{name} cut to {lengths[name]:,} characters (Salesforce "
+                "keeps no more)" for name in cut]
 
     def _related(self, kind: ObjectKind, write: Create, values: dict[str, Any]) -> list[str]:
         """Apply a create's extra fields and relations to ``values``; the people (Contact,

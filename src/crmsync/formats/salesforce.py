@@ -38,7 +38,7 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from crmsync.errors import ItemError
 from crmsync.formats import jsondoc
@@ -294,8 +294,18 @@ def _match(event: Event, others: list[Mapping[str, Any]]
     records = [r for r in others if not r.get("IsRecurrence2Exclusion")]
     if not records:
         return {}, []
+    return _assign(event, [(_when(r)[0] or "", r) for r in records])
+
+
+T = TypeVar("T")
+
+
+def _assign(event: Event, records: list[tuple[str, T]]) -> tuple[dict[str, T], list[str]]:
+    """Slot -> the occurrence record (by its start) that fills it, and the slots without
+    one. Salesforce keeps no RECURRENCE-ID: a record at a slot's time fills that slot, a
+    moved one the nearest slot left free."""
     # (sorted, not keyed by start: two occurrences may be moved to the same time)
-    starts = sorted(((_when(r)[0] or "", r) for r in records), key=lambda sr: sr[0])
+    starts = sorted(records, key=lambda sr: sr[0])
     last = max(s for s in [event.start, *(s for s, _ in starts)] if s)
     if _bounded(event.rrule or ""):
         # A series with an end: every slot up to Salesforce's horizon has (or had) a record.
@@ -303,22 +313,40 @@ def _match(event: Event, others: list[Mapping[str, Any]]
         expected = slots(event, _shift_days(event.start, HORIZON_DAYS), MAX_OCCURRENCES)
     else:
         expected = slots(event, last)
-    index: dict[str, Mapping[str, Any]] = {}
-    moved: list[Mapping[str, Any]] = []
+    index: dict[str, T] = {}
+    moved: list[tuple[str, T]] = []
     for start, record in starts:
         if start in expected and start not in index:
             index[start] = record
         else:
-            moved.append(record)
+            moved.append((start, record))
     free = [s for s in expected if s not in index]
-    for record in moved:
-        start = _when(record)[0] or ""
+    for start, record in moved:
         if not free:
             break
         slot = min(free, key=lambda s: abs((_sortable(s) - _sortable(start)).total_seconds()))
         free.remove(slot)
         index[slot] = record
     return index, free
+
+
+def _moves_told_apart(event: Event) -> bool:
+    """Whether reading the series back (:func:`_assign`) gives every moved occurrence its
+    own slot again: not when one lands on another's time and the nearest free slot is
+    not where it came from."""
+    moved = {k: o.start for k, o in event.overrides.items()
+             if o.start and o.start != k and o.status != "cancelled"}
+    if not moved or not event.start:
+        return True
+    try:
+        expected = slots(event, max([*event.overrides, *moved.values()]))
+    except (ValueError, TypeError, OverflowError):
+        return True  # a rule Salesforce refuses says why itself
+    gone = set(event.exdates) | {k for k, o in event.overrides.items()
+                                 if o.status == "cancelled"}
+    records = [(moved.get(slot, slot), slot) for slot in expected if slot not in gone]
+    index, _ = _assign(event, records)
+    return all(index.get(slot) == slot for slot in moved)
 
 
 # How far ahead Salesforce lays out a series' occurrences (and at most how many): slots
@@ -380,6 +408,10 @@ RRULE_PARTS = frozenset({"FREQ", "UNTIL", "COUNT", "INTERVAL", "BYSECOND", "BYMI
                          "BYMONTH", "BYSETPOS", "WKST"})
 
 
+def _floating(m: str) -> bool:
+    return "T" in m and not m.endswith("Z")
+
+
 def unmappable(event: Event) -> None:
     """Raise ItemError when Salesforce cannot hold what ``event`` means: written anyway,
     it would come back as another event (SPEC section 4: reported per item, never
@@ -389,6 +421,13 @@ def unmappable(event: Event) -> None:
         first, second = kinds if is_all_day(event.start) else kinds[::-1]
         raise ItemError(f"the start is {first} but the end {second}: Salesforce needs both "
                         "of one kind: not synced (make both dates or both times)")
+    if event.start and event.end and not is_all_day(event.start) \
+            and not is_all_day(event.end) and _floating(event.start) != _floating(event.end):
+        first, second = ("no time zone (floating)", "one") if _floating(event.start) \
+            else ("a time zone", "none (floating)")
+        raise ItemError(f"the start has {first} but the end {second}: which zone the "
+                        "floating time means cannot be told, and Salesforce keeps instants: "
+                        "not synced (give both the same zone)")
     if event.rdates:
         n = len(event.rdates)
         raise ItemError(f"{n} extra date{'s' if n > 1 else ''} (RDATE) cannot be held by "
@@ -413,6 +452,10 @@ def unmappable(event: Event) -> None:
             raise ItemError(f"the changed occurrence {stray[0]} (RECURRENCE-ID) is not one "
                             "the repeat rule gives, so Salesforce cannot tell which "
                             "occurrence it changes: not synced")
+        if not _moves_told_apart(event):
+            raise ItemError("changed occurrences are moved onto each other's times: "
+                            "Salesforce keeps no RECURRENCE-ID, so which is which cannot "
+                            "be told on the way back: not synced")
 
 
 def _stray_overrides(event: Event) -> list[str]:
