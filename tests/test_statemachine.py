@@ -7,7 +7,10 @@ Invariants after every completed sync:
   * a second sync writes nothing;
   * an item is deleted by a sync only if the test deleted it on the other side since the
     last completed sync; prevent switches are never violated (checked on crashed runs too);
-  * no side ever holds two items with the same UID.
+  * no side ever holds two items with the same UID, except twins the test made itself;
+  * no item's content is ever replaced by another item's: look-alike items (the same
+    start, end and summary as another, a body of their own) keep their own body, on every
+    side, whatever the store remembers (it is lost at random) and whatever is undone.
 
 The default run tries a few hundred histories; CRMSYNC_SLOW=1 (pytest --slow) 10,000.
 Hypothesis prints the seed and a @reproduce_failure blob for any failure.
@@ -16,6 +19,7 @@ Hypothesis prints the seed and a @reproduce_failure blob for any failure.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from datetime import UTC, datetime
@@ -33,10 +37,12 @@ from hypothesis.stateful import (
 
 from crmsync.connectors.base import SIDES, other
 from crmsync.connectors.vdir import EXTENSION
+from crmsync.errors import ConfigError
 from crmsync.model import Attendee, Contact, Event, Occurrence, Phone, Task
 from crmsync.policy import PREVENT_SWITCHES
 from crmsync.store import Store
 from crmsync.sync import Syncer
+from crmsync.undo import undo
 
 from conftest import Sides
 from test_sync import Crash, CrashingVdir
@@ -154,6 +160,9 @@ class SyncMachine(RuleBasedStateMachine):
         # A clean history never uses a prevent switch or the "ask" rule, so both sides
         # must end up equal; the others check the weaker invariants only.
         self.clean = True
+        # (side, kind, uid) of the UID twins the test made itself: the only ones allowed.
+        self.twins: set[tuple[str, str, str]] = set()
+        self.last_run: int | None = None
 
     @initialize(clean=st.sampled_from([True, True, False]), data=st.data())
     def start(self, clean: bool, data) -> None:
@@ -189,7 +198,8 @@ class SyncMachine(RuleBasedStateMachine):
             name = self._pick(side, kind, data)
             if name is None:
                 return
-            record = self.sides.records(side, kind)[_uid_of(self.sides, side, kind, name)]
+            uid = _uid_of(self.sides, side, kind, name)
+            record = self.sides.records(side, kind, twins=True)[uid]
             self.sides.edit(side, kind, name, **EDITS[kind](data.draw, record))
 
     @precondition(lambda self: self.alive)
@@ -202,6 +212,66 @@ class SyncMachine(RuleBasedStateMachine):
         (self.sides.folder(side, kind) / name).unlink()
         self.deleted[side].add((kind, uid))
         self.alive.discard((kind, uid))
+
+    @precondition(lambda self: self.alive)
+    @rule(side=st.sampled_from(SIDES), data=st.data(), copies=st.integers(1, 2))
+    def look_alike(self, side, data, copies) -> None:
+        """New events with another event's start, end and summary but a body (and UID) of
+        their own, on either side: re-pairing by content must never mistake them."""
+        names = self.sides.names(other(side), "calendar")
+        if not names:
+            return
+        name = data.draw(st.sampled_from(names))
+        model = self.sides.records(other(side), "calendar")[
+            _uid_of(self.sides, other(side), "calendar", name)]
+        for _ in range(copies):
+            self.counter += 1
+            twin = Event(uid=f"ev{self.counter}@t", summary=model.summary, start=model.start,
+                         end=model.end, description=_body(self.counter))
+            self.sides.put(data.draw(st.sampled_from(SIDES)), twin)
+            self.alive.add(("calendar", twin.uid))
+        self.clean = False  # look-alikes may be held back for the user to pair
+
+    @precondition(lambda self: self.alive)
+    @rule(side=st.sampled_from(SIDES), kind=st.sampled_from(KINDS), data=st.data())
+    def duplicate_uid(self, side, kind, data) -> None:
+        """A second file with an item's UID (a restored backup, a buggy client)."""
+        name = self._pick(side, kind, data)
+        if name is None:
+            return
+        path = self.sides.folder(side, kind) / name
+        (path.parent / f"copy-{self.counter}-{name}").write_bytes(path.read_bytes())
+        self.counter += 1
+        self.twins.add((side, kind, _uid_of(self.sides, side, kind, name)))
+        self.clean = False
+
+    @rule()
+    def lose_store(self) -> None:
+        """The state store is lost: the next sync starts from a fresh one."""
+        settings = self.profile.settings
+        self.store.close()
+        (self.tmp / "state.db").unlink()
+        self.store = migrated_store(self.tmp)
+        crm, gw = self.sides.endpoints()
+        self.profile = self.store.add_profile("p", crm, gw, list(KINDS), settings)
+        self.last_run = None
+
+    @precondition(lambda self: self.last_run is not None)
+    @rule()
+    def undo_last(self) -> None:
+        """Undo the last completed sync; the items it restores count as alive again."""
+        syncer = Syncer(self.store, self.profile, clock=clock)
+        try:
+            undo(syncer, self.last_run)
+        except ConfigError:
+            pass  # it wrote nothing
+        self.last_run = None
+        self.clean = False
+        for side in SIDES:
+            for kind in KINDS:
+                self.alive |= {(kind, uid) for uid in self.sides.records(side, kind, twins=True)}
+        self.deleted = {s: set() for s in SIDES}
+        self._check_identity()
 
     # --- syncing -----------------------------------------------------------------------------
 
@@ -225,7 +295,8 @@ class SyncMachine(RuleBasedStateMachine):
         self._set_rules(data)
         before = self._snapshot()
         syncer = Syncer(self.store, self.profile, clock=clock)
-        syncer.run(syncer.prepare())
+        report = syncer.run(syncer.prepare())
+        self.last_run = report.run_id
         self._check_writes(before)
         self._after_completed_sync()
 
@@ -250,7 +321,27 @@ class SyncMachine(RuleBasedStateMachine):
     def no_duplicate_uids(self) -> None:
         for side in SIDES:
             for kind in KINDS:
-                self.sides.records(side, kind)  # asserts unique UIDs
+                seen: set[str] = set()
+                for path in self.sides.folder(side, kind).glob("*" + EXTENSION[kind]):
+                    uid = _uid_in(path.read_bytes())
+                    assert uid not in seen or (side, kind, uid) in self.twins, \
+                        f"duplicate UID {uid} on {side}"
+                    seen.add(uid)
+
+    @invariant()
+    def no_content_replaced(self) -> None:
+        self._check_identity()
+
+    def _check_identity(self) -> None:
+        """A look-alike's body appears only in items with its own UID (edits replace a
+        body with words without digits, so a body "twin N" is always item N's own)."""
+        for side in SIDES:
+            for path in self.sides.folder(side, "calendar").glob("*.ics"):
+                raw = path.read_bytes().decode()
+                uid = _uid_in(path.read_bytes())
+                for n in _BODY.findall(raw):
+                    assert uid == f"ev{n}@t", \
+                        f"{path.name} on {side} ({uid}) holds look-alike ev{n}'s body"
 
     # --- checks ------------------------------------------------------------------------------
 
@@ -279,7 +370,7 @@ class SyncMachine(RuleBasedStateMachine):
                     assert not changed, f"updated {changed} on {side} despite prevent"
 
     def _after_completed_sync(self) -> None:
-        records = {s: {k: self.sides.records(s, k) for k in KINDS} for s in SIDES}
+        records = {s: {k: self.sides.records(s, k, twins=True) for k in KINDS} for s in SIDES}
         for kind, uid in self.alive:
             present = [s for s in SIDES if uid in records[s][kind]]
             assert present, f"{kind} {uid} was lost"
@@ -293,6 +384,13 @@ class SyncMachine(RuleBasedStateMachine):
         assert sum(p.plan.writes for p in again) == 0, [
             (a.code, a.reason) for p in again for _, a in p.plan.actions()]
         self.deleted = {s: set() for s in SIDES}
+
+
+_BODY = re.compile(r"twin (\d+) body")
+
+
+def _body(n: int) -> str:
+    return f"twin {n} body"
 
 
 def _uid_of(sides: Sides, side: str, kind: str, name: str) -> str:
