@@ -222,7 +222,7 @@ class SyncMachine(RuleBasedStateMachine):
         if not names:
             return
         name = data.draw(st.sampled_from(names))
-        model = self.sides.records(other(side), "calendar")[
+        model = self.sides.records(other(side), "calendar", twins=True)[
             _uid_of(self.sides, other(side), "calendar", name)]
         for _ in range(copies):
             self.counter += 1
@@ -260,6 +260,7 @@ class SyncMachine(RuleBasedStateMachine):
     @rule()
     def undo_last(self) -> None:
         """Undo the last completed sync; the items it restores count as alive again."""
+        before = self._present()
         syncer = Syncer(self.store, self.profile, clock=clock)
         try:
             undo(syncer, self.last_run)
@@ -267,10 +268,7 @@ class SyncMachine(RuleBasedStateMachine):
             pass  # it wrote nothing
         self.last_run = None
         self.clean = False
-        for side in SIDES:
-            for kind in KINDS:
-                self.alive |= {(kind, uid) for uid in self.sides.records(side, kind, twins=True)}
-        self.deleted = {s: set() for s in SIDES}
+        self.alive |= self._present() - before
         self._check_identity()
 
     # --- syncing -----------------------------------------------------------------------------
@@ -316,6 +314,11 @@ class SyncMachine(RuleBasedStateMachine):
             return  # the process "died": the next sync must pick up from here
         self._check_writes(before)
         self._after_completed_sync()
+
+    def _present(self) -> set[tuple[str, str]]:
+        """(kind, uid) of every item on either side."""
+        return {(kind, uid) for side in SIDES for kind in KINDS
+                for uid in self.sides.records(side, kind, twins=True)}
 
     @invariant()
     def no_duplicate_uids(self) -> None:
@@ -382,7 +385,8 @@ class SyncMachine(RuleBasedStateMachine):
         syncer = Syncer(self.store, self.profile, clock=clock)
         again = syncer.prepare()
         assert sum(p.plan.writes for p in again) == 0, [
-            (a.code, a.reason) for p in again for _, a in p.plan.actions()]
+            (a.code, s.ids(), a.reason) for p in again for s, a in p.plan.actions()
+            if a.op in ("create", "update", "delete")]
         self.deleted = {s: set() for s in SIDES}
 
 
