@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -94,10 +95,16 @@ def spawn(argv: Sequence[str], log: Path, *, env: dict[str, str] | None = None,
           cwd: Path | None = None) -> subprocess.Popen[bytes]:
     """Start ``argv`` in a session of its own (so that :func:`stop` ends its children too),
     with stdout and stderr appended to ``log``."""
+    extra_groups: list[int] | None = None
+    if user is not None:
+        # Only the user's own group: Popen would otherwise keep root's groups.
+        group = group if group is not None else pwd.getpwnam(user).pw_gid
+        extra_groups = []
     with log.open("ab") as out:
         return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, env=env, cwd=cwd, user=user,
-                                group=group, start_new_session=True)
+                                group=group, extra_groups=extra_groups,
+                                start_new_session=True)
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
