@@ -49,11 +49,11 @@ from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 import httpx
 import pytest
 
-from crmsync.embedded import free_port
-
 import servers
-from conftest import require_service
+from crmsync.embedded import free_port
 from servers import ServerStartError, Started, cyrus, davical, sogo
+
+from conftest import require_service
 
 USERNAME = "ana"
 PASSWORD = "s3cret"
