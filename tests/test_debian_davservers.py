@@ -91,7 +91,7 @@ def test_discovery_finds_default_and_new_collections(dav_server: DavServer) -> N
     tasks = dav_server.make_collection("tasks")
     book = dav_server.make_collection("addressbook")
     login = Credentials(dav_server.username, dav_server.password)
-    for start in (dav_server.principal_url, dav_server.calendar_home_url):
+    for start in (dav_server.base_url, dav_server.principal_url, dav_server.calendar_home_url):
         calendars = {c.url: c for c in discover(start, "caldav", login)}
         assert {dav_server.calendar_url, calendar, tasks} <= calendars.keys(), start
         assert book not in calendars
@@ -100,7 +100,8 @@ def test_discovery_finds_default_and_new_collections(dav_server: DavServer) -> N
         # its takes VEVENT, VTODO and VFREEBUSY.
         assert calendars[tasks].components == (
             {"VEVENT", "VTODO", "VFREEBUSY"} if dav_server.name == "sogo" else {"VTODO"})
-    for start in (dav_server.principal_url, dav_server.addressbook_home_url):
+    for start in (dav_server.base_url, dav_server.principal_url,
+                  dav_server.addressbook_home_url):
         books = {c.url: c for c in discover(start, "carddav", login)}
         assert {dav_server.addressbook_url, book} <= books.keys(), start
         assert calendar not in books and books[book].kind == "addressbook"

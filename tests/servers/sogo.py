@@ -154,7 +154,9 @@ def start() -> Started:
     except BaseException:
         stack.close()
         raise
-    return Started(name="sogo", base_url=base, principal_url=home,
+    # sogod serves neither DAV nor /.well-known at its root (a web server in front of it
+    # usually redirects): its DAV root stands for the server's base URL.
+    return Started(name="sogo", base_url=f"{base}SOGo/dav/", principal_url=home,
                    calendar_home_url=f"{home}Calendar/",
                    addressbook_home_url=f"{home}Contacts/",
                    calendar_url=f"{home}Calendar/personal/",
