@@ -1,14 +1,16 @@
 """Smoke test: crmsync's CalDAV/CardDAV connector against Cyrus, DAViCal and SOGo.
 
 The servers come from Debian's packages (see ``tests/servers/``) and start once per test
-session; each test works in collections of its own. Where the connector goes wrong on one
-of them, the step is marked xfail with the server's answer, for the issue that fixes it.
+session; each test works in collections of its own. What the servers themselves get wrong
+is asserted as it is, per server, with a comment.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -192,9 +194,10 @@ def test_the_default_collections_take_items(dav_server: DavServer, dav: Factory)
 
 
 # --- conflicts: where the three servers and the connector part ways ------------------------
-# Each step that fails because of crmsync is marked xfail with what the server answered,
-# only when that very failure shows (a fixed connector then passes). What the server itself
-# gets wrong is asserted as it is, with a comment.
+# DAViCal's 412 names the header that failed (<DAV:if-match/>, <DAV:if-none-match/>): a
+# stale write. Cyrus refuses a second UID with 403 unique-scheduling-object-resource naming
+# the item, SOGo with 409 and a text of its own: both are UID conflicts. Cyrus's gzipped GET
+# gives a weak ETag (W/"x") where PUT, PROPFIND and REPORT give "x": one version.
 
 
 def other_client_put(server: DavServer, url: str, raw: str, **headers: str) -> httpx.Response:
@@ -216,13 +219,6 @@ def test_creating_the_same_item_twice_finds_it(dav_server: DavServer, dav: Facto
         assert again.status == "ok" and again.item is not None
         assert again.item.id == first.id and again.item.version != first.version
         return
-    if dav_server.name == "davical" and again.status == "failed":
-        pytest.xfail(
-            "crmsync bug: DAViCal answers PUT If-None-Match: * on an existing resource with "
-            "412 and the body <error xmlns=\"DAV:\"><if-none-match/>Existing resource matches "
-            "\"If-None-Match\" header - not accepted.</error>; dav.stale() takes the DAV: "
-            "element for a precondition that is not about the item's version, so the create "
-            f"fails instead of finding the item ({again.error})")
     assert again.status == "exists" and again.item is not None
     assert again.item.id == first.id
 
@@ -240,18 +236,6 @@ def test_a_uid_another_client_stored_is_paired(dav_server: DavServer, dav: Facto
         uids = [i.record().uid for i in listing(conn, "calendar")[0].values()]
         assert uids == [source.uid, source.uid]
         return
-    if dav_server.name == "sogo" and result.status == "failed" and "409" in (result.error or ""):
-        pytest.xfail(
-            "crmsync gap: SOGo refuses the second UID with 409 and <D:error xmlns:D=\"DAV\">"
-            "Event UID already in use. (<uid>)</D:error> (no CALDAV:no-uid-conflict, and "
-            "\"DAV\" without the colon); the connector pairs only on no-uid-conflict, so the "
-            f"create fails instead of finding the item by its UID ({result.error})")
-    if result.status == "failed" and "unique-scheduling-object-resource" in (result.error or ""):
-        pytest.xfail(
-            "crmsync bug: Cyrus refuses the second UID with 403 and <D:error><C:unique-"
-            "scheduling-object-resource><D:href>/dav/calendars/user/ana/…/their-name.ics"
-            "</D:href></C:unique-scheduling-object-resource></D:error>; the connector knows "
-            f"only no-uid-conflict, so the create fails instead of pairing ({result.error})")
     assert result.status == "exists" and result.item is not None
     assert result.item.id.endswith("/their-name.ics")
 
@@ -273,12 +257,6 @@ def test_an_update_planned_from_an_old_version_is_changed(dav_server: DavServer,
     made, _ = _changed_meanwhile(dav_server, conn)
     [result] = conn.apply("calendar", [Update(made.id, made.version, {"summary": "Mine"},
                                               planned=made)])
-    if dav_server.name == "davical" and result.status == "failed":
-        pytest.xfail(
-            "crmsync bug: DAViCal answers the PUT If-Match with the old ETag with 412 and "
-            "<error xmlns=\"DAV:\"><if-match/>Existing resource ETag of \"…\" does not match "
-            "\"…\"</error>; dav.stale() does not count a DAV:if-match element as a version "
-            f"conflict, so the update fails instead of being 'changed' ({result.error})")
     assert result.status == "changed"
     assert conn.fetch("calendar", [made.id])[made.id].record().summary == "Changed elsewhere"
 
@@ -292,11 +270,6 @@ def test_a_delete_planned_from_an_old_version_is_changed(dav_server: DavServer,
         # SOGo ignores If-Match on DELETE (204): the item changed elsewhere is gone.
         assert result.status == "ok" and conn.fetch("calendar", [made.id]) == {}
         return
-    if dav_server.name == "davical" and result.status == "failed":
-        pytest.xfail(
-            "crmsync bug: DAViCal answers DELETE If-Match with the old ETag with 412 and "
-            "<error xmlns=\"DAV:\"><if-match/>Existing resource ETag of \"…\" does not match "
-            f"\"…\"</error>; the delete fails instead of being 'changed' ({result.error})")
     assert result.status == "changed"
     assert made.id in conn.fetch("calendar", [made.id])
 
@@ -309,13 +282,72 @@ def test_a_large_item_updated_without_its_planned_copy(dav_server: DavServer,
     [made] = write(conn, "calendar", [Create(item(long))])
     assert made is not None
     [result] = conn.apply("calendar", [Update(made.id, made.version, {"summary": "Short"})])
-    if (dav_server.name == "cyrus" and result.status == "changed" and result.item is not None
-            and result.item.version == f"W/{made.version}"):
-        pytest.xfail(
-            "crmsync bug: Cyrus gzips a GET answer over about 1 KB (httpx sends Accept-"
-            "Encoding: gzip) and then gives a weak ETag, W/\"<same hash>\", where PUT, "
-            "PROPFIND and REPORT give the strong one; the connector compares versions as "
-            f"strings and reports 'changed' for an unchanged item ({made.version} vs "
-            f"{result.item.version})")
     assert result.status == "ok" and result.item is not None
     assert result.item.record().summary == "Short"
+
+
+def test_a_uid_held_by_another_calendar_is_a_clear_failure(dav_server: DavServer,
+                                                           dav: Factory) -> None:
+    # Cyrus keeps a UID unique across all of the user's calendars and names the other
+    # calendar's item: that item is not this collection's to pair with.
+    first, second = (dav(dav_server.make_collection("calendar")) for _ in range(2))
+    source = item(event(uid("shared"), "In two calendars"))
+    [made] = write(first, "calendar", [Create(source)])
+    assert made is not None
+    [result] = second.apply("calendar", [Create(source)])
+    if dav_server.name == "cyrus":
+        assert result.status == "failed" and result.item is None
+        assert "unique across the user's calendars" in (result.error or "")
+        assert made.id in (result.error or "")
+    else:
+        # DAViCal and SOGo keep UIDs unique per calendar only.
+        assert result.status == "ok" and result.item is not None
+        assert result.item.id.startswith(second.path)
+
+
+def test_tasks_without_a_start_are_listed_in_a_ranged_first_listing(
+        dav_server: DavServer, dav: Factory) -> None:
+    # DAViCal's time-range VTODO query matches only tasks with a DTSTART: a first listing
+    # with a sync range lists every task instead, and saves a token past all of them.
+    conn = dav(dav_server.make_collection("calendar"))
+    tasks = [Task(uid=uid("due"), summary="Only a due date", due=day(2, None)),
+             Task(uid=uid("undated"), summary="No date at all"),
+             Task(uid=uid("started"), summary="With a start", start=day(1), due=day(3))]
+    write(conn, "tasks", [Create(item(t)) for t in tasks])
+    window = (datetime.now(UTC) - timedelta(days=30), datetime.now(UTC) + timedelta(days=60))
+    changes = conn.list_changes("tasks", None, window=window)
+    found = {it.record().uid for _, _, it in changes.upserts if it is not None}
+    assert found == {t.uid for t in tasks}
+    assert all(it is not None for _, _, it in changes.upserts)  # content came along
+    again = dav(conn.url).list_changes("tasks", changes.cursor)
+    assert [i for i, _, _ in again.upserts if i not in {u[0] for u in changes.upserts}] == []
+
+
+def test_the_pair_is_based_on_what_the_server_stores(dav_server: DavServer,
+                                                     dav: Factory) -> None:
+    # SOGo rewrites what it stores (CLASS:PUBLIC, ORGANIZER;CN=, PARTSTAT, a trimmed N) and
+    # still gives the PUT an ETag: the written item handed back is the server's copy, read
+    # back in one multiget for the batch. The collection's cursor remembers that it does.
+    conn = dav(dav_server.make_collection("calendar"))
+    cursor = conn.list_changes("calendar", None).cursor
+    sources = [item(event(uid(f"kept{n}"), f"Kept {n}", day(n), day(n, "10:00")))
+               for n in range(3)]
+    before = conn.stats()["requests"]
+    results = conn.apply("calendar", [Create(s) for s in sources])
+    assert [r.status for r in results] == ["ok"] * 3, results
+    # Three PUTs and one multiget reading them back: the first write tells.
+    assert conn.stats()["requests"] - before == 4
+    stored = conn.fetch("calendar", [r.item.id for r in results if r.item is not None])
+    for result in results:
+        assert result.item is not None
+        assert result.item.raw == stored[result.item.id].raw
+        assert result.item.version == stored[result.item.id].version
+    rewrites = dav_server.name == "sogo"
+    saved = conn.cursor("calendar", cursor)
+    assert saved is not None and json.loads(saved)["rewrites"] is rewrites
+    # The next run's connector knows: it reads back again only where the server rewrites.
+    nxt = dav(conn.url)
+    nxt.list_changes("calendar", saved)
+    before = nxt.stats()["requests"]
+    write(nxt, "calendar", [Create(item(event(uid("next"), "Next")))])
+    assert nxt.stats()["requests"] - before == (2 if rewrites else 1)
