@@ -38,7 +38,7 @@ from crmsync.store import Store
 from crmsync.sync import Syncer
 
 from conftest import event, item
-from davservers import PASSWORD, USERNAME, DavServer, FaultProxy
+from davservers import PASSWORD, USERNAME, VARIANTS, DavServer, DavServerPool, FaultProxy
 
 ICAL, VCARD = formats.ICALENDAR, formats.VCARD
 Factory = Callable[..., DavConnector]
@@ -54,6 +54,18 @@ def path_of(url: str) -> str:
 
 def credentials(server: DavServer) -> Credentials | None:
     return Credentials(server.username, server.password) if server.username else None
+
+
+# The variants every test here runs against (see davservers.py).
+VARIANTS_HERE = VARIANTS
+
+
+@pytest.fixture(scope="session", params=VARIANTS_HERE, ids=list(VARIANTS_HERE))
+def dav_server(request: pytest.FixtureRequest, dav_server_pool: DavServerPool) -> DavServer:
+    """Every variant, Cyrus, DAViCal and SOGo (DEBIAN_VARIANTS) included: each skips with
+    the reason where its packages are missing (a failure under CRMSYNC_REQUIRE_SERVICES=1).
+    """
+    return dav_server_pool.get(request.param)
 
 
 @pytest.fixture
@@ -838,6 +850,27 @@ def test_a_dropped_connection_is_retried_and_writes_stay_single(
     [deleted] = conn.apply("calendar", [Delete(result.item.id, result.item.version)])
     assert deleted.status == "ok"
     assert dav(url).list_changes("calendar", None).upserts == []
+
+
+def test_every_try_is_a_request_and_a_retry_is_logged(
+        dav_server: DavServer, fault_proxy: FaultProxy, dav: Factory,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # SOGo resets some PUT connections: each try is counted, as the server saw it, and
+    # each retry shows at -v (the log), never silently.
+    url = dav_server.make_collection("calendar")
+    conn = dav(fault_proxy.translate(url))
+    conn.list_changes("calendar", None)
+    fault_proxy.reset()
+    before = conn.stats()["requests"]
+    fault_proxy.drop(times=2, methods={"PUT"}, after_forward=True)
+    with caplog.at_level("INFO", logger="crmsync.connectors.dav"):
+        [result] = conn.apply("calendar", [Create(item(event(f"reset-{uuid.uuid4().hex}")))])
+    assert result.status in ("ok", "exists")
+    assert fault_proxy.count("PUT") == 3
+    assert conn.stats()["requests"] - before == len(fault_proxy.requests)
+    retries = [r.getMessage() for r in caplog.records if "sending it again" in r.getMessage()]
+    assert len(retries) == 2 and all(m.startswith("PUT ") for m in retries), retries
+    assert "try 3 of 4" in retries[1]
 
 
 def test_a_slow_answer_times_out_and_is_retried(dav_server: DavServer,

@@ -15,7 +15,19 @@ from crmsync.connectors.dav import MAX_TRIES
 from crmsync.model import Contact, Event, Occurrence, Task, moment
 
 from conftest import Sides, day, event
+from davservers import VARIANTS, DavServer, DavServerPool
 from test_cli import crmsync
+
+# The variants every test here runs against (see davservers.py).
+VARIANTS_HERE = VARIANTS
+
+
+@pytest.fixture(scope="session", params=VARIANTS_HERE, ids=list(VARIANTS_HERE))
+def dav_server(request: pytest.FixtureRequest, dav_server_pool: DavServerPool) -> DavServer:
+    """Every variant, Cyrus, DAViCal and SOGo (DEBIAN_VARIANTS) included: each skips with
+    the reason where its packages are missing (a failure under CRMSYNC_REQUIRE_SERVICES=1).
+    """
+    return dav_server_pool.get(request.param)
 
 
 @pytest.fixture
@@ -101,6 +113,28 @@ def test_collections_lists_what_discovery_finds(dav_server, home: Path, monkeypa
     books = json.loads(crmsync(home, "collections", f"carddav:{dav_server.principal_url}",
                                *args, "--json").stdout)
     assert f"carddav:{book}" in {c["endpoint"] for c in books}
+
+
+@pytest.mark.parametrize("dav_server", ["sogo"], indirect=True)
+def test_collections_at_a_login_page_says_so(dav_server, home: Path, monkeypatch):
+    # SOGo's root answers PROPFIND with its web login page (200 text/html).
+    root = str(httpx.URL(dav_server.base_url).join("/SOGo/"))
+    monkeypatch.setenv("CRMSYNC_GROUPWARE_PASSWORD", dav_server.password)
+    out = crmsync(home, "collections", f"caldav:{root}", "--username", dav_server.username,
+                  check=2)
+    assert "answered with an HTML page (a login page?), not a DAV collection" in out.stderr
+    assert f"try {root}dav/{dav_server.username}/" in out.stderr
+    # The suggested URL is the right one.
+    found = json.loads(crmsync(home, "collections", f"caldav:{root}dav/"
+                               f"{dav_server.username}/", "--username", dav_server.username,
+                               "--json").stdout)
+    assert f"caldav:{dav_server.calendar_url}" in {c["endpoint"] for c in found}
+
+
+@pytest.mark.parametrize("dav_server", ["radicale"], indirect=True)
+def test_collections_where_there_are_none_says_so(dav_server, home: Path):
+    out = crmsync(home, "collections", f"caldav:{dav_server.base_url}nobody-here/", check=2)
+    assert "no calendar was found at" in out.stderr and out.stdout == ""
 
 
 def test_a_first_sync_downloads_only_the_sync_range(dav_server, home: Path, sides: Sides):

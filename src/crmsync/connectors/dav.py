@@ -140,6 +140,7 @@ class Http:
         elif creds.username is not None:
             auth = httpx.BasicAuth(creds.username, creds.password or "")
         self.has_credentials = auth is not None
+        self.username = creds.username if not creds.token else None
         verify: ssl.SSLContext | bool = creds.verify
         if creds.verify and creds.ca_bundle:
             try:
@@ -155,6 +156,7 @@ class Http:
         self.sleep = sleep
         self.max_tries = max_tries
         self.requests = 0
+        self.retries = 0
         self._random = random.Random()
 
     def _count(self, request: httpx.Request) -> None:
@@ -179,6 +181,7 @@ class Http:
                     raise ConnectionFailed(
                         f"{public_url(url)} is unreachable after {attempt} tries: "
                         f"{_reason(exc)}") from exc
+                self._retrying(method, url, attempt, _reason(exc))
                 self.sleep(self._backoff(attempt))
                 continue
             log.debug("%s %s -> %d", method, unquote(public_url(url)), response.status_code)
@@ -198,8 +201,16 @@ class Http:
                 raise error(
                     f"{public_url(url)} is unavailable: HTTP {response.status_code} "
                     f"{response.reason_phrase} after {attempt} tries{wait}")
+            self._retrying(method, url, attempt, f"HTTP {response.status_code} "
+                           f"{response.reason_phrase}")
             self.sleep(asked if asked is not None else self._backoff(attempt))
         raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _retrying(self, method: str, url: str, attempt: int, reason: str) -> None:
+        # Every try is a request (counted in ``requests``); a retry shows with -v.
+        self.retries += 1
+        log.info("%s %s failed (%s); sending it again (try %d of %d)", method,
+                 unquote(public_url(url)), reason, attempt + 1, self.max_tries)
 
     def _backoff(self, attempt: int) -> float:
         # Full jitter: many clients failing together do not come back together.
@@ -526,7 +537,8 @@ def discover(url: str, protocol: DavProtocol, credentials: Credentials | None = 
 
 def _discover(http: Http, url: str, protocol: DavProtocol) -> list[Collection]:
     kind, resourcetype, home_set, home_set_prop = _COLLECTION[protocol]
-    here = _propfind_one(http, url, DISCOVERY_PROPS)
+    pages: list[str] = []
+    here = _propfind_one(http, url, DISCOVERY_PROPS, pages)
     if here is not None and here.has(DAV + "resourcetype", resourcetype):
         return [_collection(here, url, kind)]
     homes = here.hrefs(home_set, url) if here is not None else []
@@ -552,17 +564,29 @@ def _discover(http: Http, url: str, protocol: DavProtocol) -> list[Collection]:
             if member.has(DAV + "resourcetype", resourcetype):
                 found_one = _collection(member, url, kind)
                 collections[found_one.url] = found_one
+    if not collections and pages:
+        # SOGo's root (/SOGo/) answers PROPFIND with its login page, 200 text/html.
+        user = http.username
+        hint = urljoin(pages[0], f"dav/{quote(user)}/" if user else "dav/USER/")
+        raise ConfigError(f"{public_url(pages[0])} answered with an HTML page (a login "
+                          f"page?), not a DAV collection; try {public_url(hint)} (SOGo), or "
+                          "the CalDAV/CardDAV URL the server's documentation gives")
     return sorted(collections.values(), key=lambda c: c.url)
 
 
-def _propfind_one(http: Http, url: str, props: Iterable[str]) -> DavResponse | None:
-    """The properties of the resource at ``url`` itself; None if it has none to give."""
+def _propfind_one(http: Http, url: str, props: Iterable[str],
+                  pages: list[str] | None = None) -> DavResponse | None:
+    """The properties of the resource at ``url`` itself; None if it has none to give.
+    An answer that is a web page adds its URL to ``pages``."""
     # Without credentials a 401 here is no answer, not an error (see LISTING_PROPS).
     response = http.send("PROPFIND", url, propfind_body(props), {"Depth": "0", **XML_HEADERS},
                          accept_401=not http.has_credentials)
     if response.status_code == 403 or response.status_code == 401 and http.has_credentials:
         raise ConnectionFailed(http.refused(url, response))
     if response.status_code != 207:
+        if pages is not None and response.is_success and response.headers.get(
+                "Content-Type", "").lower().startswith(("text/html", "application/xhtml")):
+            pages.append(str(response.url))
         return None
     path = href_path(str(response.url), str(response.url))
     found = _multistatus(response, str(response.url)).responses
