@@ -15,11 +15,11 @@ from crmsync.connectors.dav import MAX_TRIES
 from crmsync.model import Contact, Event, Occurrence, Task, moment
 
 from conftest import Sides, day, event
-from davservers import VARIANTS, DavServer, DavServerPool
+from davservers import ALL_VARIANTS, DavServer, DavServerPool
 from test_cli import crmsync
 
 # The variants every test here runs against (see davservers.py).
-VARIANTS_HERE = VARIANTS
+VARIANTS_HERE = ALL_VARIANTS
 
 
 @pytest.fixture(scope="session", params=VARIANTS_HERE, ids=list(VARIANTS_HERE))

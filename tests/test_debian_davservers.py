@@ -69,6 +69,12 @@ def changed(found: dict[str, Item], before: list[Item | None]) -> dict[str, Item
     return {i: it for i, it in found.items() if versions.get(i) != it.version}
 
 
+def sent(conn: DavConnector) -> int:
+    """Requests sent, leaving out those sent again: SOGo closes idle keep-alive
+    connections, and a request that meets one is sent again (counted, and logged)."""
+    return conn.stats()["requests"] - conn.retries
+
+
 def write(conn: DavConnector, kind: ObjectKind, writes: list) -> list[Item | None]:
     results = conn.apply(kind, writes)
     assert [r.status for r in results] == ["ok"] * len(writes), results
@@ -332,11 +338,11 @@ def test_the_pair_is_based_on_what_the_server_stores(dav_server: DavServer,
     cursor = conn.list_changes("calendar", None).cursor
     sources = [item(event(uid(f"kept{n}"), f"Kept {n}", day(n), day(n, "10:00")))
                for n in range(3)]
-    before = conn.stats()["requests"]
+    before = sent(conn)
     results = conn.apply("calendar", [Create(s) for s in sources])
     assert [r.status for r in results] == ["ok"] * 3, results
     # Three PUTs and one multiget reading them back: the first write tells.
-    assert conn.stats()["requests"] - before == 4
+    assert sent(conn) - before == 4
     stored = conn.fetch("calendar", [r.item.id for r in results if r.item is not None])
     for result in results:
         assert result.item is not None
@@ -348,6 +354,6 @@ def test_the_pair_is_based_on_what_the_server_stores(dav_server: DavServer,
     # The next run's connector knows: it reads back again only where the server rewrites.
     nxt = dav(conn.url)
     nxt.list_changes("calendar", saved)
-    before = nxt.stats()["requests"]
+    before = sent(nxt)
     write(nxt, "calendar", [Create(item(event(uid("next"), "Next")))])
-    assert nxt.stats()["requests"] - before == (2 if rewrites else 1)
+    assert sent(nxt) - before == (2 if rewrites else 1)

@@ -717,6 +717,20 @@ def _fold(text: str, eol: str) -> list[str]:
     return out
 
 
+def settled(token: str) -> str:
+    """A sync token to keep: one second earlier when it is a Unix time in seconds.
+
+    SOGo's token is the time of its answer in whole seconds, and a later sync-collection
+    lists what changed after that second: a change made in the same second, after the
+    answer, would never be listed. Kept one second earlier, what changed in that second
+    is listed again instead (unchanged items, which the core skips): never missed. Other
+    servers' tokens (URLs, data: URIs, counters) are opaque and kept as they are.
+    """
+    if len(token) == 10 and token.isdigit() and int(token) >= 1_000_000_000:
+        return str(int(token) - 1)
+    return token
+
+
 def _etag(value: str | None) -> str | None:
     """An ETag in the one form used everywhere: strong and quoted, as If-Match wants it.
 
@@ -867,6 +881,12 @@ class DavConnector(Connector):
 
     def stats(self) -> dict[str, int]:
         return {"requests": self._http.requests}
+
+    @property
+    def retries(self) -> int:
+        """How many of the requests were sent again (a lost connection, a 5xx): SOGo
+        closes idle keep-alive connections, and a request on one is sent again."""
+        return self._http.retries
 
     def close(self) -> None:
         self._http.close()
@@ -1088,11 +1108,11 @@ class DavConnector(Connector):
                                        "without a (new) sync token")
             token = result.sync_token
             if truncated and checkpoint is not None:
-                checkpoint(_Cursor(token=token, kinds=tuple(kinds)).encode(),
+                checkpoint(_Cursor(token=settled(token), kinds=tuple(kinds)).encode(),
                            [*changed, *deleted], full)
         # A full listing names no deletions: what it misses is gone.
         listing = _Listing(key, changed, [] if full else list(deleted),
-                           _Cursor(token=token, kinds=tuple(kinds)), complete=full)
+                           _Cursor(token=settled(token), kinds=tuple(kinds)), complete=full)
         for path, item in items.items():
             if changed.get(path) == item.version:
                 listing.items[path] = item
@@ -1179,7 +1199,7 @@ class DavConnector(Connector):
         changed = {m.path: etag for m in members
                    if (etag := _etag(m.text(DAV + "getetag"))) is not None}
         if probe.sync and probe.token is not None:
-            cursor = _Cursor(token=probe.token, kinds=probe.kinds)
+            cursor = _Cursor(token=settled(probe.token), kinds=probe.kinds)
         else:
             # The next listing compares every etag with these and reports the items
             # outside the range as new: harmless.
