@@ -13,14 +13,21 @@ CURSOR
     A small JSON object: ``{"v": 1, "token": ...}`` holds an RFC 6578 sync token; servers
     without sync-collection get ``{"v": 1, "ctag": ..., "etags": {href: etag}}`` instead.
     Both may carry ``"kinds"``, the objects the collection holds, so that an incremental
-    listing needs no extra request to learn it.
+    listing needs no extra request to learn it, and ``"rewrites"``: whether the server
+    stores something else than what it is sent (SOGo does), learnt from the first write
+    to the collection (read back and compared); where it does, written items are read
+    back (one multiget per batch) so that the pair's base is the server's copy. A token
+    that is a Unix time in seconds (SOGo's) is kept one second early (see settled()).
 
 A listing with nothing changed costs one request. A calendar holding both events and
 tasks is listed once for both: sync-collection cannot tell a VEVENT from a VTODO, so the
 changed items are read (multiget) and sorted by component, and the listing is kept for
-the other object. Writes carry preconditions (``If-None-Match: *`` to create,
-``If-Match`` to update or delete), so a write never overwrites an item that changed
-since it was planned, and a retried write never applies twice.
+the other object. A first listing with a sync range asks for the events in it (a
+time-range query) but for every task (RFC 4791 9.9 leaves servers room in how a task
+matches a time range, and DAViCal's misses tasks without DTSTART). Writes carry
+preconditions (``If-None-Match: *`` to create, ``If-Match`` to update or delete), so a
+write never overwrites an item that changed since it was planned, and a retried write
+never applies twice.
 
 Three layers, top to bottom: :class:`DavConnector` (the Connector), the WebDAV request
 bodies and multistatus parsing (module functions), and :class:`Http` (one keep-alive
