@@ -9,6 +9,15 @@ and test session, started the first time a test asks for that variant:
 - ``xandikos-auth``: Xandikos behind a :class:`FaultProxy` that demands Basic credentials
   ``ana`` / ``s3cret``; the principal stays ``/user/`` as Xandikos names it.
 
+Three more come from Debian's packages, set up by the modules in ``tests/servers/`` (each
+says how): ``cyrus`` (Cyrus IMAP's httpd, the engine behind Fastmail), ``davical``
+(DAViCal on Apache and PostgreSQL) and ``sogo`` (sogod with memcached and PostgreSQL), all
+with ``ana`` / ``s3cret``. They are in ``DEBIAN_VARIANTS``, not in ``VARIANTS``, so the
+``dav_server`` fixture does not run every test over them; ask for them by name with
+``@pytest.mark.parametrize("dav_server", DEBIAN_VARIANTS, indirect=True)`` or
+``dav_server_pool.get("cyrus")``. Without the packages (or PostgreSQL, for DAViCal and
+SOGo) they skip with the reason, or fail under ``CRMSYNC_REQUIRE_SERVICES=1``.
+
 Every test should get its own collection from :meth:`DavServer.make_collection`, so that
 tests never see each other's items while sharing the server processes.
 """
@@ -40,13 +49,19 @@ from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 import httpx
 import pytest
 
+import servers
 from crmsync.embedded import free_port
+from servers import ServerStartError, Started, cyrus, davical, sogo
 
 from conftest import require_service
 
 USERNAME = "ana"
 PASSWORD = "s3cret"
 VARIANTS = ("radicale", "xandikos", "radicale-auth", "xandikos-auth")
+# Real servers from Debian's packages (tests/servers/), asked for by name.
+DEBIAN_SERVERS = {"cyrus": cyrus, "davical": davical, "sogo": sogo}
+DEBIAN_VARIANTS = tuple(DEBIAN_SERVERS)
+ALL_VARIANTS = VARIANTS + DEBIAN_VARIANTS
 
 STARTUP_TIMEOUT = 15.0
 # Ports come from binding port 0 and releasing it, so another process can grab one in
@@ -76,7 +91,10 @@ COMPONENTS = {"calendar": ("VEVENT", "VTODO"), "tasks": ("VTODO",)}
 
 @dataclass
 class DavServer:
-    """A running DAV server as a client sees it; URLs are absolute and end with ``/``."""
+    """A running DAV server as a client sees it; URLs are absolute and end with ``/``.
+
+    ``calendar_url`` and ``addressbook_url`` are the collections the server made for the
+    user by itself (the Debian servers have them; None where there are none)."""
 
     name: str
     base_url: str
@@ -85,6 +103,9 @@ class DavServer:
     principal_url: str
     calendar_home_url: str
     addressbook_home_url: str
+    calendar_url: str | None = None
+    addressbook_url: str | None = None
+    started_in: float | None = None  # seconds its start took (Debian servers)
 
     @property
     def auth(self) -> tuple[str, str] | None:
@@ -99,8 +120,9 @@ class DavServer:
     def make_collection(self, kind: str, name: str | None = None) -> str:
         """Create a fresh collection and return its absolute URL.
 
-        ``kind`` is "calendar" (VEVENT and VTODO), "tasks" (VTODO only; both servers honour
-        the restriction) or "addressbook".
+        ``kind`` is "calendar" (VEVENT and VTODO), "tasks" (VTODO only; all servers honour
+        the restriction but SOGo, whose calendars all take VEVENT, VTODO and VFREEBUSY) or
+        "addressbook".
         """
         name = name or f"{kind}-{uuid.uuid4().hex[:12]}"
         if kind in COMPONENTS:
@@ -133,10 +155,6 @@ def _tail(path: Path, lines: int = 30) -> str:
     except OSError:
         return "(no output captured)"
     return "\n".join(text.splitlines()[-lines:]) or "(no output)"
-
-
-class ServerStartError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -238,15 +256,25 @@ class DavServerPool:
         self._errors: dict[str, str] = {}
         self._processes: list[_Process] = []
         self._proxies: list[FaultProxy] = []
+        self._stops: list[Callable[[], None]] = []
         # Session teardown normally stops the servers; this covers a crashed pytest.
         atexit.register(self.close)
 
     def get(self, name: str) -> DavServer:
-        if name not in VARIANTS:
-            raise ValueError(f"unknown DAV server variant {name!r}; known: {VARIANTS}")
-        package = name.split("-")[0]
-        if importlib.util.find_spec(package) is None:
-            require_service(name, f"the {package} package is not installed")
+        if name not in ALL_VARIANTS:
+            raise ValueError(f"unknown DAV server variant {name!r}; known: {ALL_VARIANTS}")
+        if name in DEBIAN_SERVERS:
+            reason = DEBIAN_SERVERS[name].missing()
+            if reason is not None:
+                require_service(name, reason)
+            if name != "cyrus":
+                unreachable = servers.Postgres.from_env().reachable()
+                if unreachable is not None:
+                    require_service(name, unreachable)
+        else:
+            package = name.split("-")[0]
+            if importlib.util.find_spec(package) is None:
+                require_service(name, f"the {package} package is not installed")
         with self._lock:
             if name in self._errors:
                 # Retrying a broken start-up for every test would only multiply the wait.
@@ -260,6 +288,13 @@ class DavServerPool:
             return self._servers[name]
 
     def _start(self, name: str) -> DavServer:
+        if name in DEBIAN_SERVERS:
+            started: Started = DEBIAN_SERVERS[name].start()
+            self._stops.append(started.stop)
+            return DavServer(name, started.base_url, USERNAME, PASSWORD,
+                             started.principal_url, started.calendar_home_url,
+                             started.addressbook_home_url, started.calendar_url,
+                             started.addressbook_url, started.seconds)
         workdir = self._root / name
         workdir.mkdir(parents=True, exist_ok=True)
         if name.startswith("radicale"):
@@ -296,6 +331,8 @@ class DavServerPool:
             proxy.close()
         for process in self._processes:
             process.stop()
+        while self._stops:
+            self._stops.pop()()
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -38,7 +39,15 @@ from crmsync.store import Store
 from crmsync.sync import Syncer
 
 from conftest import event, item
-from davservers import PASSWORD, USERNAME, DavServer, FaultProxy
+from davservers import (
+    ALL_VARIANTS,
+    DEBIAN_VARIANTS,
+    PASSWORD,
+    USERNAME,
+    DavServer,
+    DavServerPool,
+    FaultProxy,
+)
 
 ICAL, VCARD = formats.ICALENDAR, formats.VCARD
 Factory = Callable[..., DavConnector]
@@ -54,6 +63,18 @@ def path_of(url: str) -> str:
 
 def credentials(server: DavServer) -> Credentials | None:
     return Credentials(server.username, server.password) if server.username else None
+
+
+# The variants every test here runs against (see davservers.py).
+VARIANTS_HERE = ALL_VARIANTS
+
+
+@pytest.fixture(scope="session", params=VARIANTS_HERE, ids=list(VARIANTS_HERE))
+def dav_server(request: pytest.FixtureRequest, dav_server_pool: DavServerPool) -> DavServer:
+    """Every variant, Cyrus, DAViCal and SOGo (DEBIAN_VARIANTS) included: each skips with
+    the reason where its packages are missing (a failure under CRMSYNC_REQUIRE_SERVICES=1).
+    """
+    return dav_server_pool.get(request.param)
 
 
 @pytest.fixture
@@ -227,6 +248,22 @@ END:VCARD
 """)
 
 
+def uid(label: str) -> str:
+    """A UID of this test's own: Cyrus keeps a UID unique across all of a user's calendars
+    (403 unique-scheduling-object-resource), so tests never share one."""
+    return f"{label}-{uuid.uuid4().hex[:10]}@example.org"
+
+
+def unique(raw: str) -> str:
+    """A sample item with UIDs of this test's own (see uid())."""
+    tag = uuid.uuid4().hex[:10]
+    return re.sub(r"^UID:([^@\r\n]+)@", lambda m: f"UID:{m[1]}-{tag}@", raw, flags=re.M)
+
+
+def name_of(made: Item) -> str:
+    return made.id.rpartition("/")[2]
+
+
 def raw_item(raw: str, kind: ObjectKind, item_id: str = "src") -> Item:
     return Item(item_id, "v1", raw, VCARD if kind == "contacts" else ICAL, kind)
 
@@ -243,7 +280,9 @@ def test_discovery_from_the_root_and_from_the_principal(dav_server: DavServer) -
     for start in (dav_server.base_url, dav_server.principal_url):
         calendars = {c.url: c for c in discover(start, "caldav", login)}
         assert {calendar, tasks} <= calendars.keys() and book not in calendars
-        assert calendars[tasks].components == {"VTODO"}
+        # SOGo ignores supported-calendar-component-set in MKCALENDAR.
+        assert calendars[tasks].components == (
+            {"VEVENT", "VTODO", "VFREEBUSY"} if dav_server.name == "sogo" else {"VTODO"})
         assert calendars[calendar].kind == "calendar"
         books = {c.url: c for c in discover(start, "carddav", login)}
         assert book in books and calendar not in books
@@ -267,8 +306,12 @@ def test_objects_the_collection_cannot_hold_are_config_errors(dav_server: DavSer
     with pytest.raises(ConfigError, match="serves contacts, not calendar"):
         dav(book, "carddav").list_changes("calendar", None)
     tasks_only = dav_server.make_collection("tasks")
-    with pytest.raises(ConfigError, match="cannot hold calendar"):
-        dav(tasks_only).list_changes("calendar", None)
+    if dav_server.name == "sogo":
+        # Every SOGo calendar takes VEVENT, VTODO and VFREEBUSY (see discovery).
+        assert dav(tasks_only).list_changes("calendar", None).upserts == []
+    else:
+        with pytest.raises(ConfigError, match="cannot hold calendar"):
+            dav(tasks_only).list_changes("calendar", None)
     with pytest.raises(ConfigError, match="serves calendar and tasks, not contacts"):
         dav(tasks_only).fetch("contacts", [])
 
@@ -293,16 +336,20 @@ def test_create_update_delete_carry_preconditions(dav_server: DavServer, dav: Fa
     assert conn.fetch("calendar", [made.id])[made.id].version == updated.item.version
 
     # Writes planned from the old version are refused, not applied blindly.
-    stale = conn.apply("calendar", [Update(made.id, made.version, {"summary": "x"}),
-                                    Delete(made.id, made.version)])
-    assert [r.status for r in stale] == ["changed", "changed"]
+    stale = conn.apply("calendar", [Update(made.id, made.version, {"summary": "x"})])
+    assert [r.status for r in stale] == ["changed"]
+    if dav_server.name != "sogo":  # SOGo ignores If-Match on DELETE (see the 412 test)
+        stale = conn.apply("calendar", [Delete(made.id, made.version)])
+        assert [r.status for r in stale] == ["changed"]
     # Without the planned item the current one is read first (GET), then written.
-    before = conn.stats()["requests"]
+    before = conn.stats()["requests"] - conn.retries
     [again] = conn.apply("calendar", [Update(made.id, updated.item.version,
                                              {"location": "Room 1"})])
     assert again.status == "ok" and again.item is not None
     assert again.item.record().summary == "Kickoff 2"
-    assert conn.stats()["requests"] - before == 2
+    # SOGo rewrites what it stores: the written item is read back (one multiget).
+    assert conn.stats()["requests"] - conn.retries - before == (
+        3 if dav_server.name == "sogo" else 2)
 
     done = conn.apply("calendar", [Delete(made.id, again.item.version),
                                    Delete(made.id, again.item.version),
@@ -327,6 +374,11 @@ def test_an_edit_between_listing_and_writing_is_a_412(dav_server: DavServer,
     results = conn.apply("calendar", [Update(item_id, version, {"summary": "Ours"},
                                              planned=planned),
                                       Delete(item_id, version)])
+    if dav_server.name == "sogo":
+        # SOGo ignores If-Match on DELETE (204): the item edited elsewhere is gone.
+        assert [r.status for r in results] == ["changed", "ok"]
+        assert conn.fetch("calendar", [item_id]) == {}
+        return
     assert [r.status for r in results] == ["changed", "changed"]
     assert conn.fetch("calendar", [item_id])[item_id].record().summary == "Edited elsewhere"
     assert made.version == version
@@ -338,18 +390,31 @@ def test_creating_a_uid_already_there_pairs_with_that_item(dav_server: DavServer
     conn = dav(url)
     # Another client stored the UID under a name of its own: the server refuses a second
     # item with that UID (Radicale 409, Xandikos 412, no-uid-conflict either way).
-    source = item(event("dup@example.org", "Twice"))
+    source = item(event(uid("dup"), "Twice"))
     assert put(dav_server, url + "their-name.ics", source.raw).is_success
     [result] = conn.apply("calendar", [Create(source)])
-    assert result.status == "exists" and result.item is not None
-    assert result.item.id == path_of(url) + "their-name.ics"
-    assert result.item.uid == "dup@example.org"
+    if dav_server.name == "davical":
+        # DAViCal takes a second resource with a UID the calendar holds.
+        assert result.status == "ok" and result.item is not None
+        assert result.item.id.startswith(path_of(url))
+        assert not result.item.id.endswith("/their-name.ics")
+    else:
+        assert result.status == "exists" and result.item is not None
+        assert result.item.id == path_of(url) + "their-name.ics"
+    assert result.item.uid == source.uid
     # Under our own name again (a create whose answer was lost): 412, the same item.
-    [first] = create(conn, "calendar", item(event("again@example.org")))
-    [second] = conn.apply("calendar", [Create(item(event("again@example.org")))])
+    again = uid("again")
+    [first] = create(conn, "calendar", item(event(again)))
+    [second] = conn.apply("calendar", [Create(item(event(again)))])
+    if dav_server.name == "sogo":
+        # SOGo ignores If-None-Match: * and overwrites the item under its name (204).
+        assert second.status == "ok" and second.item is not None
+        assert second.item.id == first.id and second.item.version != first.version
+        return
     assert second.status == "exists" and second.item is not None
     assert (second.item.id, second.item.version) == (first.id, first.version)
-    assert len(conn.list_changes("calendar", None).upserts) == 2
+    assert len(conn.list_changes("calendar", None).upserts) == (
+        3 if dav_server.name == "davical" else 2)
 
 
 def test_a_task_whose_uid_an_event_holds_is_refused_not_paired_with_the_event(
@@ -376,11 +441,18 @@ def test_creating_a_contact_uid_already_there(dav_server: DavServer, dav: Factor
     card = formats.parse(VCARD, "contacts", VCARD4)
     [first] = conn.apply("contacts", [Create(raw_item(VCARD4, "contacts"), record=card)])
     [second] = conn.apply("contacts", [Create(raw_item(VCARD4, "contacts"), record=card)])
-    assert first.status == "ok" and second.status == "exists"
     assert first.item is not None and second.item is not None
     assert second.item.id == first.item.id
-    if dav_server.name.startswith("xandikos"):
-        return  # Xandikos stores two vCards with one UID (no CardDAV no-uid-conflict)
+    if dav_server.name == "sogo":
+        # SOGo ignores If-None-Match: * and overwrites the item under its name (204).
+        assert (first.status, second.status) == ("ok", "ok")
+        assert second.item.version != first.item.version
+    else:
+        assert (first.status, second.status) == ("ok", "exists")
+    if dav_server.name.startswith("xandikos") or dav_server.name in DEBIAN_VARIANTS:
+        # Xandikos, Cyrus, DAViCal and SOGo store two vCards with one UID (no CardDAV
+        # no-uid-conflict).
+        return
     assert put(dav_server, book + "theirs.vcf", VCARD3).is_success
     [result] = conn.apply("contacts", [Create(raw_item(VCARD3, "contacts"))])
     assert result.status == "exists" and result.item is not None
@@ -412,7 +484,14 @@ def test_schedule_agent_client_is_added_so_servers_send_no_mail(dav_server: DavS
               if line.startswith(("ORGANIZER", "ATTENDEE"))]
     assert len(people) == 2
     assert all("SCHEDULE-AGENT=CLIENT" in line for line in people)
-    assert made.record() == formats.parse(ICAL, "calendar", SERIES)
+    sent = formats.parse(ICAL, "calendar", SERIES)
+    if dav_server.name == "sogo":
+        # SOGo stores the organizer with the user's name: the item handed back is the
+        # server's copy, so the pair's base is what the server keeps.
+        stored = made.record()
+        assert stored.organizer != sent.organizer  # type: ignore[attr-defined]
+        sent = dataclasses.replace(sent, organizer=stored.organizer)  # type: ignore
+    assert made.record() == sent
     # A choice already made is the user's: kept as it is.
     assert "SCHEDULE-AGENT=SERVER" in client_scheduling(invite)
 
@@ -441,22 +520,40 @@ def test_sync_collection_reports_changes_and_deletions(dav_server: DavServer,
     later = dav(url).list_changes("tasks", full.cursor)
     assert not later.complete
     assert later.deleted == [made[0].id]
-    assert [u[0] for u in later.upserts] == [made[1].id]
+    if dav_server.name in ("davical", "sogo"):
+        # DAViCal's token of a full listing is the one before the last change, and SOGo's
+        # (kept a second early, see dav.settled) lists what changed in that second: items
+        # come again, unchanged (the core knows their versions and skips them).
+        again = [u[0] for u in later.upserts if u[1] == made[int(u[0][-17])].version]
+        assert [u[0] for u in later.upserts if u[0] not in again] == [made[1].id]
+        if dav_server.name == "davical":
+            assert again == [made[2].id]
+    else:
+        assert [u[0] for u in later.upserts] == [made[1].id]
     assert later.upserts[0][1] != made[1].version
     # Nothing since: an empty listing, and the cursor stays as it is.
     quiet = dav(url).list_changes("tasks", later.cursor)
-    assert (quiet.upserts, quiet.deleted, quiet.cursor) == ([], [], later.cursor)
+    if dav_server.name == "sogo":  # again what changed in the token's second, unchanged
+        known = {**{m.id: m.version for m in made}, **{u[0]: u[1] for u in later.upserts}}
+        assert all(known.get(u[0]) == u[1] for u in quiet.upserts)
+        assert quiet.deleted in ([], [made[0].id])
+    else:
+        assert (quiet.upserts, quiet.deleted, quiet.cursor) == ([], [], later.cursor)
 
 
 def test_an_unknown_sync_token_falls_back_to_a_full_listing(dav_server: DavServer,
                                                            dav: Factory) -> None:
     url = dav_server.make_collection("calendar")
     conn = dav(url)
-    made = create(conn, "calendar", item(event("a@example.org")), item(event("b@example.org")))
+    made = create(conn, "calendar", item(event(uid("a"))), item(event(uid("b"))))
     cursor = json.loads(conn.list_changes("calendar", None).cursor or "")
-    cursor["token"] = cursor["token"][:-8] + "deadbeef"  # Radicale: 403, Xandikos: 412
+    # Radicale: 403, Xandikos: 412
+    token = cursor["token"]
+    cursor["token"] = token[:-8] + "deadbeef" if len(token) > 16 else token + "99999"
     changes = dav(url).list_changes("calendar", json.dumps(cursor))
-    assert changes.complete
+    # DAViCal and SOGo take a token they never issued (DAViCal answers every item as for
+    # an empty one, SOGo's is a time): the listing names every item, as changes.
+    assert changes.complete is (dav_server.name not in ("davical", "sogo"))
     assert sorted(u[0] for u in changes.upserts) == sorted(i.id for i in made)
     assert json.loads(changes.cursor or "")["token"] != cursor["token"]
     # So does a cursor this version cannot read.
@@ -466,8 +563,8 @@ def test_an_unknown_sync_token_falls_back_to_a_full_listing(dav_server: DavServe
 def test_no_change_costs_one_request_for_events_and_tasks_together(
         dav_server: DavServer, fault_proxy: FaultProxy, dav: Factory) -> None:
     url = dav_server.make_collection("calendar")
-    create(dav(url), "calendar", item(event("e1@example.org")), item(event("e2@example.org")))
-    create(dav(url), "tasks", item(Task(uid="t1@example.org", summary="Call back")))
+    create(dav(url), "calendar", item(event(uid("e1"))), item(event(uid("e2"))))
+    create(dav(url), "tasks", item(Task(uid=uid("t1"), summary="Call back")))
     proxied = fault_proxy.translate(url)
     first = dav(proxied)
     events, tasks = (first.list_changes(k, None) for k in ("calendar", "tasks"))
@@ -484,6 +581,13 @@ def test_no_change_costs_one_request_for_events_and_tasks_together(
     again = dav(proxied)
     quiet = [again.list_changes(k, c) for k, c in (("calendar", events.cursor),
                                                     ("tasks", tasks.cursor))]
+    if dav_server.name == "sogo":
+        # What changed in the token's second comes again, unchanged (see dav.settled),
+        # and is read (one multiget) to tell events from tasks.
+        listed = {u[:2] for u in events.upserts + tasks.upserts}
+        assert all(u[:2] in listed for q in quiet for u in q.upserts)
+        assert again.stats() == {"requests": 2 if quiet[0].upserts + quiet[1].upserts else 1}
+        return
     assert fault_proxy.requests == [("REPORT", path_of(url))]
     assert again.stats() == {"requests": 1}
     assert all(not q.upserts and not q.deleted and q.cursor == events.cursor for q in quiet)
@@ -492,14 +596,13 @@ def test_no_change_costs_one_request_for_events_and_tasks_together(
 def test_changes_in_a_shared_calendar_are_sorted_into_events_and_tasks(
         dav_server: DavServer, fault_proxy: FaultProxy, dav: Factory) -> None:
     url = dav_server.make_collection("calendar")
-    e1, e2 = create(dav(url), "calendar", item(event("e1@example.org")),
-                    item(event("e2@example.org")))
+    e1, e2 = create(dav(url), "calendar", item(event(uid("e1"))), item(event(uid("e2"))))
     cursor = dav(url).list_changes("calendar", None).cursor
     with dav_server.client() as client:
-        assert client.delete(url + "e2@example.org.ics").is_success
-    assert put(dav_server, url + "e1@example.org.ics",
+        assert client.delete(url + name_of(e2)).is_success
+    assert put(dav_server, url + name_of(e1),
                e1.raw.replace("SUMMARY:Meeting", "SUMMARY:Moved")).is_success
-    assert put(dav_server, url + "new-task.ics", TASK).is_success
+    assert put(dav_server, url + "new-task.ics", unique(TASK)).is_success
 
     fault_proxy.reset()
     conn = dav(fault_proxy.translate(url))
@@ -562,8 +665,9 @@ def test_a_thousand_item_calendar(dav_server: DavServer, fault_proxy: FaultProxy
 
 
 def content_in_listing(server: DavServer) -> bool:
-    """Radicale answers calendar-data in a sync-collection; Xandikos with a 404 propstat."""
-    return server.name.startswith("radicale")
+    """Radicale, Cyrus and SOGo answer calendar-data in a sync-collection; Xandikos with a
+    404 propstat, DAViCal leaves it out."""
+    return server.name.startswith("radicale") or server.name in ("cyrus", "sogo")
 
 
 def test_a_truncated_sync_collection_is_followed_to_its_end() -> None:
@@ -693,18 +797,40 @@ END:VCALENDAR
     assert put(dav_server, url + "out@example.org.ics",
                outside.raw.replace("SUMMARY:Meeting", "SUMMARY:Later")).is_success
     later = dav(url).list_changes("calendar", events.cursor, window=window)
-    assert [u[0] for u in later.upserts] == [outside.id]
+    if dav_server.name == "sogo":
+        # What changed in the token's second comes again, unchanged (see dav.settled).
+        first = {i.id: i.version for i in (inside, series)} | {
+            u[0]: u[1] for u in events.upserts}
+        assert [u[0] for u in later.upserts if first.get(u[0]) != u[1]] == [outside.id]
+    else:
+        assert [u[0] for u in later.upserts] == [outside.id]
 
 
 # --- content survives the round trip -------------------------------------------------------
+
+
+def as_stored(server: DavServer, record: Any) -> Any:
+    """``record`` as the server keeps it. SOGo gives the organizer that is its user the
+    user's name (its directory's "Ana Test"), and stores a floating time as UTC: a real
+    change of the item, which the pair's base (the server's copy) takes in."""
+    if server.name != "sogo" or record.kind != "calendar":
+        return record
+    if record.organizer is not None and record.organizer.email == "ana@example.org":
+        record = dataclasses.replace(
+            record, organizer=dataclasses.replace(record.organizer, name="Ana Test"))
+    if record.tz is None and "T" in (record.start or "") and not record.start.endswith("Z"):
+        record = dataclasses.replace(record, start=record.start + "Z", end=record.end + "Z",
+                                     tz="Etc/UTC")
+    return record
 
 
 def test_items_round_trip_unchanged(dav_server: DavServer, dav: Factory) -> None:
     calendar = dav_server.make_collection("calendar")
     book = dav_server.make_collection("addressbook")
     samples: list[tuple[ObjectKind, str]] = [
-        ("calendar", SERIES), ("calendar", ALL_DAY), ("calendar", FLOATING),
-        ("tasks", TASK), ("contacts", VCARD3), ("contacts", VCARD4)]
+        ("calendar", unique(SERIES)), ("calendar", unique(ALL_DAY)),
+        ("calendar", unique(FLOATING)), ("tasks", unique(TASK)), ("contacts", VCARD3),
+        ("contacts", VCARD4)]
     for kind, raw in samples:
         conn = dav(book, "carddav") if kind == "contacts" else dav(calendar)
         original = formats.parse(VCARD if kind == "contacts" else ICAL, kind, raw)
@@ -719,9 +845,9 @@ def test_items_round_trip_unchanged(dav_server: DavServer, dav: Factory) -> None
         for sample_kind, raw in samples:
             if sample_kind == kind:
                 record = formats.parse(VCARD if kind == "contacts" else ICAL, kind, raw)
-                expected[record.uid] = record
-                expected[record.uid + "-rendered"] = dataclasses.replace(
-                    record, uid=record.uid + "-rendered")
+                expected[record.uid] = as_stored(dav_server, record)
+                expected[record.uid + "-rendered"] = as_stored(dav_server, dataclasses.replace(
+                    record, uid=record.uid + "-rendered"))
         assert found == expected, kind
 
 
@@ -729,8 +855,8 @@ def test_items_know_when_they_changed(dav_server: DavServer, dav: Factory) -> No
     url = dav_server.make_collection("calendar")
     conn = dav(url)
     stamped = ALL_DAY.replace("DTSTAMP:", "LAST-MODIFIED:20260305T101500Z\r\nDTSTAMP:")
-    made = create(conn, "calendar", raw_item(FLOATING, "calendar"),
-                  raw_item(stamped, "calendar"))
+    made = create(conn, "calendar", raw_item(unique(FLOATING), "calendar"),
+                  raw_item(unique(stamped), "calendar"))
     assert all(i.modified for i in made)
     fetched = listed(conn, "calendar")[0]
     # The server's getlastmodified when it tells (neither does in a REPORT), else the
@@ -759,7 +885,7 @@ WINDOW = (datetime(2026, 11, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
 def test_a_time_range_query_the_server_fails_falls_back_to_sync_collection(
         dav_server: DavServer, fault_proxy: FaultProxy, dav: Factory) -> None:
     url = dav_server.make_collection("calendar")
-    [inside] = create(dav(url), "calendar", item(event("in@example.org")))
+    [inside] = create(dav(url), "calendar", item(event(uid("in"))))
     slept: list[float] = []
     conn = dav(fault_proxy.translate(url), sleep=slept.append)
     fault_proxy.fail(500, times=MAX_TRIES, methods={"REPORT"}, body=b"time-range")
@@ -769,8 +895,11 @@ def test_a_time_range_query_the_server_fails_falls_back_to_sync_collection(
     assert changes.complete and [u[0] for u in changes.upserts] == [inside.id]
     [note] = changes.notes
     assert "calendar-query" in note and "HTTP 500" in note and "another way" in note
-    # The next listing goes on from the full listing's token.
-    assert conn.list_changes("calendar", changes.cursor).upserts == []
+    # The next listing goes on from the full listing's token (on SOGo, what changed in
+    # the token's second comes again, unchanged: see dav.settled).
+    again = conn.list_changes("calendar", changes.cursor).upserts
+    assert again == ([] if dav_server.name != "sogo" or not again
+                     else [(inside.id, inside.version, again[0][2])])
 
 
 def test_a_sync_collection_the_server_fails_falls_back_to_etags(
@@ -855,6 +984,27 @@ def test_a_dropped_connection_is_retried_and_writes_stay_single(
     [deleted] = conn.apply("calendar", [Delete(result.item.id, result.item.version)])
     assert deleted.status == "ok"
     assert dav(url).list_changes("calendar", None).upserts == []
+
+
+def test_every_try_is_a_request_and_a_retry_is_logged(
+        dav_server: DavServer, fault_proxy: FaultProxy, dav: Factory,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # SOGo resets some PUT connections: each try is counted, as the server saw it, and
+    # each retry shows at -v (the log), never silently.
+    url = dav_server.make_collection("calendar")
+    conn = dav(fault_proxy.translate(url))
+    conn.list_changes("calendar", None)
+    fault_proxy.reset()
+    before = conn.stats()["requests"]
+    fault_proxy.drop(times=2, methods={"PUT"}, after_forward=True)
+    with caplog.at_level("INFO", logger="crmsync.connectors.dav"):
+        [result] = conn.apply("calendar", [Create(item(event(f"reset-{uuid.uuid4().hex}")))])
+    assert result.status in ("ok", "exists")
+    assert fault_proxy.count("PUT") == 3
+    assert conn.stats()["requests"] - before == len(fault_proxy.requests)
+    retries = [r.getMessage() for r in caplog.records if "sending it again" in r.getMessage()]
+    assert len(retries) == 2 and all(m.startswith("PUT ") for m in retries), retries
+    assert "try 3 of 4" in retries[1] and conn.retries == 2
 
 
 def test_a_slow_answer_times_out_and_is_retried(dav_server: DavServer,
@@ -950,6 +1100,10 @@ def _replace(response: httpx.Response, content: bytes | None = None,
 
 def test_without_sync_collection_etags_are_compared(dav_server: DavServer,
                                                     dav: Factory) -> None:
+    if dav_server.name == "sogo":
+        pytest.skip("SOGo's ctag counts whole seconds like its sync token: a change in the "
+                    "ctag's second leaves it as it was; SOGo has sync-collection, which the "
+                    "connector uses (this test hides it)")
     def no_sync(request: httpx.Request, response: httpx.Response) -> httpx.Response:
         if b"sync-collection" in request.content:
             return _replace(response, b"", status=501)
@@ -962,8 +1116,7 @@ def test_without_sync_collection_etags_are_compared(dav_server: DavServer,
         return response
 
     url = dav_server.make_collection("calendar")
-    made = create(dav(url), "calendar", item(event("a@example.org")),
-                  item(event("b@example.org")))
+    made = create(dav(url), "calendar", item(event(uid("a"))), item(event(uid("b"))))
     conn = dav(url, transport=Rewrite(no_sync))
     full = conn.list_changes("calendar", None)
     assert full.complete and len(full.upserts) == 2
@@ -975,8 +1128,8 @@ def test_without_sync_collection_etags_are_compared(dav_server: DavServer,
     assert quiet.stats() == {"requests": 1}  # one PROPFIND of the ctag
 
     with dav_server.client() as client:
-        assert client.delete(url + "a@example.org.ics").is_success
-    assert put(dav_server, url + "b@example.org.ics",
+        assert client.delete(url + name_of(made[0])).is_success
+    assert put(dav_server, url + name_of(made[1]),
                made[1].raw.replace("SUMMARY:Meeting", "SUMMARY:Changed")).is_success
     later = dav(url, transport=Rewrite(no_sync)).list_changes("calendar", full.cursor)
     assert later.deleted == [made[0].id] and not later.complete
@@ -1168,7 +1321,10 @@ def test_a_get_without_etag_asks_for_it() -> None:
     [result] = conn.apply("calendar", [Update("/cal/e1.ics", '"7"', {"summary": "x"})])
     assert result.status == "ok" and result.item is not None
     assert result.item.version == '"8"' and result.item.record().summary == "x"
-    assert conn.stats() == {"requests": 3}  # GET, PROPFIND for its etag, PUT
+    # GET, PROPFIND for its etag, PUT; then the first write to a collection is read back
+    # to learn whether the server rewrites what it stores: a multiget (answered here
+    # without content), so a GET and a PROPFIND for its etag.
+    assert conn.stats() == {"requests": 6}
 
 
 def test_a_forbidden_collection_is_a_connection_failure() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import unquote
@@ -12,10 +13,22 @@ import pytest
 
 from crmsync import formats
 from crmsync.connectors.dav import MAX_TRIES
-from crmsync.model import Contact, Event, Occurrence, Task, moment
+from crmsync.model import Contact, Event, Occurrence, Person, Task, moment
 
 from conftest import Sides, day, event
+from davservers import ALL_VARIANTS, DavServer, DavServerPool
 from test_cli import crmsync
+
+# The variants every test here runs against (see davservers.py).
+VARIANTS_HERE = ALL_VARIANTS
+
+
+@pytest.fixture(scope="session", params=VARIANTS_HERE, ids=list(VARIANTS_HERE))
+def dav_server(request: pytest.FixtureRequest, dav_server_pool: DavServerPool) -> DavServer:
+    """Every variant, Cyrus, DAViCal and SOGo (DEBIAN_VARIANTS) included: each skips with
+    the reason where its packages are missing (a failure under CRMSYNC_REQUIRE_SERVICES=1).
+    """
+    return dav_server_pool.get(request.param)
 
 
 @pytest.fixture
@@ -103,6 +116,28 @@ def test_collections_lists_what_discovery_finds(dav_server, home: Path, monkeypa
     assert f"carddav:{book}" in {c["endpoint"] for c in books}
 
 
+@pytest.mark.parametrize("dav_server", ["sogo"], indirect=True)
+def test_collections_at_a_login_page_says_so(dav_server, home: Path, monkeypatch):
+    # SOGo's root answers PROPFIND with its web login page (200 text/html).
+    root = str(httpx.URL(dav_server.base_url).join("/SOGo/"))
+    monkeypatch.setenv("CRMSYNC_GROUPWARE_PASSWORD", dav_server.password)
+    out = crmsync(home, "collections", f"caldav:{root}", "--username", dav_server.username,
+                  check=2)
+    assert "answered with an HTML page (a login page?), not a DAV collection" in out.stderr
+    assert f"try {root}dav/{dav_server.username}/" in out.stderr
+    # The suggested URL is the right one.
+    found = json.loads(crmsync(home, "collections", f"caldav:{root}dav/"
+                               f"{dav_server.username}/", "--username", dav_server.username,
+                               "--json").stdout)
+    assert f"caldav:{dav_server.calendar_url}" in {c["endpoint"] for c in found}
+
+
+@pytest.mark.parametrize("dav_server", ["radicale"], indirect=True)
+def test_collections_where_there_are_none_says_so(dav_server, home: Path):
+    out = crmsync(home, "collections", f"caldav:{dav_server.base_url}nobody-here/", check=2)
+    assert "no calendar was found at" in out.stderr and out.stdout == ""
+
+
 def test_a_first_sync_downloads_only_the_sync_range(dav_server, home: Path, sides: Sides):
     calendar = dav_server.make_collection("calendar")
     soon = datetime.now(UTC).replace(microsecond=0) + timedelta(days=3)
@@ -184,3 +219,34 @@ def test_an_event_without_dtstart_is_reported_and_never_deleted_from_the_crm(
                      else fault_proxy.translate(calendar))
         assert again["status"] == "ok" and not again["objects"]["calendar"]["counts"], again
     assert sorted(sides.records("crm", "calendar")) == ["dated@x", "nostart@x"]
+
+
+def test_what_the_server_rewrites_never_comes_back_as_a_change(dav_server, home: Path,
+                                                               sides: Sides):
+    # SOGo names the organizer from its directory ("Ana Test") and stores a floating time
+    # as UTC, yet answers the PUT with an ETag. The pair's base is what the server stores
+    # (read back), so a later edit elsewhere brings that edit to the CRM, and nothing else.
+    calendar = dav_server.make_collection("calendar")
+    tag = uuid.uuid4().hex[:8]
+    sides.put("crm", event(f"rw-{tag}@x", "Review", start="2026-12-04T15:00:00",
+                           end="2026-12-04T16:00:00",
+                           organizer=Person("ana@example.org", "Ana")))
+    crm, _ = sides.endpoints()
+    crmsync(home, "profile", "add", "w", "--crm", crm, "--groupware", f"caldav:{calendar}",
+            "--objects", "calendar")
+    if dav_server.username:
+        crmsync(home, "login", "w", "--username", dav_server.username, "--password-stdin",
+                input=dav_server.password + "\n")
+    first = json.loads(crmsync(home, "sync", "w", "--yes", "--json").stdout)
+    assert first["objects"]["calendar"]["counts"] == {"create:groupware": 1}
+    with dav_server.client() as client:
+        url = f"{calendar}rw-{tag}@x.ics"
+        body = client.get(url).text.replace("SUMMARY:Review", "SUMMARY:Review (moved)")
+        assert client.put(url, content=body.encode(),
+                          headers={"Content-Type": "text/calendar"}).is_success
+    second = json.loads(crmsync(home, "sync", "w", "--yes", "--json").stdout)
+    assert second["objects"]["calendar"]["counts"] == {"update:crm": 1}
+    [record] = sides.records("crm", "calendar").values()
+    assert record.summary == "Review (moved)"
+    assert (record.organizer, record.start) == (Person("ana@example.org", "Ana"),
+                                                "2026-12-04T15:00:00")

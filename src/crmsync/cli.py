@@ -1224,6 +1224,11 @@ def collections(
     from crmsync.connectors.dav import discover
 
     found = discover(url, scheme, Credentials(username, password))  # type: ignore[arg-type]
+    if not found:
+        noun = "calendar" if scheme == "caldav" else "address book"
+        raise ConfigError(f"no {noun} was found at {url}: it answers as a DAV server, but "
+                          f"names no {noun} (nor a principal or home that holds one); give "
+                          "the URL of your principal or home, or check the user name")
     rows = [{"endpoint": f"{scheme}:{c.url}", "name": c.name, "kind": c.kind,
              "components": sorted(c.components)} for c in found]
     if json_out:

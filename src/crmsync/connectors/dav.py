@@ -13,14 +13,21 @@ CURSOR
     A small JSON object: ``{"v": 1, "token": ...}`` holds an RFC 6578 sync token; servers
     without sync-collection get ``{"v": 1, "ctag": ..., "etags": {href: etag}}`` instead.
     Both may carry ``"kinds"``, the objects the collection holds, so that an incremental
-    listing needs no extra request to learn it.
+    listing needs no extra request to learn it, and ``"rewrites"``: whether the server
+    stores something else than what it is sent (SOGo does), learnt from the first write
+    to the collection (read back and compared); where it does, written items are read
+    back (one multiget per batch) so that the pair's base is the server's copy. A token
+    that is a Unix time in seconds (SOGo's) is kept one second early (see settled()).
 
 A listing with nothing changed costs one request. A calendar holding both events and
 tasks is listed once for both: sync-collection cannot tell a VEVENT from a VTODO, so the
 changed items are read (multiget) and sorted by component, and the listing is kept for
-the other object. Writes carry preconditions (``If-None-Match: *`` to create,
-``If-Match`` to update or delete), so a write never overwrites an item that changed
-since it was planned, and a retried write never applies twice.
+the other object. A first listing with a sync range asks for the events in it (a
+time-range query) but for every task (RFC 4791 9.9 leaves servers room in how a task
+matches a time range, and DAViCal's misses tasks without DTSTART). Writes carry
+preconditions (``If-None-Match: *`` to create, ``If-Match`` to update or delete), so a
+write never overwrites an item that changed since it was planned, and a retried write
+never applies twice.
 
 Three layers, top to bottom: :class:`DavConnector` (the Connector), the WebDAV request
 bodies and multistatus parsing (module functions), and :class:`Http` (one keep-alive
@@ -146,6 +153,7 @@ class Http:
         elif creds.username is not None:
             auth = httpx.BasicAuth(creds.username, creds.password or "")
         self.has_credentials = auth is not None
+        self.username = creds.username if not creds.token else None
         verify: ssl.SSLContext | bool = creds.verify
         if creds.verify and creds.ca_bundle:
             try:
@@ -161,6 +169,7 @@ class Http:
         self.sleep = sleep
         self.max_tries = max_tries
         self.requests = 0
+        self.retries = 0
         self._random = random.Random()
 
     def _count(self, request: httpx.Request) -> None:
@@ -185,6 +194,7 @@ class Http:
                     raise ConnectionFailed(
                         f"{public_url(url)} is unreachable after {attempt} tries: "
                         f"{_reason(exc)}") from exc
+                self._retrying(method, url, attempt, _reason(exc))
                 self.sleep(self._backoff(attempt))
                 continue
             log.debug("%s %s -> %d", method, unquote(public_url(url)), response.status_code)
@@ -204,8 +214,16 @@ class Http:
                 raise error(
                     f"{public_url(url)} is unavailable: HTTP {response.status_code} "
                     f"{response.reason_phrase} after {attempt} tries{wait}")
+            self._retrying(method, url, attempt, f"HTTP {response.status_code} "
+                           f"{response.reason_phrase}")
             self.sleep(asked if asked is not None else self._backoff(attempt))
         raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _retrying(self, method: str, url: str, attempt: int, reason: str) -> None:
+        # Every try is a request (counted in ``requests``); a retry shows with -v.
+        self.retries += 1
+        log.info("%s %s failed (%s); sending it again (try %d of %d)", method,
+                 unquote(public_url(url)), reason, attempt + 1, self.max_tries)
 
     def _backoff(self, attempt: int) -> float:
         # Full jitter: many clients failing together do not come back together.
@@ -306,6 +324,14 @@ def time_range_query_body(component: str, start: datetime, end: datetime) -> byt
     span = f'<C:time-range start="{_utc(start)}" end="{_utc(end)}"/>'
     filters = (f'<C:filter><C:comp-filter name="VCALENDAR"><C:comp-filter name="{component}">'
                f"{span}</C:comp-filter></C:comp-filter></C:filter>")
+    props = _props(["D:getetag", "D:getlastmodified", _DATA["caldav"]])
+    return _xml("C:calendar-query", props + filters)
+
+
+def component_query_body(component: str) -> bytes:
+    """Every item with a ``component`` (VTODO), with its content: no time range."""
+    filters = (f'<C:filter><C:comp-filter name="VCALENDAR"><C:comp-filter name="{component}"/>'
+               "</C:comp-filter></C:filter>")
     props = _props(["D:getetag", "D:getlastmodified", _DATA["caldav"]])
     return _xml("C:calendar-query", props + filters)
 
@@ -439,13 +465,42 @@ def preconditions(response: httpx.Response) -> dict[str, ET.Element]:
             and child.tag != DAV + "responsedescription"}
 
 
+# What DAViCal's 412 names when the If-Match or If-None-Match header failed: not a
+# WebDAV precondition of the content, the header's own.
+_HEADER_CONDITIONS = frozenset({DAV + "if-match", DAV + "if-none-match"})
+
+
 def stale(response: httpx.Response) -> bool:
     """Whether a write failed because the item changed: If-Match or If-None-Match.
 
-    A 412 naming a precondition is something else: Xandikos refuses invalid content with
-    412 valid-calendar-data.
+    A 412 naming another precondition is something else: Xandikos refuses invalid content
+    with 412 valid-calendar-data. DAViCal names the header that failed (``<DAV:if-match/>``
+    or ``<DAV:if-none-match/>``): that is the item's version, a stale write.
     """
-    return response.status_code == 412 and not preconditions(response)
+    return response.status_code == 412 \
+        and not preconditions(response).keys() - _HEADER_CONDITIONS
+
+
+# SOGo's answer to a second resource with a UID the calendar holds: 409 and
+# <D:error xmlns:D="DAV">Event UID already in use. (uid)</D:error>, no precondition.
+_UID_IN_USE = re.compile(rb"UID already in use", re.IGNORECASE)
+
+
+def uid_conflict(response: httpx.Response) -> ET.Element | None:
+    """The error element of a create refused because another item has its UID, else None.
+
+    CalDAV and CardDAV's no-uid-conflict (Radicale, Xandikos); Cyrus's
+    unique-scheduling-object-resource (RFC 6638 3.2.4.1), which names the item's href;
+    SOGo's 409 with its own text, which names nothing.
+    """
+    conditions = preconditions(response)
+    for name in (CALDAV + "no-uid-conflict", CARDDAV + "no-uid-conflict",
+                 CALDAV + "unique-scheduling-object-resource"):
+        if name in conditions:
+            return conditions[name]
+    if response.status_code == 409 and _UID_IN_USE.search(response.content):
+        return ET.Element(DAV + "error")
+    return None
 
 
 def _refusal(response: httpx.Response) -> str:
@@ -495,7 +550,8 @@ def discover(url: str, protocol: DavProtocol, credentials: Credentials | None = 
 
 def _discover(http: Http, url: str, protocol: DavProtocol) -> list[Collection]:
     kind, resourcetype, home_set, home_set_prop = _COLLECTION[protocol]
-    here = _propfind_one(http, url, DISCOVERY_PROPS)
+    pages: list[str] = []
+    here = _propfind_one(http, url, DISCOVERY_PROPS, pages)
     if here is not None and here.has(DAV + "resourcetype", resourcetype):
         return [_collection(here, url, kind)]
     homes = here.hrefs(home_set, url) if here is not None else []
@@ -521,17 +577,29 @@ def _discover(http: Http, url: str, protocol: DavProtocol) -> list[Collection]:
             if member.has(DAV + "resourcetype", resourcetype):
                 found_one = _collection(member, url, kind)
                 collections[found_one.url] = found_one
+    if not collections and pages:
+        # SOGo's root (/SOGo/) answers PROPFIND with its login page, 200 text/html.
+        user = http.username
+        hint = urljoin(pages[0], f"dav/{quote(user)}/" if user else "dav/USER/")
+        raise ConfigError(f"{public_url(pages[0])} answered with an HTML page (a login "
+                          f"page?), not a DAV collection; try {public_url(hint)} (SOGo), or "
+                          "the CalDAV/CardDAV URL the server's documentation gives")
     return sorted(collections.values(), key=lambda c: c.url)
 
 
-def _propfind_one(http: Http, url: str, props: Iterable[str]) -> DavResponse | None:
-    """The properties of the resource at ``url`` itself; None if it has none to give."""
+def _propfind_one(http: Http, url: str, props: Iterable[str],
+                  pages: list[str] | None = None) -> DavResponse | None:
+    """The properties of the resource at ``url`` itself; None if it has none to give.
+    An answer that is a web page adds its URL to ``pages``."""
     # Without credentials a 401 here is no answer, not an error (see LISTING_PROPS).
     response = http.send("PROPFIND", url, propfind_body(props), {"Depth": "0", **XML_HEADERS},
                          accept_401=not http.has_credentials)
     if response.status_code == 403 or response.status_code == 401 and http.has_credentials:
         raise ConnectionFailed(http.refused(url, response))
     if response.status_code != 207:
+        if pages is not None and response.is_success and response.headers.get(
+                "Content-Type", "").lower().startswith(("text/html", "application/xhtml")):
+            pages.append(str(response.url))
         return None
     path = href_path(str(response.url), str(response.url))
     found = _multistatus(response, str(response.url)).responses
@@ -662,12 +730,34 @@ def _fold(text: str, eol: str) -> list[str]:
     return out
 
 
+def settled(token: str) -> str:
+    """A sync token to keep: one second earlier when it is a Unix time in seconds.
+
+    SOGo's token is the time of its answer in whole seconds, and a later sync-collection
+    lists what changed after that second: a change made in the same second, after the
+    answer, would never be listed. Kept one second earlier, what changed in that second
+    is listed again instead (unchanged items, which the core skips): never missed. Other
+    servers' tokens (URLs, data: URIs, counters) are opaque and kept as they are.
+    """
+    if len(token) == 10 and token.isdigit() and int(token) >= 1_000_000_000:
+        return str(int(token) - 1)
+    return token
+
+
 def _etag(value: str | None) -> str | None:
-    """An ETag in the one form used everywhere: quoted, as If-Match wants it."""
+    """An ETag in the one form used everywhere: strong and quoted, as If-Match wants it.
+
+    Cyrus answers a gzipped GET with a weak ``W/"x"`` where PUT, PROPFIND and REPORT give
+    the strong ``"x"`` of the same item: the weak prefix is dropped, so that one version has
+    one form (compared as a string) and If-Match never carries a weak ETag, which RFC 9110
+    13.1.1 makes never match.
+    """
     value = (value or "").strip()
+    if value[:2].upper() == "W/":
+        value = value[2:].strip()
     if not value:
         return None
-    return value if value.startswith(('"', 'W/"')) else f'"{value}"'
+    return value if value.startswith('"') else f'"{value}"'
 
 
 def _http_moment(value: str | None) -> str | None:
@@ -695,6 +785,9 @@ class _Cursor:
     ctag: str | None = None
     etags: dict[str, str] | None = None
     kinds: tuple[str, ...] = ()
+    # Whether the server stores something else than what it is sent (None: not known
+    # yet); see DavConnector._read_back.
+    rewrites: bool | None = None
 
     def encode(self) -> str:
         data: dict[str, object] = {"v": 1}
@@ -705,6 +798,8 @@ class _Cursor:
             data["etags"] = self.etags or {}
         if self.kinds:
             data["kinds"] = list(self.kinds)
+        if self.rewrites is not None:
+            data["rewrites"] = self.rewrites
         return json.dumps(data, separators=(",", ":"), sort_keys=True)
 
     @classmethod
@@ -719,11 +814,12 @@ class _Cursor:
         if not isinstance(data, dict) or data.get("v") != 1:
             return None
         kinds = tuple(k for k in data.get("kinds", ()) if isinstance(k, str))
+        rewrites = data.get("rewrites") if isinstance(data.get("rewrites"), bool) else None
         if isinstance(data.get("token"), str):
-            return cls(token=data["token"], kinds=kinds)
+            return cls(token=data["token"], kinds=kinds, rewrites=rewrites)
         if isinstance(data.get("etags"), dict):
             ctag = data.get("ctag") if isinstance(data.get("ctag"), str) else None
-            return cls(ctag=ctag, etags=data["etags"], kinds=kinds)
+            return cls(ctag=ctag, etags=data["etags"], kinds=kinds, rewrites=rewrites)
         return None
 
 
@@ -788,12 +884,22 @@ class DavConnector(Connector):
         self._failed: set[str] = set()
         # Notes for the next listing's report (a multiget that fell back to GETs).
         self._notes: list[str] = []
+        # Whether the server rewrites what it stores (None: not known yet), kept in the
+        # cursor; and the items of the current apply() to read back, with what was sent.
+        self._rewrites: bool | None = None
+        self._read_later: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"DavConnector({self.protocol}:{public_url(self.url)})"
 
     def stats(self) -> dict[str, int]:
         return {"requests": self._http.requests}
+
+    @property
+    def retries(self) -> int:
+        """How many of the requests were sent again (a lost connection, a 5xx): SOGo
+        closes idle keep-alive connections, and a request on one is sent again."""
+        return self._http.retries
 
     def close(self) -> None:
         self._http.close()
@@ -864,6 +970,9 @@ class DavConnector(Connector):
                      progress: ReadProgress | None = None) -> Changes:
         self._check_kind(kind)
         key = cursor or ""
+        known = _Cursor.decode(key)
+        if self._rewrites is None and known is not None:
+            self._rewrites = known.rewrites
         listing = self._listing
         # Events and tasks in one calendar: the second object's listing from the same
         # cursor reuses the first one's (once: a later listing asks the server again).
@@ -1012,11 +1121,11 @@ class DavConnector(Connector):
                                        "without a (new) sync token")
             token = result.sync_token
             if truncated and checkpoint is not None:
-                checkpoint(_Cursor(token=token, kinds=tuple(kinds)).encode(),
+                checkpoint(_Cursor(token=settled(token), kinds=tuple(kinds)).encode(),
                            [*changed, *deleted], full)
         # A full listing names no deletions: what it misses is gone.
         listing = _Listing(key, changed, [] if full else list(deleted),
-                           _Cursor(token=token, kinds=tuple(kinds)), complete=full)
+                           _Cursor(token=settled(token), kinds=tuple(kinds)), complete=full)
         for path, item in items.items():
             if changed.get(path) == item.version:
                 listing.items[path] = item
@@ -1045,12 +1154,15 @@ class DavConnector(Connector):
     def _list_range(self, kind: ObjectKind, key: str, probe: _Probe,
                     window: Window) -> _Listing | None:
         """Only the ``kind`` items inside the sync range, with their content, by one
-        calendar-query; None when the server cannot filter by time.
+        calendar-query; None when the server cannot filter by time. Tasks are listed in
+        full instead (see _list_tasks).
 
         The token (or ctag) is the probe's, taken before the query: what changes in
         between is listed again next time rather than missed.
         """
         start, end = window
+        if kind == "tasks":
+            return self._list_tasks(key, probe)
         response = self._report(time_range_query_body(COMPONENT[kind], start, end), "1")
         if response.status_code in NO_SUCH_REPORT:
             return None
@@ -1070,10 +1182,37 @@ class DavConnector(Connector):
         undated = [m for m in self._members(response) if m.path not in dated
                    and _undated(m.text(CALDAV + "calendar-data") or "")]
         members += undated
+        listing = self._query_listing(kind, key, probe, members)
+        listing.notes += [f"{m.path} has no DTSTART: the server's time-range listing never "
+                          "returns it; found by a query for such items" for m in undated]
+        return listing
+
+    def _list_tasks(self, key: str, probe: _Probe) -> _Listing | None:
+        """Every task, with its content, by one calendar-query without a time range.
+
+        A time range is never trusted to find every task: RFC 4791 9.9 matches a VTODO by
+        DTSTART, DUE, COMPLETED or CREATED, and servers differ (DAViCal matches only tasks
+        with a DTSTART, so a task with only a DUE, or none, was never listed, and with the
+        sync token saved, never again until it changed). Tasks are few; the core leaves
+        out those outside the sync range.
+        """
+        response = self._report(component_query_body("VTODO"), "1")
+        if response.status_code in NO_SUCH_REPORT:
+            return None
+        if response.status_code != 207:
+            raise self._collection_error(response, "calendar-query")
+        # (A server ignoring the filter answers every item: only tasks are kept.)
+        members = [m for m in self._members(response)
+                   if calendar_objects(m.text(CALDAV + "calendar-data") or "")[0] == {"tasks"}]
+        return self._query_listing("tasks", key, probe, members)
+
+    def _query_listing(self, kind: ObjectKind, key: str, probe: _Probe,
+                       members: list[DavResponse]) -> _Listing:
+        """The listing of a calendar-query's answer (items with their content)."""
         changed = {m.path: etag for m in members
                    if (etag := _etag(m.text(DAV + "getetag"))) is not None}
         if probe.sync and probe.token is not None:
-            cursor = _Cursor(token=probe.token, kinds=probe.kinds)
+            cursor = _Cursor(token=settled(probe.token), kinds=probe.kinds)
         else:
             # The next listing compares every etag with these and reports the items
             # outside the range as new: harmless.
@@ -1084,8 +1223,6 @@ class DavConnector(Connector):
         listing = _Listing(key, changed, [], cursor, complete=False, shared=False,
                            objects=dict.fromkeys(changed, frozenset({kind})))
         self._items_of(members, None, listing.items)
-        listing.notes += [f"{m.path} has no DTSTART: the server's time-range listing never "
-                          "returns it; found by a query for such items" for m in undated]
         return listing
 
     def _changes(self, kind: ObjectKind, listing: _Listing,
@@ -1103,6 +1240,7 @@ class DavConnector(Connector):
             else:
                 upserts.append((path, item.version, _as_kind(item, kind)))
         notes, self._notes = [*listing.notes, *self._notes], []
+        listing.cursor.rewrites = self._rewrites
         return Changes(upserts, sorted(listing.deleted), listing.cursor.encode(),
                        listing.complete, notes=notes)
 
@@ -1125,8 +1263,13 @@ class DavConnector(Connector):
 
     def cursor(self, kind: ObjectKind, listed: str | None) -> str | None:
         # Our own writes come back in the next listing; the core knows their versions and
-        # skips them, which costs nothing beyond that listing's one request.
-        return listed
+        # skips them, which costs nothing beyond that listing's one request. What the
+        # writes taught about the server (it rewrites what it stores) is kept.
+        state = _Cursor.decode(listed)
+        if state is None or self._rewrites is None or state.rewrites == self._rewrites:
+            return listed
+        state.rewrites = self._rewrites
+        return state.encode()
 
     # --- reading -------------------------------------------------------------------------
 
@@ -1235,6 +1378,7 @@ class DavConnector(Connector):
     def apply(self, kind: ObjectKind, writes: Sequence[Write]) -> list[Result]:
         self._check_kind(kind)
         results = []
+        self._read_later = {}
         for write in writes:
             try:
                 if isinstance(write, Create):
@@ -1255,7 +1399,43 @@ class DavConnector(Connector):
                     f"written to {result.item.id} without a DTSTART: the server takes it, "
                     "but lists it only by a query for such items, never in a time range"))
             results.append(result)
+        if self._read_later:
+            results = self._read_back(kind, results)
         return results
+
+    def _read_back(self, kind: ObjectKind, results: list[Result]) -> list[Result]:
+        """The written items as the server stores them, read in multigets of a batch.
+
+        Read back: items a PUT answered without an ETag (RFC 4791 5.3.4: the server
+        changed them; Cyrus answers an event with an ORGANIZER with a Schedule-Tag only),
+        and every item while the server is known to rewrite what it stores (SOGo adds
+        ORGANIZER;CN=, PARTSTAT, CLASS:PUBLIC, trims N) or not known yet: the first batch
+        written to a collection tells, and the cursor keeps the answer. Pairing on what
+        was sent would otherwise bring each rewrite to the other side as a change.
+        """
+        sent, self._read_later = self._read_later, {}
+        stored = self._read(list(sent))
+        if self._rewrites is None:
+            self._rewrites = any(_lines(stored[p].raw) != _lines(raw)
+                                 for p, raw in sent.items() if p in stored)
+            log.info("%s %s what it is sent", public_url(self.url),
+                     "rewrites" if self._rewrites else "keeps")
+        out = []
+        for result in results:
+            written = result.item
+            if written is None or written.id not in sent or result.status != "ok":
+                out.append(result)
+                continue
+            found = stored.get(written.id)
+            if found is None and not written.version:
+                raise ConnectionFailed(f"{public_url(self._url(written.id))} vanished right "
+                                       "after it was written")
+            if found is None or written.version and found.version != written.version:
+                # Gone or changed again since our write: the next listing shows it.
+                out.append(result)
+                continue
+            out.append(dataclasses.replace(result, item=_as_kind(found, kind)))
+        return out
 
     def _put(self, path: str, raw: str, precondition: dict[str, str]) -> httpx.Response:
         if self.protocol == "caldav":
@@ -1281,9 +1461,7 @@ class DavConnector(Connector):
             response = self._put(path, raw, {"If-None-Match": "*"})
             if response.is_success:
                 return Result("ok", self._stored(path, kind, response))
-            conditions = preconditions(response)
-            conflict = conditions.get(CALDAV + "no-uid-conflict",
-                                      conditions.get(CARDDAV + "no-uid-conflict"))
+            conflict = uid_conflict(response)
             if conflict is not None:
                 return self._existing(kind, uid, conflict, response)
             if not stale(response):
@@ -1300,11 +1478,19 @@ class DavConnector(Connector):
 
     def _existing(self, kind: ObjectKind, uid: str, conflict: ET.Element,
                   response: httpx.Response) -> Result:
-        """The item a no-uid-conflict is about: named in the error, else searched for.
+        """The item a UID conflict is about: named in the error, else searched for.
 
-        Radicale (409) and Xandikos (412) do not name it.
+        Radicale (409), Xandikos (412) and SOGo (409, its own text) do not name it. Cyrus
+        (unique-scheduling-object-resource) names it, and keeps a UID unique across all of
+        the user's calendars: an item in another collection is not this one's to pair.
         """
         hrefs = [href_path(h.text, self.url) for h in conflict.iter(DAV + "href") if h.text]
+        elsewhere = [h for h in hrefs if not h.startswith(self.path)]
+        if elsewhere:
+            return Result("failed", error=(
+                f"the server keeps UID {uid!r} unique across the user's calendars, and "
+                f"another collection holds it: {elsewhere[0]} ({_refusal(response)}); "
+                "an item is synced with one collection only"))
         existing = self._get(hrefs[0]) if hrefs else self._find_uid(kind, uid)
         if existing is None:
             return Result("failed", error=f"the server has another item with UID {uid!r} "
@@ -1380,19 +1566,15 @@ class DavConnector(Connector):
                       f"{_refusal(response)}")
 
     def _stored(self, path: str, kind: ObjectKind, response: httpx.Response) -> Item:
-        """The item a successful PUT left on the server."""
+        """The item a successful PUT left on the server: what was sent, with the ETag
+        the server gave ("" when none), to be read back at the end of apply() when the
+        server gave none or rewrites what it stores (see _read_back)."""
         etag = _etag(response.headers.get("ETag"))
-        if etag is None:
-            # No ETag: the server may have changed what it was sent (RFC 4791 5.3.4).
-            # Read back its version and content before anything is written over it.
-            stored = self._get(path)
-            if stored is None:
-                raise ConnectionFailed(f"{public_url(self._url(path))} vanished right after "
-                                       "it was written")
-            return _as_kind(stored, kind)
         raw = response.request.content.decode("utf-8")
+        if etag is None or self._rewrites is not False:
+            self._read_later[path] = raw
         modified = _http_moment(response.headers.get("Last-Modified")) or _now()
-        return Item(path, etag, raw, FORMAT[kind], kind, modified=modified)
+        return Item(path, etag or "", raw, FORMAT[kind], kind, modified=modified)
 
 
 _DATED = re.compile(r"^(?:DTSTART|DUE)[;:]", re.MULTILINE | re.IGNORECASE)
@@ -1408,6 +1590,14 @@ def _undated(raw: str) -> bool:
     first = raw[start:end if end >= 0 else len(raw)]
     dated = {m[0].rstrip(";:").upper() for m in _DATED.finditer(first)}
     return "DTSTART" not in dated and ("tasks" not in objects or "DUE" not in dated)
+
+
+def _lines(raw: str) -> list[str]:
+    """An item's content lines, unfolded and sorted, for telling whether a server changed
+    what it stores: Radicale and Xandikos reorder the properties (no change to the item),
+    SOGo adds and changes some."""
+    text = re.sub(r"\r?\n[ \t]", "", raw)
+    return sorted(line for line in (x.rstrip() for x in text.splitlines()) if line)
 
 
 def _has_uid(item: Item, uid: str) -> bool:
