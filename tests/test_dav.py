@@ -431,6 +431,10 @@ def test_a_task_whose_uid_an_event_holds_is_refused_not_paired_with_the_event(
                     "END:VTODO\r\nEND:VCALENDAR\r\n", "tasks")
     [result] = conn.apply("tasks", [Create(task)])
     assert result.status == "failed" and result.item is None
+    if dav_server.name == "sogo":
+        # SOGo refuses to put a task where its event is (HTTP 501) before crmsync asks.
+        assert "HTTP 501" in (result.error or "")
+        return
     assert "one UID cannot name two items" in (result.error or "") and uid in result.error
 
 
@@ -755,7 +759,11 @@ def test_a_full_listing_over_known_pairs_saves_no_progress_part_way(
     assert report.objects["calendar"].counts == {"delete:crm": 1}
 
 
-def test_time_range_lists_only_what_is_inside(dav_server: DavServer, dav: Factory) -> None:
+def test_a_first_listing_lists_every_item_of_its_kind_whatever_the_range(
+        dav_server: DavServer, dav: Factory) -> None:
+    """The server's time range is never trusted (Radicale left out a series with COUNT and
+    UNTIL and an event with EXDATEs but no RRULE, DAViCal tasks without DTSTART): one
+    calendar-query per kind, without a range; the core places the items itself."""
     url = dav_server.make_collection("calendar")
     writer = dav(url)
     inside, outside = create(writer, "calendar", item(event("in@example.org")),
@@ -781,16 +789,15 @@ END:VCALENDAR
     window = (datetime(2026, 11, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
     conn = dav(url)
     events = conn.list_changes("calendar", None, window=window)
-    # One probe and one calendar-query that hands the content along, and one more for the
-    # items without a DTSTART, which no time range matches (none here).
-    assert conn.stats() == {"requests": 3}
+    # One probe and one calendar-query that hands the content along.
+    assert conn.stats() == {"requests": 2}
     assert events.notes == []
     assert all(i is not None and i.record().uid for _, _, i in events.upserts)
-    # The series began a year earlier and recurs into the range. A ranged listing is not
-    # complete: a paired item outside the range must not be taken for deleted.
+    # Outside the range too, and the series that began a year earlier. Not complete (one
+    # kind of a shared calendar): nothing missing from it is taken for deleted.
     assert not events.complete
     assert sorted(u[0] for u in events.upserts) == sorted(
-        [inside.id, series.id, path_of(url) + "allday@example.org.ics"])
+        [inside.id, outside.id, series.id, path_of(url) + "allday@example.org.ics"])
     tasks = conn.list_changes("tasks", None, window=window)
     assert [u[0] for u in tasks.upserts] == [task.id]
     # Incremental listings use the sync token and see everything that changes.
@@ -882,13 +889,13 @@ END:VCALENDAR
 WINDOW = (datetime(2026, 11, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
 
 
-def test_a_time_range_query_the_server_fails_falls_back_to_sync_collection(
+def test_a_calendar_query_the_server_fails_falls_back_to_sync_collection(
         dav_server: DavServer, fault_proxy: FaultProxy, dav: Factory) -> None:
     url = dav_server.make_collection("calendar")
     [inside] = create(dav(url), "calendar", item(event(uid("in"))))
     slept: list[float] = []
     conn = dav(fault_proxy.translate(url), sleep=slept.append)
-    fault_proxy.fail(500, times=MAX_TRIES, methods={"REPORT"}, body=b"time-range")
+    fault_proxy.fail(500, times=MAX_TRIES, methods={"REPORT"}, body=b"calendar-query")
     changes = conn.list_changes("calendar", None, window=WINDOW)
     # Retried as any 5xx (bounded), then listed in full: a warning, not a failure.
     assert fault_proxy.pending_faults == 0 and len(slept) == MAX_TRIES - 1
@@ -938,9 +945,10 @@ def test_a_multiget_the_server_fails_reads_the_items_one_by_one(
 
 
 @pytest.mark.parametrize("dav_server", ["xandikos"], indirect=True)
-def test_an_event_without_dtstart_is_in_a_ranged_listing_and_noted(
+def test_an_event_without_dtstart_is_in_a_first_listing(
         dav_server: DavServer, dav: Factory) -> None:
-    # Xandikos takes a VEVENT without DTSTART; no time-range query ever matches it.
+    # Xandikos takes a VEVENT without DTSTART; no time-range query ever matches it, and
+    # a first listing asks for none.
     url = dav_server.make_collection("calendar")
     assert put(dav_server, url + "nostart.ics", NO_DTSTART).is_success
     [dated] = create(dav(url), "calendar", item(event("dated@example.org")))
@@ -948,10 +956,7 @@ def test_an_event_without_dtstart_is_in_a_ranged_listing_and_noted(
     nostart = path_of(url) + "nostart.ics"
     assert sorted(u[0] for u in changes.upserts) == sorted([dated.id, nostart])
     assert all(u[2] is not None for u in changes.upserts)
-    # Not complete (items outside the range are missing), and nothing taken for deleted.
-    assert not changes.complete and changes.deleted == []
-    [note] = changes.notes
-    assert nostart in note and "DTSTART" in note
+    assert not changes.complete and changes.deleted == [] and changes.notes == []
 
 
 def test_5xx_is_retried_honouring_retry_after(dav_server: DavServer,

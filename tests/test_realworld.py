@@ -299,14 +299,7 @@ def check(leg: str, result: dict[str, Any], known: dict[str, str] | None = None)
 
 # Losses found by the corpus and not fixed yet: item -> cause. Each fails the leg
 # (xfail) until fixed; a fixed one must be taken off (the leg fails until it is).
-RADICALE_KNOWN = {
-    "ical-issue_1081_list_of_properties-0.ics":
-        "CalDAV: the first listing asks the server for the sync range (calendar-query "
-        "time-range) and trusts it; Radicale leaves out this event (EXDATEs without an "
-        "RRULE), so it never reaches B and no reason is given",
-    "rie-issue_128_only_first_event-0.ics":
-        "CalDAV: as above; Radicale leaves out this series (UNTIL with COUNT=-1)",
-}
+RADICALE_KNOWN: dict[str, str] = {}  # none left
 SALESFORCE_KNOWN: dict[str, str] = {}  # none left
 
 

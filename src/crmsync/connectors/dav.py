@@ -319,32 +319,10 @@ def multiget_body(protocol: DavProtocol, paths: Iterable[str]) -> bytes:
     return _xml(root, props + _hrefs(paths))
 
 
-def time_range_query_body(component: str, start: datetime, end: datetime) -> bytes:
-    """Items with a ``component`` (VEVENT, VTODO) overlapping [start, end), with content."""
-    span = f'<C:time-range start="{_utc(start)}" end="{_utc(end)}"/>'
-    filters = (f'<C:filter><C:comp-filter name="VCALENDAR"><C:comp-filter name="{component}">'
-               f"{span}</C:comp-filter></C:comp-filter></C:filter>")
-    props = _props(["D:getetag", "D:getlastmodified", _DATA["caldav"]])
-    return _xml("C:calendar-query", props + filters)
-
-
 def component_query_body(component: str) -> bytes:
-    """Every item with a ``component`` (VTODO), with its content: no time range."""
+    """Every item with a ``component`` (VEVENT, VTODO), with its content: no time range."""
     filters = (f'<C:filter><C:comp-filter name="VCALENDAR"><C:comp-filter name="{component}"/>'
                "</C:comp-filter></C:filter>")
-    props = _props(["D:getetag", "D:getlastmodified", _DATA["caldav"]])
-    return _xml("C:calendar-query", props + filters)
-
-
-def undated_query_body(component: str) -> bytes:
-    """Items with a ``component`` that has no DTSTART, with their content: a time-range
-    query never matches them (a VEVENT without one; a VTODO without DTSTART or DUE
-    matches every range, RFC 4791 9.9, but not on every server)."""
-    undated = '<C:prop-filter name="DTSTART"><C:is-not-defined/></C:prop-filter>'
-    if component == "VTODO":
-        undated += '<C:prop-filter name="DUE"><C:is-not-defined/></C:prop-filter>'
-    filters = (f'<C:filter><C:comp-filter name="VCALENDAR"><C:comp-filter name="{component}">'
-               f"{undated}</C:comp-filter></C:comp-filter></C:filter>")
     props = _props(["D:getetag", "D:getlastmodified", _DATA["caldav"]])
     return _xml("C:calendar-query", props + filters)
 
@@ -363,12 +341,6 @@ def uid_query_body(protocol: DavProtocol, component: str, uid: str) -> bytes:
                 f'{props}<C:filter><C:comp-filter name="VCALENDAR"><C:comp-filter '
                 f'name="{component}"><C:prop-filter name="UID">{match}</C:prop-filter>'
                 "</C:comp-filter></C:comp-filter></C:filter>")
-
-
-def _utc(moment: datetime) -> str:
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC)
-    return moment.strftime("%Y%m%dT%H%M%SZ")
 
 
 def quote_path(path: str) -> str:
@@ -1007,7 +979,7 @@ class DavConnector(Connector):
         probe = self._probe(kind)
         if window is not None and not key and self.protocol == "caldav":
             ranged = self._unless_failing("calendar-query", notes,
-                                          lambda: self._list_range(kind, key, probe, window))
+                                          lambda: self._list_kind(kind, key, probe))
             if ranged is not None:
                 return ranged
         if probe.sync:
@@ -1151,60 +1123,30 @@ class DavConnector(Connector):
         return _Listing(key, changed, sorted(old.keys() - cursor.etags.keys()), cursor,
                         complete=False)
 
-    def _list_range(self, kind: ObjectKind, key: str, probe: _Probe,
-                    window: Window) -> _Listing | None:
-        """Only the ``kind`` items inside the sync range, with their content, by one
-        calendar-query; None when the server cannot filter by time. Tasks are listed in
-        full instead (see _list_tasks).
+    def _list_kind(self, kind: ObjectKind, key: str, probe: _Probe) -> _Listing | None:
+        """Every ``kind`` item, with its content, by one calendar-query without a time
+        range; None when the server has no calendar-query.
+
+        A server's time range is never trusted to find every item in the sync range: RFC
+        4791 9.9 leaves servers room, and they use it. DAViCal matches a VTODO only by
+        its DTSTART, so a task with only a DUE, or none, was never listed; Radicale
+        leaves out a series with both COUNT and UNTIL and an event with EXDATEs but no
+        RRULE; no range matches an event without DTSTART. With the sync token saved,
+        such an item was never listed again until it changed. The core leaves out what
+        lies outside the sync range, by its own reading of each item.
 
         The token (or ctag) is the probe's, taken before the query: what changes in
         between is listed again next time rather than missed.
         """
-        start, end = window
-        if kind == "tasks":
-            return self._list_tasks(key, probe)
-        response = self._report(time_range_query_body(COMPONENT[kind], start, end), "1")
+        response = self._report(component_query_body(COMPONENT[kind]), "1")
         if response.status_code in NO_SUCH_REPORT:
             return None
         if response.status_code != 207:
             raise self._collection_error(response, "calendar-query")
-        members = self._members(response)
-        # Items without a DTSTART lie in no range: no time-range query ever returns them,
-        # yet they are items like any other (the core decides what is in range). One more
-        # query finds them; a server that cannot answer it is listed in full instead.
-        response = self._report(undated_query_body(COMPONENT[kind]), "1")
-        if response.status_code in NO_SUCH_REPORT:
-            return None
-        if response.status_code != 207:
-            raise self._collection_error(response, "calendar-query")
-        # (Only what truly lacks one: a server ignoring the filter answers every item.)
-        dated = {m.path for m in members}
-        undated = [m for m in self._members(response) if m.path not in dated
-                   and _undated(m.text(CALDAV + "calendar-data") or "")]
-        members += undated
-        listing = self._query_listing(kind, key, probe, members)
-        listing.notes += [f"{m.path} has no DTSTART: the server's time-range listing never "
-                          "returns it; found by a query for such items" for m in undated]
-        return listing
-
-    def _list_tasks(self, key: str, probe: _Probe) -> _Listing | None:
-        """Every task, with its content, by one calendar-query without a time range.
-
-        A time range is never trusted to find every task: RFC 4791 9.9 matches a VTODO by
-        DTSTART, DUE, COMPLETED or CREATED, and servers differ (DAViCal matches only tasks
-        with a DTSTART, so a task with only a DUE, or none, was never listed, and with the
-        sync token saved, never again until it changed). Tasks are few; the core leaves
-        out those outside the sync range.
-        """
-        response = self._report(component_query_body("VTODO"), "1")
-        if response.status_code in NO_SUCH_REPORT:
-            return None
-        if response.status_code != 207:
-            raise self._collection_error(response, "calendar-query")
-        # (A server ignoring the filter answers every item: only tasks are kept.)
+        # (A server ignoring the filter answers every item: only this kind's are kept.)
         members = [m for m in self._members(response)
-                   if calendar_objects(m.text(CALDAV + "calendar-data") or "")[0] == {"tasks"}]
-        return self._query_listing("tasks", key, probe, members)
+                   if kind in calendar_objects(m.text(CALDAV + "calendar-data") or "")[0]]
+        return self._query_listing(kind, key, probe, members)
 
     def _query_listing(self, kind: ObjectKind, key: str, probe: _Probe,
                        members: list[DavResponse]) -> _Listing:
@@ -1214,12 +1156,11 @@ class DavConnector(Connector):
         if probe.sync and probe.token is not None:
             cursor = _Cursor(token=settled(probe.token), kinds=probe.kinds)
         else:
-            # The next listing compares every etag with these and reports the items
-            # outside the range as new: harmless.
+            # The next listing compares every etag with these and reports the other kind's
+            # items (a shared calendar) as new: harmless.
             cursor = _Cursor(ctag=probe.ctag, etags=dict(changed), kinds=probe.kinds)
-        # Not complete: items outside the range are missing from it, and the engine must
-        # never take a missing item for a deleted one (an item that leaves the range is
-        # not deleted because of it).
+        # Not complete: the other kind's items are missing from it, and the engine never
+        # takes a missing item for a deleted one on a query's word.
         listing = _Listing(key, changed, [], cursor, complete=False, shared=False,
                            objects=dict.fromkeys(changed, frozenset({kind})))
         self._items_of(members, None, listing.items)
@@ -1397,7 +1338,7 @@ class DavConnector(Connector):
                     and result.item is not None and _undated(result.item.raw):
                 result = dataclasses.replace(result, note=(
                     f"written to {result.item.id} without a DTSTART: the server takes it, "
-                    "but lists it only by a query for such items, never in a time range"))
+                    "but calendar views of a date range (other clients') never show it"))
             results.append(result)
         if self._read_later:
             results = self._read_back(kind, results)
@@ -1582,7 +1523,7 @@ _DATED = re.compile(r"^(?:DTSTART|DUE)[;:]", re.MULTILINE | re.IGNORECASE)
 
 def _undated(raw: str) -> bool:
     """Whether a calendar item's first component has no DTSTART (for a VTODO: nor DUE):
-    no time-range query matches it (see undated_query_body)."""
+    no time-range query matches it (other clients' views of a range never show it)."""
     objects, start = calendar_objects(raw)
     if objects not in ({"calendar"}, {"tasks"}):
         return False
