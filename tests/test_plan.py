@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime
 
 import pytest
 
@@ -549,3 +550,23 @@ def test_a_change_on_one_side_is_carried_over_whatever_the_other_sides_image():
                                 attendees=[Attendee("ann@client.example")]), BASE)
     plan = plan_of(view, images={"crm": known_only})
     assert ops(plan) == [("update", "crm")]
+
+
+def test_an_item_outside_the_range_is_never_written_because_of_a_pairing():
+    """A server event far outside the range had the UID of a new CRM event: paired by UID,
+    it was overwritten with the CRM's version. Neither is written now, and the plan says
+    why; a pair made earlier is still synced as ever."""
+    far = day(2000)
+    new = item(event("same@x", "New in the CRM"), "c1")
+    old = item(event("same@x", "Years ahead", start=far, end=far[:11] + "10:00:00Z"),
+               "old.ics")
+    now = datetime.now(UTC)  # the range: 30 days back, a year ahead
+    plan = plan_of(unpaired={"crm": [new], "groupware": [old]}, now=now)
+    assert ops(plan) == [("skip", "groupware")]
+    [step] = plan.steps
+    assert "outside the sync range: neither is written" in step.actions[0].reason
+    assert "Years ahead" in step.actions[0].reason and step.state == "settle"
+    # Both inside: paired by UID and merged as before.
+    near = item(event("same@x", "Near"), "old.ics")
+    assert ops(plan_of(unpaired={"crm": [new], "groupware": [near]}, now=now)) != \
+        [("skip", "groupware")]

@@ -833,13 +833,27 @@ class _Planner:
         """The range and exclusion rules (crmsync.rules). An item they leave out is left
         alone on both sides: nothing created, updated or deleted because of it."""
         present = [(s, i) for s in SIDES if (i := view.item(s)) is not None]
-        if self.now is not None and not any(
-                rules.in_range(self.policy, i.record(), self.now) for _, i in present):
+        now = self.now
+        inside = {s: now is None or rules.in_range(self.policy, i.record(), now)
+                  for s, i in present}
+        if view.pair is None and len(present) == 2 and not all(inside.values()) \
+                and any(inside.values()):
+            # Matched this run (by UID, kept id or content) with an item outside the sync
+            # range: an item out of range is never written because of a pairing, and the
+            # other is not written over by it either (or created beside it: one UID).
+            out = next(s for s, i in present if not inside[s])
+            step.actions.append(Action("skip", out, reason=(
+                f"matches {view.item(out).label(parse=False)} in {SIDE_NAME[out]}, which "
+                "lies outside the sync range: neither is written; move one into the range "
+                "to sync them, or give the new one a UID of its own")))
+            step.state = "settle"
+            return False
+        if now is not None and not any(inside.values()):
             # Out of range. New items and deletions (an item may only have dropped out of
             # a side's ranged listing) do not even appear; a change to a synced item is
             # shown as a skip, so that the user knows why it does not flow.
             if view.pair is not None and len(present) == 2:
-                first, last = self.policy.window(self.now)
+                first, last = self.policy.window(now)
                 zone = self.policy.zone()
                 step.actions.append(Action("skip", reason=(
                     f"outside the sync range ({first.astimezone(zone):%Y-%m-%d} to "
