@@ -248,3 +248,42 @@ def test_what_the_server_rewrites_never_comes_back_as_a_change(dav_server, home:
     assert record.summary == "Review (moved)"
     assert (record.organizer, record.start) == (Person("ana@example.org", "Ana"),
                                                 "2026-12-04T15:00:00")
+
+
+@pytest.mark.parametrize("dav_server", ["radicale"], indirect=True)
+def test_a_card_put_back_after_a_kept_deletion_is_paired_again(dav_server, home: Path,
+                                                                 sides: Sides):
+    """A card deleted on the server, kept in the CRM by "do not delete in CRM" (the
+    contacts default), then put back with its UID (a restore, another client): every run
+    after that failed with "an item with the same UID already exists there"."""
+    book = dav_server.make_collection("addressbook")
+    uid = f"back-{uuid.uuid4().hex[:8]}@x"
+    sides.put("crm", Contact(uid=uid, full_name="Jo Back", emails=["jo@back.example"]))
+    crm, _ = sides.endpoints()
+    crmsync(home, "profile", "add", "w", "--crm", crm,
+            "--groupware", f"contacts=carddav:{book}", "--objects", "contacts")
+
+    def sync() -> dict:
+        return json.loads(crmsync(home, "sync", "w", "--yes", "--json", check=None).stdout)
+
+    assert sync()["objects"]["contacts"]["counts"] == {"create:groupware": 1}
+    with dav_server.client() as client:
+        listing = client.request(
+            "PROPFIND", book, headers={"Depth": "1", "Content-Type": "application/xml"},
+            content=b'<propfind xmlns="DAV:"><prop><getetag/></prop></propfind>')
+        href = next(h for h in _hrefs(listing.text) if h.endswith(".vcf"))
+        url = str(httpx.URL(book).join(href))
+        card = client.get(url).text
+        assert client.delete(url).status_code in (200, 204)
+        kept = sync()
+        assert kept["status"] == "ok", kept
+        assert uid in sides.records("crm", "contacts")  # kept: "do not delete in CRM"
+        # Put back by another client under a name of its own.
+        assert client.put(str(httpx.URL(book).join("restored.vcf")), content=card.encode(),
+                          headers={"Content-Type": "text/vcard"}).status_code in (201, 204)
+    for _ in range(2):
+        report = sync()
+        assert report["status"] == "ok", report["objects"]
+        assert not any(k.startswith(("create", "delete")) for k in
+                       report["objects"]["contacts"]["counts"]), report
+    assert list(sides.records("crm", "contacts")) == [uid]

@@ -765,9 +765,12 @@ class _Planner:
             item = view.item(side)
             if item is not None and item.error is not None:
                 raise FormatError(item.error, item.id)
-        if pair is not None and (pair.crm_id is None or pair.gw_id is None):
+        if pair is not None and (pair.crm_id is None or pair.gw_id is None) \
+                and (view.crm is None or view.gw is None):
             # Unlinked: the counterpart was deleted and mirroring it was prevented. The
-            # survivor is no longer synced; the pair is only kept to say so.
+            # survivor is no longer synced; the pair is only kept to say so. (Unless an
+            # item with the survivor's UID came back on the emptied side, see
+            # Syncer._taken_back: then the two are compared, without a base, below.)
             return True
         if pair is not None and view.crm is None and view.gw is None:
             return True  # deleted on both sides: forget the pair

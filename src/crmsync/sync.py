@@ -299,6 +299,7 @@ class Syncer:
                 if item_id in index[side]:
                     place(side, item_id, None)
 
+        all_pairs += self._taken_back(kind, unpaired, touched)
         by_id = {p.id: p for p in all_pairs}
         chosen = [by_id[i] for i in touched]
         self.store.load_bases(kind, chosen)
@@ -329,6 +330,35 @@ class Syncer:
                          holders=self._holders(kind, unpaired, deleted),
                          **self._rules(kind))
         return Prepared(kind, plan, listed, old, pend, notes)
+
+    def _taken_back(self, kind: ObjectKind, unpaired: dict[Side, list[Item]],
+                    touched: dict[int, dict[Side, Item | None]]) -> list[Pair]:
+        """The pairs left one-sided (an item deleted on one side, its deletion kept from
+        the other by a prevent switch) that a new item on the emptied side takes back
+        with the survivor's UID (a restore, another client putting it back): that item
+        joins the pair (``touched``) instead of being created beside the survivor, which
+        would fail on the UID on every run."""
+        out: list[Pair] = []
+        for side in SIDES:
+            new = {i.uid: i for i in unpaired[side] if i.uid}
+            if not new:
+                continue
+            holders = self.store.uid_holders(self.profile.id, kind, other(side), new)
+            if not holders:
+                continue
+            lone = [p for p in self.store.pairs(self.profile.id, kind,
+                                                ids={other(side): set(holders.values())})
+                    if p.id_on(side) is None and p.id is not None and p.id not in touched]
+            by_survivor = {p.id_on(other(side)): p for p in lone}
+            for uid, held in holders.items():
+                pair = by_survivor.get(held)
+                if pair is None or pair.id is None:
+                    continue
+                item = new[uid]
+                unpaired[side].remove(item)
+                touched[pair.id][side] = item
+                out.append(pair)
+        return out
 
     def _holders(self, kind: ObjectKind, unpaired: dict[Side, list[Item]],
                  deleted: dict[Side, set[str]]) -> dict[tuple[Side, str], str]:
