@@ -104,6 +104,12 @@ class Corpus:
                 part.origin[name] = self.origin[name]
         return parts
 
+    def sample(self, every: int) -> Corpus:
+        """Every ``every``-th item (by a hash of its name: stable); all of them for 1."""
+        if every == 1:
+            return self
+        return self.shards(every)[0]
+
     def composition(self) -> dict[str, Any]:
         per_source: dict[str, Counter[str]] = {}
         for name, (source, _) in self.origin.items():

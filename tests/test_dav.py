@@ -26,6 +26,7 @@ import pytest
 from crmsync import formats
 from crmsync.connectors.base import Create, Credentials, Delete, Item, Update
 from crmsync.connectors.dav import (
+    MAX_SERVER_ERRORS,
     MAX_TRIES,
     DavConnector,
     client_scheduling,
@@ -38,7 +39,7 @@ from crmsync.model import Contact, ObjectKind, Task
 from crmsync.store import Store
 from crmsync.sync import Syncer
 
-from conftest import event, item
+from conftest import day, event, item
 from davservers import (
     ALL_VARIANTS,
     DEBIAN_VARIANTS,
@@ -1379,3 +1380,41 @@ END:VCALENDAR
     assert re.sub(r";SCHEDULE-AGENT=CLIENT", "", unfolded) == re.sub(r"\r\n ", "", raw)
     plain = crlf("BEGIN:VCALENDAR\nBEGIN:VTODO\nSUMMARY:x\nEND:VTODO\nEND:VCALENDAR")
     assert client_scheduling(plain) is plain
+
+
+@pytest.mark.parametrize("dav_server", ["radicale"], indirect=True)
+def test_a_server_error_on_one_write_fails_that_item_only(
+        dav_server: DavServer, fault_proxy: FaultProxy, dav: Factory) -> None:
+    """DAViCal answered 500 to the PUT of one real-world item (after the retries) and took
+    the others: the run stopped at it. Now that item fails; several in a row still stop
+    the run (the server itself is failing)."""
+    url = dav_server.make_collection("calendar")
+    conn = dav(fault_proxy.translate(url))
+    bad, good = uid("bad"), uid("good")
+    fault_proxy.fail(500, times=MAX_TRIES, methods={"PUT"}, body=bad.encode(),
+                     retry_after=0)
+    results = conn.apply("calendar", [Create(item(event(bad))), Create(item(event(good)))])
+    assert [r.status for r in results] == ["failed", "ok"]
+    assert "the server failed to store it" in (results[0].error or "")
+    assert "HTTP 500" in (results[0].error or "")
+    names = [uid(f"down{n}") for n in range(MAX_SERVER_ERRORS)]
+    fault_proxy.fail(500, times=MAX_TRIES * MAX_SERVER_ERRORS, methods={"PUT"},
+                     retry_after=0)
+    with pytest.raises(ConnectionFailed):
+        conn.apply("calendar", [Create(item(event(n))) for n in names])
+
+
+@pytest.mark.parametrize("dav_server", ["sogo"], indirect=True)
+def test_what_a_server_changes_as_it_stores_an_item_is_said(dav_server: DavServer,
+                                                              dav: Factory) -> None:
+    """SOGo gives an event without length an hour, and makes some all-day events timed:
+    the item is synced as the server keeps it, and the report says what changed."""
+    url = dav_server.make_collection("calendar")
+    conn = dav(url)
+    [result] = conn.apply("calendar", [Create(item(event(uid("zero"), start=day(1),
+                                                         end=None)))])
+    assert result.status == "ok" and result.item is not None
+    assert result.note is not None and "the server changed end" in result.note, result
+    assert result.item.record().end is not None  # the base is the server's copy
+    [plain] = conn.apply("calendar", [Create(item(event(uid("plain"))))])
+    assert plain.status == "ok" and plain.note is None

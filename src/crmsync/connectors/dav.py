@@ -87,6 +87,9 @@ log = logging.getLogger(__name__)
 DavProtocol = Literal["caldav", "carddav"]
 CollectionKind = Literal["calendar", "addressbook"]
 
+# Server errors (5xx after the retries) on writes in a row that stop a run: fewer fail
+# only their items.
+MAX_SERVER_ERRORS = 3
 KINDS: dict[DavProtocol, tuple[ObjectKind, ...]] = {
     "caldav": ("calendar", "tasks"),
     "carddav": ("contacts",),
@@ -1200,7 +1203,9 @@ class DavConnector(Connector):
                     listing.deleted.append(path)
                 continue
             listing.items[path] = item
-            listing.objects[path] = self._objects(item)
+            # (One the server failed to serve is shown to every object: reported, not lost.)
+            listing.objects[path] = self._objects(item) if item.error is None \
+                else frozenset(KINDS[self.protocol])
 
     def cursor(self, kind: ObjectKind, listed: str | None) -> str | None:
         # Our own writes come back in the next listing; the core knows their versions and
@@ -1216,8 +1221,10 @@ class DavConnector(Connector):
 
     def fetch(self, kind: ObjectKind, ids: Sequence[str]) -> dict[str, Item]:
         self._check_kind(kind)
+        # (An item the server failed to serve is that item's failure, of any kind: never
+        # taken for gone.)
         return {path: _as_kind(item, kind) for path, item in self._read(ids).items()
-                if kind in self._objects(item)}
+                if item.error is not None or kind in self._objects(item)}
 
     def _read(self, paths: Sequence[str],
               progress: ReadProgress | None = None) -> dict[str, Item]:
@@ -1247,7 +1254,17 @@ class DavConnector(Connector):
             else:
                 raise self._collection_error(response, "multiget")
             for path in batch:
-                if path not in answered and (item := self._get(path)) is not None:
+                if path in answered:
+                    continue
+                try:
+                    item = self._get(path)
+                except ServerError as exc:
+                    # The server fails this one item (DAViCal answers 500 for some), the
+                    # others it serves: that item's failure, not the run's.
+                    item = Item(path, "", "", "text/calendar" if self.protocol == "caldav"
+                                else "text/vcard", KINDS[self.protocol][0],
+                                error=f"the server fails to read it back: {exc}")
+                if item is not None:
                     out[path] = item
             if progress is not None:
                 progress(start + len(batch), len(unique))
@@ -1320,6 +1337,7 @@ class DavConnector(Connector):
         self._check_kind(kind)
         results = []
         self._read_later = {}
+        failing = 0  # server errors in a row
         for write in writes:
             try:
                 if isinstance(write, Create):
@@ -1328,6 +1346,15 @@ class DavConnector(Connector):
                     result = self._update(kind, write)
                 else:
                     result = self._delete(write)
+                failing = 0
+            except ServerError as exc:
+                # The server answered, with an error for this item after the retries
+                # (DAViCal fails some items with 500 and takes the others): that item's
+                # failure. Several in a row: the server itself is failing; the run stops.
+                failing += 1
+                if failing >= MAX_SERVER_ERRORS:
+                    raise
+                result = Result("failed", error=f"the server failed to store it: {exc}")
             except ConnectionFailed:
                 raise  # the server is gone: the run stops, nothing is lost
             except CrmsyncError as exc:
@@ -1358,7 +1385,8 @@ class DavConnector(Connector):
         stored = self._read(list(sent))
         if self._rewrites is None:
             self._rewrites = any(_lines(stored[p].raw) != _lines(raw)
-                                 for p, raw in sent.items() if p in stored)
+                                 for p, raw in sent.items()
+                                 if p in stored and stored[p].error is None)
             log.info("%s %s what it is sent", public_url(self.url),
                      "rewrites" if self._rewrites else "keeps")
         out = []
@@ -1375,7 +1403,13 @@ class DavConnector(Connector):
                 # Gone or changed again since our write: the next listing shows it.
                 out.append(result)
                 continue
-            out.append(dataclasses.replace(result, item=_as_kind(found, kind)))
+            changed = _changed_meaning(kind, sent[written.id], found.raw)
+            note = result.note
+            if changed:
+                note = "; ".join(filter(None, [note, (
+                    f"the server changed {', '.join(changed)} as it stored the item: synced "
+                    "as the server keeps it")]))
+            out.append(dataclasses.replace(result, item=_as_kind(found, kind), note=note))
         return out
 
     def _put(self, path: str, raw: str, precondition: dict[str, str]) -> httpx.Response:
@@ -1519,6 +1553,29 @@ class DavConnector(Connector):
 
 
 _DATED = re.compile(r"^(?:DTSTART|DUE)[;:]", re.MULTILINE | re.IGNORECASE)
+
+
+# The fields whose change by a server changes what an item means (a server adding an
+# organizer's name or a PARTSTAT does not).
+_MEANING: dict[ObjectKind, tuple[str, ...]] = {
+    "calendar": ("summary", "start", "end", "location", "description", "rrule", "rdates",
+                 "exdates", "overrides"),
+    "tasks": ("summary", "start", "due", "status", "description", "rrule"),
+    "contacts": ("given_name", "family_name", "emails", "phones"),
+}
+
+
+def _changed_meaning(kind: ObjectKind, sent: str, stored: str) -> list[str]:
+    """The fields of meaning in which what a server stores differs from what it was sent
+    (SOGo makes an all-day event timed, or gives a zero-length one an hour): said in the
+    run report, never silent."""
+    try:
+        before = formats.parse(FORMAT[kind], kind, sent)
+        after = formats.parse(FORMAT[kind], kind, stored)
+    except Exception:  # noqa: BLE001 - the item's own reading reports what is unreadable
+        return []
+    return [name for name in _MEANING[kind]
+            if getattr(before, name, None) != getattr(after, name, None)]
 
 
 def _undated(raw: str) -> bool:
