@@ -87,9 +87,6 @@ log = logging.getLogger(__name__)
 DavProtocol = Literal["caldav", "carddav"]
 CollectionKind = Literal["calendar", "addressbook"]
 
-# Server errors (5xx after the retries) on writes in a row that stop a run: fewer fail
-# only their items.
-MAX_SERVER_ERRORS = 3
 KINDS: dict[DavProtocol, tuple[ObjectKind, ...]] = {
     "caldav": ("calendar", "tasks"),
     "carddav": ("contacts",),
@@ -122,7 +119,10 @@ def public_url(url: str | httpx.URL) -> str:
 
 class ServerError(ConnectionFailed):
     """The server is up but kept failing one request (5xx, retries included): another
-    way of asking, e.g. another kind of listing, may still work."""
+    way of asking, e.g. another kind of listing, may still work. ``status``: its HTTP
+    status (500: the server failed on this request; 502-504: it is unavailable)."""
+
+    status: int = 500
 
 
 class _BearerAuth(httpx.Auth):
@@ -214,9 +214,12 @@ class Http:
             if last or (asked is not None and asked > MAX_WAIT):
                 wait = "" if asked is None else f", asks to retry in {asked:.0f} s"
                 error = ServerError if response.status_code >= 500 else ConnectionFailed
-                raise error(
+                failure = error(
                     f"{public_url(url)} is unavailable: HTTP {response.status_code} "
                     f"{response.reason_phrase} after {attempt} tries{wait}")
+                if isinstance(failure, ServerError):
+                    failure.status = response.status_code
+                raise failure
             self._retrying(method, url, attempt, f"HTTP {response.status_code} "
                            f"{response.reason_phrase}")
             self.sleep(asked if asked is not None else self._backoff(attempt))
@@ -1337,7 +1340,6 @@ class DavConnector(Connector):
         self._check_kind(kind)
         results = []
         self._read_later = {}
-        failing = 0  # server errors in a row
         for write in writes:
             try:
                 if isinstance(write, Create):
@@ -1346,13 +1348,11 @@ class DavConnector(Connector):
                     result = self._update(kind, write)
                 else:
                     result = self._delete(write)
-                failing = 0
             except ServerError as exc:
-                # The server answered, with an error for this item after the retries
-                # (DAViCal fails some items with 500 and takes the others): that item's
-                # failure. Several in a row: the server itself is failing; the run stops.
-                failing += 1
-                if failing >= MAX_SERVER_ERRORS:
+                # An internal error on this item after the retries (DAViCal fails some
+                # items with 500 and takes the others): that item's failure. 502-504 say
+                # the server itself is unavailable: the run stops.
+                if exc.status != 500:
                     raise
                 result = Result("failed", error=f"the server failed to store it: {exc}")
             except ConnectionFailed:
