@@ -399,7 +399,7 @@ def make_plan(
     (see :func:`pair_up`).
     """
     all_views = list(views)
-    twins: dict[int, str] = {}
+    twins: dict[int, tuple[Side, str, str, str]] = {}
     if unpaired:
         new = pair_up(kind, unpaired.get("crm", []), unpaired.get("groupware", []), sent,
                       fresh=fresh, held=held)
@@ -407,16 +407,24 @@ def make_plan(
         all_views.extend(new)
     planner = _Planner(policy, common, ignored or {}, known_emails, now, images,
                        refuses=refuses, lossy=lossy)
-    steps = []
-    for view in all_views:
-        step = planner.step(kind, view)
-        if step is None:
+    planned = [(view, step) for view in all_views
+               if (step := planner.step(kind, view)) is not None]
+    # A twin whose kept item this very plan deletes (its counterpart was deleted) is the
+    # item with that UID from now on: the first of them syncs now, not one run later.
+    deleting = {(a.side, item.id) for _, step in planned for a in step.actions
+                if a.op == "delete" and a.side and (item := step.item(a.side)) is not None}
+    released: set[tuple[Side, str]] = set()
+    for view, step in sorted(planned, key=lambda vs: min(vs[1].ids().values(), default="")):
+        twin = twins.get(id(view))
+        if twin is None or not any(a.op in WRITES for a in step.actions):
             continue
-        if id(view) in twins and any(a.op in WRITES for a in step.actions):
-            step.actions = [Action("skip", reason=twins[id(view)], failed=True)]
-            step.state = "retry"
-        steps.append(step)
-    steps.sort(key=Step._order)
+        side, holder, uid, reason = twin
+        if (side, holder) in deleting and (side, uid) not in released:
+            released.add((side, uid))
+            continue
+        step.actions = [Action("skip", reason=reason, failed=True)]
+        step.state = "retry"
+    steps = sorted((step for _, step in planned), key=Step._order)
     plan = Plan(kind, steps, lapsed=sorted(planner.lapsed))
     plan.guard = _mass_delete_guard(plan, policy, totals or {})
     return plan
@@ -435,9 +443,11 @@ def differences(crm: Item, gw: Item, common: frozenset[str],
 
 
 def _twins(views: list[View], unpaired: Mapping[Side, list[Item]],
-           holders: Mapping[tuple[Side, str], str]) -> dict[int, str]:
+           holders: Mapping[tuple[Side, str], str]
+           ) -> dict[int, tuple[Side, str, str, str]]:
     """The one-sided views (items to copy to the other side) whose item shares its UID
-    with another item on its side, by id(view): the reason it is kept out.
+    with another item on its side, by id(view): the side, the item kept, the UID and the
+    reason it is kept out.
 
     Of items sharing a UID one is synced: the paired one (``holders``), else one that
     matched an item on the other side, else the first by id. Copying the others would make
@@ -454,7 +464,7 @@ def _twins(views: list[View], unpaired: Mapping[Side, list[Item]],
         for item in sorted(unpaired.get(side, []), key=lambda i: i.id):
             if item.uid:
                 keep.setdefault((side, item.uid), item.id)
-    out: dict[int, str] = {}
+    out: dict[int, tuple[Side, str, str, str]] = {}
     for view in views:
         if (view.crm is None) == (view.gw is None):
             continue
@@ -463,8 +473,9 @@ def _twins(views: list[View], unpaired: Mapping[Side, list[Item]],
         assert item is not None
         twin = keep.get((side, item.uid)) if item.uid else None
         if twin is not None and twin != item.id:
-            out[id(view)] = (f"same UID as {twin} in {SIDE_NAME[side]} ({item.uid}): not "
-                             "synced until the UIDs differ; run `crmsync repair`")
+            out[id(view)] = (side, twin, item.uid, (
+                f"same UID as {twin} in {SIDE_NAME[side]} ({item.uid}): not synced until "
+                "the UIDs differ; run `crmsync repair`"))
     return out
 
 
