@@ -47,7 +47,7 @@ def moment(value: date | datetime) -> str:
 
 def pin(m: str, zone: tzinfo) -> str:
     """A floating local time as the UTC instant it is in ``zone``; other moments as they are."""
-    if "T" not in m or m.endswith("Z"):
+    if not is_floating(m):
         return m
     return moment(datetime.fromisoformat(m).replace(tzinfo=zone))
 
@@ -67,6 +67,11 @@ def rule_in_zone(rrule: str, zone: tzinfo) -> str:
 
 def is_all_day(m: str | None) -> bool:
     return m is not None and "T" not in m
+
+
+def is_floating(m: str | None) -> bool:
+    """A date-time without a zone (neither a date nor UTC)."""
+    return m is not None and "T" in m and not m.endswith("Z")
 
 
 def parse_moment(m: str, tz: tzinfo | None = None) -> date | datetime:

@@ -52,6 +52,7 @@ from crmsync.model import (
     Phone,
     Task,
     is_all_day,
+    is_floating,
     rule_in_zone,
 )
 
@@ -408,10 +409,6 @@ RRULE_PARTS = frozenset({"FREQ", "UNTIL", "COUNT", "INTERVAL", "BYSECOND", "BYMI
                          "BYMONTH", "BYSETPOS", "WKST"})
 
 
-def _floating(m: str) -> bool:
-    return "T" in m and not m.endswith("Z")
-
-
 def unmappable(event: Event) -> None:
     """Raise ItemError when Salesforce cannot hold what ``event`` means: written anyway,
     it would come back as another event (SPEC section 4: reported per item, never
@@ -422,8 +419,8 @@ def unmappable(event: Event) -> None:
         raise ItemError(f"the start is {first} but the end {second}: Salesforce needs both "
                         "of one kind: not synced (make both dates or both times)")
     if event.start and event.end and not is_all_day(event.start) \
-            and not is_all_day(event.end) and _floating(event.start) != _floating(event.end):
-        first, second = ("no time zone (floating)", "one") if _floating(event.start) \
+            and not is_all_day(event.end) and is_floating(event.start) != is_floating(event.end):
+        first, second = ("no time zone (floating)", "one") if is_floating(event.start) \
             else ("a time zone", "none (floating)")
         raise ItemError(f"the start has {first} but the end {second}: which zone the "
                         "floating time means cannot be told, and Salesforce keeps instants: "
